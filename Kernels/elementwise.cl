@@ -1,0 +1,37 @@
+// Elementwise fp32 operations over flat ranges of buffers.
+//
+// Layout: every tensor argument is a buffer plus an element offset (views are offsets into
+// a pooled buffer; OpenCL 1.2 sub-buffers would demand CL_DEVICE_MEM_BASE_ADDR_ALIGN).
+// One work-item computes one element; the launcher sizes the grid to exactly n, and the
+// guard only protects drivers that round the grid up.
+
+__kernel void fill_f32(__global float *y, const int y_offset, const int n, const float value)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = value;
+}
+
+// y = a + b
+__kernel void add_f32(__global const float *a, const int a_offset,
+                      __global const float *b, const int b_offset,
+                      __global float *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = a[a_offset + i] + b[b_offset + i];
+}
+
+// y = alpha * x (x and y may be the same range)
+__kernel void scale_f32(__global const float *x, const int x_offset,
+                        __global float *y, const int y_offset, const int n, const float alpha)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = alpha * x[x_offset + i];
+}
+
+// y = x, between any two ranges that do not overlap
+__kernel void copy_f32(__global const float *x, const int x_offset,
+                       __global float *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = x[x_offset + i];
+}

@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> sloragpu (CLI).
+// Kernels/*.cl are embedded into Tensors at build time by EmbedKernelsPlugin, so the
+// built binary never reads the source tree.
+let package = Package(
+    name: "sloragpu",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors"]),
+        .executable(name: "sloragpu", targets: ["sloragpu"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenCL",
+            pkgConfig: "OpenCL",
+            providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers", "pocl-opencl-icd"])]
+        ),
+        .target(name: "CLRuntime", dependencies: ["COpenCL"]),
+        .executableTarget(name: "EmbedKernels", path: "Sources/EmbedKernels"),
+        .plugin(
+            name: "EmbedKernelsPlugin",
+            capability: .buildTool(),
+            dependencies: ["EmbedKernels"]
+        ),
+        .target(
+            name: "Tensors",
+            dependencies: ["CLRuntime"],
+            plugins: ["EmbedKernelsPlugin"]
+        ),
+        .executableTarget(
+            name: "sloragpu",
+            dependencies: [
+                "Tensors",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "SloraGPUTests",
+            // Depending on the executable makes `swift test` build it: the CLI tests run it
+            // as a fresh process (disk-cache hits, exit codes, messages).
+            dependencies: ["CLRuntime", "Tensors", "sloragpu"]
+        ),
+    ]
+)

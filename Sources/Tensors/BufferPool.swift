@@ -1,0 +1,65 @@
+import CLRuntime
+
+/// Reuses device buffers of freed tensors. Requests are rounded up to a size class
+/// (powers of two and the midpoints 1.5 x 2^k, at least 256 bytes), which bounds the waste at
+/// one third while letting activations of similar sizes share buffers across steps.
+public final class BufferPool {
+    public let context: Context
+
+    public struct Statistics: Sendable, Equatable {
+        /// Buffers created with clCreateBuffer.
+        public var allocations = 0
+        /// Requests served from the free lists.
+        public var reuses = 0
+        /// Bytes in buffers currently held by tensors.
+        public var liveBytes = 0
+        /// Bytes in free buffers waiting for reuse.
+        public var cachedBytes = 0
+    }
+
+    public private(set) var statistics = Statistics()
+    private var freeBuffers: [Int: [Buffer]] = [:]
+
+    init(context: Context) { self.context = context }
+
+    public static func sizeClass(for byteCount: Int) -> Int {
+        let minimum = 256
+        guard byteCount > minimum else { return minimum }
+        let power = 1 << (Int.bitWidth - (byteCount - 1).leadingZeroBitCount)  // next power of two >= byteCount
+        let midpoint = power / 2 + power / 4
+        return byteCount <= midpoint ? midpoint : power
+    }
+
+    func acquire(byteCount: Int) throws -> Buffer {
+        let size = Self.sizeClass(for: byteCount)
+        if let buffer = freeBuffers[size]?.popLast() {
+            statistics.reuses += 1
+            statistics.cachedBytes -= size
+            statistics.liveBytes += size
+            return buffer
+        }
+        let buffer: Buffer
+        do {
+            buffer = try Buffer(context: context, byteCount: size)
+        } catch let error as CLError where error.status == -4 || error.status == -5 || error.status == -6 {
+            // Out of device memory: give the cached buffers back and try once more.
+            trim()
+            buffer = try Buffer(context: context, byteCount: size)
+        }
+        statistics.allocations += 1
+        statistics.liveBytes += size
+        return buffer
+    }
+
+    func release(_ buffer: Buffer) {
+        statistics.liveBytes -= buffer.byteCount
+        statistics.cachedBytes += buffer.byteCount
+        freeBuffers[buffer.byteCount, default: []].append(buffer)
+    }
+
+    /// Frees every cached buffer (tensors still alive keep theirs).
+    public func trim() {
+        freeBuffers.removeAll()
+        statistics.cachedBytes = 0
+    }
+}

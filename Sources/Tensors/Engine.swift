@@ -1,0 +1,65 @@
+import CLRuntime
+import Foundation
+
+/// Where an engine finds kernel sources and keeps compiled binaries.
+public struct EngineConfiguration: Sendable {
+    /// `<name>.cl` files here replace the embedded sources (kernel development).
+    public var kernelOverrideDirectory: URL?
+    /// Compiled-program cache; nil disables it.
+    public var cacheDirectory: URL?
+
+    public init(kernelOverrideDirectory: URL? = nil, cacheDirectory: URL? = EngineConfiguration.defaultCacheDirectory()) {
+        self.kernelOverrideDirectory = kernelOverrideDirectory
+        self.cacheDirectory = cacheDirectory
+    }
+
+    /// `SLORAGPU_KERNEL_DIR` sets the override directory; `SLORAGPU_CACHE_DIR` the cache
+    /// directory (`off` disables the cache).
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> EngineConfiguration {
+        let overrideDirectory = environment["SLORAGPU_KERNEL_DIR"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+        return EngineConfiguration(kernelOverrideDirectory: overrideDirectory,
+                                   cacheDirectory: defaultCacheDirectory(environment))
+    }
+
+    public static func defaultCacheDirectory(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> URL? {
+        if let explicit = environment["SLORAGPU_CACHE_DIR"], !explicit.isEmpty {
+            return explicit == "off" ? nil : URL(fileURLWithPath: explicit)
+        }
+        if let xdg = environment["XDG_CACHE_HOME"], !xdg.isEmpty {
+            return URL(fileURLWithPath: xdg).appendingPathComponent("sloragpu/kernels")
+        }
+        let home = environment["HOME"].map { URL(fileURLWithPath: $0) } ?? FileManager.default.homeDirectoryForCurrentUser
+        return home.appendingPathComponent(".cache/sloragpu/kernels")
+    }
+}
+
+/// One device, its context, one in-order command queue, the kernel library and the buffer
+/// pool. Everything runs on that single queue, which is what makes pooled buffer reuse safe
+/// without events: a recycled buffer's next use is enqueued after all of its earlier uses.
+/// An Engine and its tensors are used from one thread at a time.
+public final class Engine {
+    public let device: Device
+    public let context: Context
+    public let queue: CommandQueue
+    public let kernels: KernelLibrary
+    public let pool: BufferPool
+
+    public init(device: Device, configuration: EngineConfiguration = .fromEnvironment()) throws {
+        self.device = device
+        context = try Context(device: device)
+        queue = try CommandQueue(context: context, profiling: true)
+        kernels = KernelLibrary(context: context,
+                                sources: KernelSources(overrideDirectory: configuration.kernelOverrideDirectory),
+                                diskCache: configuration.cacheDirectory.map(ProgramDiskCache.init(directory:)))
+        pool = BufferPool(context: context)
+    }
+
+    /// Selects a device by the policy in `DeviceSelection` (`deviceSpec`, then
+    /// `SLORAGPU_DEVICE`, then the first GPU, then PoCL's CPU device).
+    public convenience init(deviceSpec: String? = nil, configuration: EngineConfiguration = .fromEnvironment()) throws {
+        try self.init(device: try DeviceSelection.select(flag: deviceSpec), configuration: configuration)
+    }
+
+    /// Waits until every enqueued command has finished.
+    public func synchronize() throws { try queue.finish() }
+}

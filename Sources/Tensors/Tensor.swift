@@ -1,0 +1,178 @@
+import CLRuntime
+import Foundation
+
+/// Element types of device storage. Only fp32 now; fp16/bf16 storage will add cases here and
+/// the launchers will pick kernels by dtype.
+public enum DType: String, Sendable, CustomStringConvertible {
+    case float32
+
+    public var byteCount: Int {
+        switch self {
+        case .float32: 4
+        }
+    }
+
+    public var description: String { rawValue }
+}
+
+/// A pooled device buffer; it returns to its engine's pool when the last tensor using it goes.
+final class DeviceStorage {
+    let engine: Engine
+    let buffer: Buffer
+    /// Elements of the dtype the storage was created for.
+    let capacity: Int
+
+    init(engine: Engine, elementCount: Int, dtype: DType) throws {
+        self.engine = engine
+        buffer = try engine.pool.acquire(byteCount: elementCount * dtype.byteCount)
+        capacity = elementCount
+    }
+
+    deinit { engine.pool.release(buffer) }
+}
+
+/// A device-backed tensor: a row-major shape over a range of a device buffer. Copies of a
+/// Tensor and its views share storage. Creating, filling or computing into a tensor only
+/// enqueues work; `download()` and `Engine.synchronize()` are the only waits.
+public struct Tensor {
+    public let shape: [Int]
+    public let dtype: DType
+    /// Offset of the first element into the storage, in elements.
+    public let offset: Int
+    let storage: DeviceStorage
+
+    public var count: Int { shape.reduce(1, *) }
+    public var engine: Engine { storage.engine }
+    public var buffer: Buffer { storage.buffer }
+    public var byteOffset: Int { offset * dtype.byteCount }
+    public var byteCount: Int { count * dtype.byteCount }
+
+    init(shape: [Int], dtype: DType, offset: Int, storage: DeviceStorage) {
+        self.shape = shape
+        self.dtype = dtype
+        self.offset = offset
+        self.storage = storage
+    }
+
+    /// A tensor of `shape` starting `offset` elements into this one, sharing its storage.
+    public func view(offset: Int, shape: [Int]) throws -> Tensor {
+        try Tensor.validate(shape)
+        let viewCount = shape.reduce(1, *)
+        guard offset >= 0, offset + viewCount <= count else {
+            throw TensorError.viewOutOfRange(offset: offset, shape: shape, available: count)
+        }
+        return Tensor(shape: shape, dtype: dtype, offset: self.offset + offset, storage: storage)
+    }
+
+    /// The same elements under another shape with the same element count.
+    public func reshaped(_ shape: [Int]) throws -> Tensor {
+        try Tensor.validate(shape)
+        guard shape.reduce(1, *) == count else {
+            throw TensorError.invalidShape(shape, reason: "reshape of \(self.shape) needs \(count) elements")
+        }
+        return Tensor(shape: shape, dtype: dtype, offset: offset, storage: storage)
+    }
+
+    /// Copies the tensor to the host, waiting for all enqueued work that precedes it.
+    public func download() throws -> [Float] {
+        try expect(.float32, "download")
+        var values = [Float](repeating: 0, count: count)
+        try values.withUnsafeMutableBytes { try engine.queue.read(buffer, offsetBytes: byteOffset, into: $0) }
+        return values
+    }
+
+    /// Enqueues a copy of `values` into the tensor and returns without waiting. The values are
+    /// staged in host memory that is freed when the copy completes.
+    public func upload(_ values: [Float]) throws {
+        try expect(.float32, "upload")
+        guard values.count == count else {
+            throw TensorError.countMismatch(operation: "upload", expected: count, actual: values.count)
+        }
+        let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: byteCount, alignment: 64)
+        values.withUnsafeBytes { staging.copyMemory(from: $0) }
+        let event: Event
+        do {
+            event = try engine.queue.write(buffer, offsetBytes: byteOffset, from: UnsafeRawBufferPointer(staging))
+        } catch {
+            staging.deallocate()
+            throw error
+        }
+        let address = UInt(bitPattern: staging.baseAddress)
+        try event.onCompletion {
+            UnsafeMutableRawPointer(bitPattern: address)?.deallocate()
+        }
+    }
+
+    func expect(_ expected: DType, _ operation: String) throws {
+        guard dtype == expected else {
+            throw TensorError.dtypeMismatch(operation: operation, expected: expected, actual: dtype)
+        }
+    }
+
+    static func validate(_ shape: [Int]) throws {
+        guard !shape.isEmpty else { throw TensorError.invalidShape(shape, reason: "a tensor needs at least one dimension") }
+        guard shape.allSatisfy({ $0 > 0 }) else {
+            throw TensorError.invalidShape(shape, reason: "every dimension must be positive")
+        }
+        let (_, overflow) = shape.reduce((1, false)) { partial, dimension in
+            let (product, overflowed) = partial.0.multipliedReportingOverflow(by: dimension)
+            return (product, partial.1 || overflowed)
+        }
+        guard !overflow else { throw TensorError.invalidShape(shape, reason: "element count overflows") }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String { "Tensor(\(shape.map(String.init).joined(separator: "x")), \(dtype), offset \(offset))" }
+}
+
+public enum TensorError: Error, CustomStringConvertible, Equatable {
+    case invalidShape([Int], reason: String)
+    case shapeMismatch(operation: String, details: String)
+    case countMismatch(operation: String, expected: Int, actual: Int)
+    case dtypeMismatch(operation: String, expected: DType, actual: DType)
+    case viewOutOfRange(offset: Int, shape: [Int], available: Int)
+    case foreignEngine(operation: String)
+    case tooLarge(operation: String, elements: Int)
+
+    public var description: String {
+        switch self {
+        case .invalidShape(let shape, let reason):
+            "invalid shape \(shape): \(reason)"
+        case .shapeMismatch(let operation, let details):
+            "\(operation): shape mismatch: \(details)"
+        case .countMismatch(let operation, let expected, let actual):
+            "\(operation): expected \(expected) values, got \(actual)"
+        case .dtypeMismatch(let operation, let expected, let actual):
+            "\(operation): expected \(expected) tensor, got \(actual)"
+        case .viewOutOfRange(let offset, let shape, let available):
+            "view of shape \(shape) at offset \(offset) does not fit in \(available) elements"
+        case .foreignEngine(let operation):
+            "\(operation): tensors belong to different engines"
+        case .tooLarge(let operation, let elements):
+            "\(operation): \(elements) elements exceed the 32-bit index range of the kernels"
+        }
+    }
+}
+
+extension Engine {
+    /// Uninitialised device memory (possibly a recycled buffer's old contents).
+    public func empty(_ shape: [Int], dtype: DType = .float32) throws -> Tensor {
+        try Tensor.validate(shape)
+        let count = shape.reduce(1, *)
+        return Tensor(shape: shape, dtype: dtype, offset: 0,
+                      storage: try DeviceStorage(engine: self, elementCount: count, dtype: dtype))
+    }
+
+    public func zeros(_ shape: [Int]) throws -> Tensor {
+        let tensor = try empty(shape)
+        try fill(tensor, with: 0)
+        return tensor
+    }
+
+    public func tensor(_ values: [Float], shape: [Int]) throws -> Tensor {
+        let tensor = try empty(shape)
+        try tensor.upload(values)
+        return tensor
+    }
+}

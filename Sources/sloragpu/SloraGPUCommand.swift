@@ -1,0 +1,24 @@
+import ArgumentParser
+import Tensors
+
+@main
+struct SloraGPUCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sloragpu",
+        abstract: "Parameter-efficient fine-tuning of Vision Transformers on any OpenCL device.",
+        discussion: """
+            The device is chosen by --device or SLORAGPU_DEVICE (PLATFORM:DEVICE, gpu, cpu, or part \
+            of a device name); without either, the first GPU on any platform, else PoCL's CPU device.
+            Compiled kernels are cached in SLORAGPU_CACHE_DIR (default ~/.cache/sloragpu/kernels; \
+            'off' disables); SLORAGPU_KERNEL_DIR overrides the embedded kernel sources.
+            """,
+        version: SloraGPU.version,
+        subcommands: [DevicesCommand.self, KernelsCommand.self]
+    )
+}
+
+/// The `--device` option every device-using command shares.
+struct DeviceOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Device: PLATFORM:DEVICE, gpu, cpu, accelerator, or part of a device name.", valueName: "spec"))
+    var device: String?
+}
