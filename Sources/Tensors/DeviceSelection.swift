@@ -136,7 +136,7 @@ public enum DeviceSelection {
         guard !platforms.isEmpty else { throw DeviceSelectionError.noPlatform }
         var result: [(DeviceListing, Device)] = []
         for (platformIndex, platform) in platforms.enumerated() {
-            for (deviceIndex, device) in try platform.devices().enumerated() {
+            for (deviceIndex, device) in platform.devices().enumerated() {
                 let listing = DeviceListing(platformIndex: platformIndex, deviceIndex: deviceIndex,
                                             platformName: platform.name, deviceName: device.name, type: device.type)
                 result.append((listing, device))

@@ -1,0 +1,78 @@
+import CLRuntime
+import Foundation
+import Testing
+@testable import Tensors
+
+/// A fresh engine on the default device, with a kernel cache private to this test process so
+/// tests neither depend on nor pollute the user's cache.
+func makeEngine(kernelOverrideDirectory: URL? = nil, cacheDirectory: URL? = testCacheDirectory) throws -> Engine {
+    try Engine(configuration: EngineConfiguration(kernelOverrideDirectory: kernelOverrideDirectory,
+                                                  cacheDirectory: cacheDirectory))
+}
+
+let testCacheDirectory: URL? = FileManager.default.temporaryDirectory
+    .appendingPathComponent("sloragpu-test-cache-\(ProcessInfo.processInfo.processIdentifier)")
+
+func makeTemporaryDirectory(_ label: String = #function) throws -> URL {
+    let sanitized = label.filter { $0.isLetter || $0.isNumber }
+    let url = FileManager.default.temporaryDirectory
+        .appendingPathComponent("sloragpu-\(sanitized)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// Deterministic, non-trivial values (no two neighbours equal, mixed signs and magnitudes).
+func sampleValues(_ count: Int, seed: UInt64 = 1) -> [Float] {
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0..<count).map { _ in
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return Float(Int64(bitPattern: state >> 11) % 2_000_001 - 1_000_000) / 1000
+    }
+}
+
+struct CommandResult {
+    var status: Int32
+    var standardOutput: String
+    var standardError: String
+}
+
+/// The `sloragpu` executable built beside this test bundle (`swift test` builds it because
+/// the test target depends on it).
+func sloragpuExecutable() throws -> URL {
+    if let explicit = ProcessInfo.processInfo.environment["SLORAGPU_BIN"] {
+        return URL(fileURLWithPath: explicit)
+    }
+    let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    var directory = testBinary.deletingLastPathComponent()
+    // On Linux the tests run from `<build>/debug/<package>PackageTests.xctest`, a plain file;
+    // on macOS from a bundle nested deeper. Walk up until a sibling `sloragpu` appears.
+    for _ in 0..<4 {
+        let candidate = directory.appendingPathComponent("sloragpu")
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        directory.deleteLastPathComponent()
+    }
+    throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "sloragpu executable not found near \(testBinary.path); set SLORAGPU_BIN"])
+}
+
+func runSloragpu(_ arguments: [String], environment overrides: [String: String] = [:], removing removed: [String] = []) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = try sloragpuExecutable()
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    for key in removed { environment.removeValue(forKey: key) }
+    environment.merge(overrides) { $1 }
+    process.environment = environment
+    let output = Pipe(), error = Pipe()
+    process.standardOutput = output
+    process.standardError = error
+    try process.run()
+    // Read before waiting so a chatty child never blocks on a full pipe.
+    let outputData = output.fileHandleForReading.readDataToEndOfFile()
+    let errorData = error.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return CommandResult(status: process.terminationStatus,
+                         standardOutput: String(decoding: outputData, as: UTF8.self),
+                         standardError: String(decoding: errorData, as: UTF8.self))
+}
