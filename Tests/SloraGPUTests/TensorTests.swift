@@ -177,3 +177,18 @@ struct ElementwiseTests {
         #expect(throws: TensorError.foreignEngine(operation: "add")) { try first.add(a, b, into: a) }
     }
 }
+
+@Suite("README")
+struct ReadmeTests {
+    /// The library example in README.md, kept honest.
+    @Test func libraryExampleComputesWhatTheReadmeSays() throws {
+        let engine = try makeEngine()
+        let a = try engine.tensor([1, 2, 3, 4, 5, 6], shape: [2, 3])
+        let b = try engine.zeros([2, 3])
+        try engine.fill(b, with: 0.5)
+        let c = try engine.add(a, b)
+        try engine.scale(c, by: 2, into: c)
+        let row = try c.view(offset: 3, shape: [3])
+        #expect(try row.download() == [9, 11, 13])
+    }
+}
