@@ -39,11 +39,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Slow, obviously correct CPU versions of every kernel (double accumulation), for tests only.
+        .target(name: "Reference"),
         .testTarget(
             name: "SloraGPUTests",
             // Depending on the executable makes `swift test` build it: the CLI tests run it
             // as a fresh process (disk-cache hits, exit codes, messages).
-            dependencies: ["CLRuntime", "Tensors", "sloragpu"]
+            dependencies: ["CLRuntime", "Tensors", "Reference", "sloragpu"]
         ),
     ]
 )

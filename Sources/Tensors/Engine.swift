@@ -43,6 +43,8 @@ public final class Engine {
     public let queue: CommandQueue
     public let kernels: KernelLibrary
     public let pool: BufferPool
+    /// GEMM tunables for this device class (`SLORAGPU_GEMM_PROFILE` overrides for tuning).
+    public var gemmProfile: GemmProfile
 
     public init(device: Device, configuration: EngineConfiguration = .fromEnvironment()) throws {
         self.device = device
@@ -52,6 +54,7 @@ public final class Engine {
                                 sources: KernelSources(overrideDirectory: configuration.kernelOverrideDirectory),
                                 diskCache: configuration.cacheDirectory.map(ProgramDiskCache.init(directory:)))
         pool = BufferPool(context: context)
+        gemmProfile = try GemmProfile.forDevice(device)
     }
 
     /// Selects a device by the policy in `DeviceSelection` (`deviceSpec`, then

@@ -76,3 +76,46 @@ func runSloragpu(_ arguments: [String], environment overrides: [String: String] 
                          standardOutput: String(decoding: outputData, as: UTF8.self),
                          standardError: String(decoding: errorData, as: UTF8.self))
 }
+
+/// Deterministic values uniform in [-1, 1).
+func uniformValues(_ count: Int, seed: UInt64 = 1, scale: Float = 1) -> [Float] {
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0..<count).map { _ in
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}
+
+/// Checks |actual - expected| <= atol + rtol |expected| everywhere; on failure reports the
+/// worst element (by excess over its tolerance), its index, both values and the tolerances.
+func expectClose(_ actual: [Float], _ expected: [Double], atol: Double, rtol: Double, _ what: String,
+                 sourceLocation: SourceLocation = #_sourceLocation) {
+    guard actual.count == expected.count else {
+        Issue.record("\(what): \(actual.count) values, expected \(expected.count)", sourceLocation: sourceLocation)
+        return
+    }
+    var worstIndex = -1
+    var worstExcess = 0.0
+    for i in 0..<actual.count {
+        let difference = abs(Double(actual[i]) - expected[i])
+        let excess = difference - (atol + rtol * abs(expected[i]))
+        if excess > worstExcess || (difference.isNaN && worstIndex < 0) || !actual[i].isFinite && expected[i].isFinite {
+            worstExcess = difference.isNaN ? .infinity : excess
+            worstIndex = i
+        }
+    }
+    if worstIndex >= 0 {
+        let i = worstIndex
+        Issue.record("""
+            \(what): worst element \(i): got \(actual[i]), expected \(expected[i]) \
+            (|diff| \(abs(Double(actual[i]) - expected[i])), tolerance atol \(atol) + rtol \(rtol))
+            """, sourceLocation: sourceLocation)
+    }
+}
+
+func expectClose(_ actual: [Float], _ expected: [Float], atol: Double, rtol: Double, _ what: String,
+                 sourceLocation: SourceLocation = #_sourceLocation) {
+    expectClose(actual, expected.map(Double.init), atol: atol, rtol: rtol, what, sourceLocation: sourceLocation)
+}

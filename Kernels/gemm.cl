@@ -1,0 +1,147 @@
+// GEMM: C = act(alpha * sum_t scale_t * op(A_t) op(B_t) + beta * C + bias), row-major,
+// optionally batched, for any M, N, K (no padding asked of callers).
+//
+// Algorithm (GotoBLAS-style, adapted to OpenCL work-items):
+//   1. pack_a copies scale * op(A) into row panels of MR rows, k-major:
+//        Ap[batch][panel p][k][r] = scale * op(A)[batch][p*MR + r][k]   (0 past M)
+//      pack_b copies op(B) into column panels of NR = NV*VW columns, k-major:
+//        Bp[batch][panel q][k][c] = op(B)[batch][k][q*NR + c]            (0 past N)
+//      Transposes are only strides here, so one micro-kernel serves all four variants.
+//      Several (A_t, B_t) pairs pack into consecutive k ranges of the same panels, which makes
+//      sum_t op(A_t) op(B_t) ONE reduction of length K_1 + K_2 + ... (the fused serial adapter).
+//   2. gemm_packed: one work-item owns an MR x NR register tile (MR x NV vectors of VW floats),
+//      streams its two panels over k (one vector load of B, MR broadcasts of A per k and
+//      vector), and applies the epilogue: alpha, beta*C, bias (per column), optional copy of
+//      the pre-activation, exact-erf GELU; edges are stored scalar.
+//
+// Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
+
+#ifndef MR
+#define MR 6
+#endif
+#ifndef VW
+#define VW 16
+#endif
+#ifndef NV
+#define NV 2
+#endif
+#ifndef UK
+#define UK 4
+#endif
+#define NR (NV * VW)
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define floatV CAT(float, VW)
+#define vloadV CAT(vload, VW)
+#define vstoreV CAT(vstore, VW)
+
+#define EPILOGUE_BIAS 1
+#define EPILOGUE_GELU 2
+#define EPILOGUE_PRE 4
+
+// One element of op(X)[batch][row][col] for a matrix with explicit strides.
+// pack_a: global (K, m_panels*MR, batches). Writes zeros for padding rows.
+__kernel void pack_a(__global const float *A, const int a_offset, const int a_row_stride,
+                     const int a_col_stride, const int a_batch_stride, const int M, const int K,
+                     const float scale, const int m_panels, const int k_total, const int k_destination,
+                     __global float *Ap)
+{
+    const int k = get_global_id(0);
+    const int m = get_global_id(1);
+    const int batch = get_global_id(2);
+    if (k >= K) return;
+    const int panel = m / MR, r = m % MR;
+    float value = 0.0f;
+    if (m < M) value = scale * A[a_offset + batch * a_batch_stride + m * a_row_stride + k * a_col_stride];
+    Ap[((size_t)(batch * m_panels + panel) * k_total + k_destination + k) * MR + r] = value;
+}
+
+// pack_b: global (n_panels*NR, K, batches). Writes zeros for padding columns.
+__kernel void pack_b(__global const float *B, const int b_offset, const int b_row_stride,
+                     const int b_col_stride, const int b_batch_stride, const int K, const int N,
+                     const int n_panels, const int k_total, const int k_destination, __global float *Bp)
+{
+    const int n = get_global_id(0);
+    const int k = get_global_id(1);
+    const int batch = get_global_id(2);
+    if (k >= K) return;
+    const int panel = n / NR, c = n % NR;
+    float value = 0.0f;
+    if (n < N) value = B[b_offset + batch * b_batch_stride + k * b_row_stride + n * b_col_stride];
+    Bp[((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR + c] = value;
+}
+
+inline float gelu_scalar(const float x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
+inline floatV gelu_vector(const floatV x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
+
+// gemm_packed: global (n_panels, m_panels, batches), padded up to the local size.
+// a_batched / b_batched: 0 when one packed operand serves every batch (shared weights).
+__kernel void gemm_packed(__global const float *Ap, __global const float *Bp, const int k_total,
+                          const int M, const int N, const int m_panels, const int n_panels,
+                          const int a_batched, const int b_batched,
+                          __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
+                          const float alpha, const float beta,
+                          __global const float *bias, const int bias_offset, const int flags,
+                          __global float *pre, const int pre_offset)
+{
+    const int q = get_global_id(0);
+    const int p = get_global_id(1);
+    const int batch = get_global_id(2);
+    if (q >= n_panels || p >= m_panels) return;
+
+    const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MR;
+    const __global float *b = Bp + (size_t)((b_batched ? batch : 0) * n_panels + q) * k_total * NR;
+
+    floatV acc[MR][NV];
+#pragma unroll
+    for (int r = 0; r < MR; ++r)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[r][v] = (floatV)(0.0f);
+
+#pragma unroll UK
+    for (int k = 0; k < k_total; ++k) {
+        floatV bv[NV];
+#pragma unroll
+        for (int v = 0; v < NV; ++v) bv[v] = vloadV(v, b + k * NR);
+#pragma unroll
+        for (int r = 0; r < MR; ++r) {
+            const floatV av = (floatV)(a[k * MR + r]);
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, bv[v], acc[r][v]);
+        }
+    }
+
+    const int c_base = c_offset + batch * c_batch_stride;
+    const int pre_base = pre_offset + batch * c_batch_stride;
+#pragma unroll
+    for (int r = 0; r < MR; ++r) {
+        const int row = p * MR + r;
+        if (row >= M) break;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            const int column = q * NR + v * VW;
+            if (column >= N) break;
+            floatV value = alpha * acc[r][v];
+            __global float *c_row = C + c_base + row * ldc + column;
+            if (column + VW <= N) {
+                if (beta != 0.0f) value += beta * vloadV(0, c_row);
+                if (flags & EPILOGUE_BIAS) value += vloadV(0, bias + bias_offset + column);
+                if (flags & EPILOGUE_PRE) vstoreV(value, 0, pre + pre_base + row * ldc + column);
+                if (flags & EPILOGUE_GELU) value = gelu_vector(value);
+                vstoreV(value, 0, c_row);
+            } else {
+                float lane[VW];
+                vstoreV(value, 0, lane);
+                for (int j = 0; j < N - column; ++j) {
+                    float x = lane[j];
+                    if (beta != 0.0f) x += beta * c_row[j];
+                    if (flags & EPILOGUE_BIAS) x += bias[bias_offset + column + j];
+                    if (flags & EPILOGUE_PRE) pre[pre_base + row * ldc + column + j] = x;
+                    if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
+                    c_row[j] = x;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+import CLRuntime
+
+// Launcher for Kernels/gemm.cl.
+//
+// Shapes: op(A_t) is M x K_t, op(B_t) is K_t x N, C is M x N. Every operand is a contiguous
+// 2-D tensor [rows, cols] or a 3-D tensor [batch, rows, cols]; C is 3-D when any operand is,
+// and a 2-D operand is shared by every batch (weights). A transposed operand is stored with
+// its two last dimensions swapped: op(A) = A^T means A is stored K x M.
+
+public enum Activation: Sendable, Equatable {
+    case none
+    /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+    case gelu
+}
+
+/// One product op(A) op(B), scaled, in a sum of products that share one reduction.
+public struct GemmTerm {
+    public var a: Tensor
+    public var b: Tensor
+    public var transposeA: Bool
+    public var transposeB: Bool
+    public var scale: Float
+
+    public init(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false, scale: Float = 1) {
+        self.a = a
+        self.b = b
+        self.transposeA = transposeA
+        self.transposeB = transposeB
+        self.scale = scale
+    }
+}
+
+/// A stored matrix operand seen through op(): dimensions and strides in elements.
+private struct MatrixView {
+    var tensor: Tensor
+    var batches: Int
+    /// Dimensions of op(X).
+    var rows: Int
+    var columns: Int
+    var rowStride: Int
+    var columnStride: Int
+    var batchStride: Int
+
+    init(_ tensor: Tensor, transposed: Bool, name: String) throws {
+        let shape = tensor.shape
+        guard shape.count == 2 || shape.count == 3 else {
+            throw TensorError.shapeMismatch(operation: "gemm", details: "\(name) must be 2-D or 3-D, got \(shape)")
+        }
+        let storedRows = shape[shape.count - 2], storedColumns = shape[shape.count - 1]
+        self.tensor = tensor
+        batches = shape.count == 3 ? shape[0] : 1
+        batchStride = shape.count == 3 ? storedRows * storedColumns : 0
+        if transposed {
+            (rows, columns, rowStride, columnStride) = (storedColumns, storedRows, 1, storedColumns)
+        } else {
+            (rows, columns, rowStride, columnStride) = (storedRows, storedColumns, storedColumns, 1)
+        }
+    }
+
+    var isBatched: Bool { tensor.shape.count == 3 }
+}
+
+extension Engine {
+    /// C = act(alpha * op(A) op(B) + beta * C + bias). With beta = 0, C is not read.
+    public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
+                     alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .none,
+                     preActivation: Tensor? = nil) throws {
+        try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: c,
+                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation)
+    }
+
+    /// C = act(alpha * sum_t scale_t op(A_t) op(B_t) + beta * C + bias), as ONE reduction of
+    /// length sum_t K_t. `preActivation`, if given, receives the value before the activation.
+    public func gemm(sum terms: [GemmTerm], into c: Tensor, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
+                     activation: Activation = .none, preActivation: Tensor? = nil) throws {
+        let operation = "gemm"
+        guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
+        let output = try MatrixView(c, transposed: false, name: "C")
+        let (m, n, batches) = (output.rows, output.columns, output.batches)
+
+        var aViews: [MatrixView] = [], bViews: [MatrixView] = []
+        for (index, term) in terms.enumerated() {
+            let label = terms.count == 1 ? "" : "\(index)"
+            let a = try MatrixView(term.a, transposed: term.transposeA, name: "A\(label)")
+            let b = try MatrixView(term.b, transposed: term.transposeB, name: "B\(label)")
+            guard a.columns == b.rows else {
+                throw TensorError.shapeMismatch(operation: operation, details: "op(A\(label)) is \(a.rows)x\(a.columns) but op(B\(label)) is \(b.rows)x\(b.columns): inner dimensions differ")
+            }
+            guard a.rows == m, b.columns == n else {
+                throw TensorError.shapeMismatch(operation: operation, details: "op(A\(label)) op(B\(label)) is \(a.rows)x\(b.columns) but C is \(m)x\(n)")
+            }
+            for view in [a, b] where view.isBatched && view.batches != batches {
+                throw TensorError.shapeMismatch(operation: operation, details: "operand with batch \(view.batches) but C has batch \(batches) (shape \(c.shape))")
+            }
+            aViews.append(a)
+            bViews.append(b)
+        }
+        if let bias, bias.shape != [n] {
+            throw TensorError.shapeMismatch(operation: operation, details: "bias must be [\(n)], got \(bias.shape)")
+        }
+        if let preActivation, preActivation.shape != c.shape {
+            throw TensorError.shapeMismatch(operation: operation, details: "preActivation must be \(c.shape), got \(preActivation.shape)")
+        }
+        let tensors = terms.flatMap { [$0.a, $0.b] } + [c] + (bias.map { [$0] } ?? []) + (preActivation.map { [$0] } ?? [])
+        for tensor in tensors {
+            guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
+            try tensor.expect(.float32, operation)
+            guard tensor.offset + tensor.count <= Int(Int32.max) else {
+                throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
+            }
+        }
+
+        let profile = gemmProfile
+        let options = profile.buildOptions
+        let mr = profile.rowsPerItem, nr = profile.columnsPerItem
+        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
+        let kTotal = aViews.reduce(0) { $0 + $1.columns }
+        // A 2-D operand packs once and serves every batch, unless another term of the same
+        // side is batched (then the packed buffer holds every batch).
+        let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
+        let bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
+        let packedA = try empty([aPackedBatches * mPanels * kTotal * mr])
+        let packedB = try empty([bPackedBatches * nPanels * kTotal * nr])
+        guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
+            throw TensorError.tooLarge(operation: operation, elements: max(packedA.count, packedB.count))
+        }
+
+        let packA = try kernels.kernel("pack_a", in: "gemm", options: options)
+        let packB = try kernels.kernel("pack_b", in: "gemm", options: options)
+        var kDestination = 0
+        for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
+            let k = a.columns
+            try packA.setArguments([
+                .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
+                .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
+                .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                .buffer(packedA.buffer),
+            ])
+            try queue.enqueue(packA, global: [k, mPanels * mr, aPackedBatches])
+            try packB.setArguments([
+                .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
+                .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
+                .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                .buffer(packedB.buffer),
+            ])
+            try queue.enqueue(packB, global: [nPanels * nr, k, bPackedBatches])
+            kDestination += k
+        }
+
+        var flags: Int32 = 0
+        if bias != nil { flags |= 1 }
+        if activation == .gelu { flags |= 2 }
+        if preActivation != nil { flags |= 4 }
+        let micro = try kernels.kernel("gemm_packed", in: "gemm", options: options)
+        try micro.setArguments([
+            .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
+            .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
+            .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
+            .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(n)), .int32(Int32(output.batchStride)),
+            .float(alpha), .float(beta),
+            .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(flags),
+            .buffer((preActivation ?? c).buffer), .int32(Int32((preActivation ?? c).offset)),
+        ])
+        if let (lx, ly) = profile.localSize {
+            try queue.enqueue(micro, global: [roundUp(nPanels, lx), roundUp(mPanels, ly), batches], local: [lx, ly, 1])
+        } else {
+            try queue.enqueue(micro, global: [nPanels, mPanels, batches])
+        }
+    }
+}
+
+func roundUp(_ value: Int, _ multiple: Int) -> Int { (value + multiple - 1) / multiple * multiple }

@@ -1,0 +1,74 @@
+import CLRuntime
+import Foundation
+
+/// Tunables for one device class, passed to kernels as `-D` defines. The CPU profile targets
+/// PoCL on AVX-512 (one work-item owns a register tile of 16-float vectors, so LLVM maps it to
+/// zmm registers); the GPU profile keeps tiles small so there are many work-items.
+public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
+    /// Rows of C per work-item.
+    public var rowsPerItem: Int
+    /// Floats per vector.
+    public var vectorWidth: Int
+    /// Vectors per row of the tile (columns per item = vectorWidth * vectorsPerRow).
+    public var vectorsPerRow: Int
+    /// k-loop unroll.
+    public var kUnroll: Int
+    /// Work-group shape over (column panels, row panels); nil lets the driver choose.
+    public var localSize: (Int, Int)?
+
+    public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
+        a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
+            && a.kUnroll == b.kUnroll && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
+    }
+
+    public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
+
+    public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
+
+    public var description: String {
+        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "")
+    }
+
+    public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, localSize: nil)
+    public static let gpu = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, localSize: (16, 8))
+
+    public static func forDevice(_ device: Device, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmProfile {
+        let base = device.type.contains(.gpu) ? gpu : cpu
+        guard let override = environment["SLORAGPU_GEMM_PROFILE"], !override.isEmpty else { return base }
+        return try base.overridden(by: override)
+    }
+
+    /// Applies `KEY=VALUE,...` (keys MR, VW, NV, UK, LX, LY) on top of this profile, for tuning.
+    public func overridden(by text: String) throws -> GemmProfile {
+        var profile = self
+        var local = localSize ?? (0, 0)
+        for item in text.split(separator: ",") {
+            let parts = item.split(separator: "=")
+            guard parts.count == 2, let value = Int(parts[1]), value > 0 else {
+                throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
+            }
+            switch parts[0].uppercased() {
+            case "MR": profile.rowsPerItem = value
+            case "VW":
+                guard [1, 2, 4, 8, 16].contains(value) else { throw KernelProfileError.invalid(text, reason: "VW must be 1, 2, 4, 8 or 16") }
+                profile.vectorWidth = value
+            case "NV": profile.vectorsPerRow = value
+            case "UK": profile.kUnroll = value
+            case "LX": local.0 = value
+            case "LY": local.1 = value
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, LX, LY)")
+            }
+        }
+        profile.localSize = local.0 > 0 && local.1 > 0 ? local : nil
+        return profile
+    }
+}
+
+public enum KernelProfileError: Error, CustomStringConvertible {
+    case invalid(String, reason: String)
+    public var description: String {
+        switch self {
+        case .invalid(let text, let reason): "invalid SLORAGPU_GEMM_PROFILE '\(text)': \(reason)"
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import Reference
+import Testing
+@testable import Tensors
+
+@Suite("GEMM")
+struct GemmTests {
+    struct Case: CustomTestStringConvertible, Sendable {
+        var m: Int, n: Int, k: Int
+        var testDescription: String { "\(m)x\(n)x\(k)" }
+    }
+
+    static let shapes = [Case(m: 1, n: 1, k: 1), Case(m: 3, n: 17, k: 5), Case(m: 17, n: 65, k: 33),
+                         Case(m: 65, n: 197, k: 40), Case(m: 197, n: 31, k: 129), Case(m: 7, n: 48, k: 300)]
+    static let transposes = [(false, false), (false, true), (true, false), (true, true)]
+
+    /// fp32 accumulation of K products of values in [-1, 1].
+    static func tolerance(k: Int) -> Double { 2e-6 * Double(k) + 1e-6 }
+
+    @Test(arguments: shapes, [0, 1, 2, 3])
+    func everyTransposeMatchesTheReference(shape: Case, variant: Int) throws {
+        let engine = try makeEngine()
+        let (transposeA, transposeB) = Self.transposes[variant]
+        let (m, n, k) = (shape.m, shape.n, shape.k)
+        let a = uniformValues(m * k, seed: 1), b = uniformValues(k * n, seed: 2), c0 = uniformValues(m * n, seed: 3)
+        let aTensor = try engine.tensor(a, shape: transposeA ? [k, m] : [m, k])
+        let bTensor = try engine.tensor(b, shape: transposeB ? [n, k] : [k, n])
+        let c = try engine.tensor(c0, shape: [m, n])
+        try engine.gemm(aTensor, bTensor, into: c, transposeA: transposeA, transposeB: transposeB, alpha: 0.5, beta: 0.25)
+        let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+        let expected = (0..<m * n).map { 0.5 * product[$0] + 0.25 * Double(c0[$0]) }
+        expectClose(try c.download(), expected, atol: Self.tolerance(k: k), rtol: 1e-5,
+                    "gemm \(transposeA ? "T" : "N")\(transposeB ? "T" : "N") \(shape.testDescription)")
+    }
+
+    @Test func betaZeroNeverReadsC() throws {
+        let engine = try makeEngine()
+        let c = try engine.tensor([Float](repeating: .nan, count: 6), shape: [2, 3])
+        try engine.gemm(try engine.tensor([1, 2], shape: [2, 1]), try engine.tensor([1, 2, 3], shape: [1, 3]), into: c)
+        #expect(try c.download() == [1, 2, 3, 2, 4, 6])
+    }
+
+    @Test(arguments: [Activation.none, .gelu])
+    func biasGeluAndPreActivationEpilogue(activation: Activation) throws {
+        let engine = try makeEngine()
+        let (m, n, k) = (37, 53, 24)
+        let x = uniformValues(m * k, seed: 4, scale: 2), w = uniformValues(n * k, seed: 5), bias = uniformValues(n, seed: 6)
+        let out = try engine.empty([m, n]), pre = try engine.empty([m, n])
+        // A linear layer: y = act(x W^T + b), W stored [out, in].
+        try engine.gemm(try engine.tensor(x, shape: [m, k]), try engine.tensor(w, shape: [n, k]), into: out,
+                        transposeB: true, bias: try engine.tensor(bias, shape: [n]), activation: activation, preActivation: pre)
+        let product = Reference.matmul(x, w, m: m, n: n, k: k, transposeB: true)
+        let expectedPre = (0..<m * n).map { product[$0] + Double(bias[$0 % n]) }
+        let expected = activation == .gelu ? expectedPre.map(Reference.gelu) : expectedPre
+        expectClose(try pre.download(), expectedPre, atol: 1e-4, rtol: 1e-5, "pre-activation")
+        expectClose(try out.download(), expected, atol: 1e-4, rtol: 1e-5, "output")
+    }
+
+    @Test func batchedWithSharedAndBatchedOperands() throws {
+        let engine = try makeEngine()
+        let (batch, m, n, k) = (3, 19, 21, 11)
+        let a = uniformValues(batch * m * k, seed: 7), shared = uniformValues(k * n, seed: 8), perBatch = uniformValues(batch * n * k, seed: 9)
+        let aTensor = try engine.tensor(a, shape: [batch, m, k])
+        let c1 = try engine.empty([batch, m, n]), c2 = try engine.empty([batch, m, n])
+        try engine.gemm(aTensor, try engine.tensor(shared, shape: [k, n]), into: c1)
+        try engine.gemm(aTensor, try engine.tensor(perBatch, shape: [batch, n, k]), into: c2, transposeB: true)
+        var expected1: [Double] = [], expected2: [Double] = []
+        for i in 0..<batch {
+            let ai = Array(a[i * m * k..<(i + 1) * m * k])
+            expected1 += Reference.matmul(ai, shared, m: m, n: n, k: k)
+            expected2 += Reference.matmul(ai, Array(perBatch[i * n * k..<(i + 1) * n * k]), m: m, n: n, k: k, transposeB: true)
+        }
+        expectClose(try c1.download(), expected1, atol: 1e-4, rtol: 1e-5, "shared B")
+        expectClose(try c2.download(), expected2, atol: 1e-4, rtol: 1e-5, "batched B^T")
+    }
+
+    /// The fused serial-adapter form: [u | s t] [W | C]^T in one reduction of length d + r.
+    @Test func twoOperandPairsReduceTogether() throws {
+        let engine = try makeEngine()
+        let (t, d, r, out) = (65, 48, 4, 144)
+        let u = uniformValues(t * d, seed: 10), w = uniformValues(out * d, seed: 11)
+        let low = uniformValues(t * r, seed: 12), cw = uniformValues(out * r, seed: 13)
+        let bias = uniformValues(out, seed: 14)
+        let c = try engine.empty([t, out])
+        try engine.gemm(sum: [
+            GemmTerm(try engine.tensor(u, shape: [t, d]), try engine.tensor(w, shape: [out, d]), transposeB: true),
+            GemmTerm(try engine.tensor(low, shape: [t, r]), try engine.tensor(cw, shape: [out, r]), transposeB: true, scale: 0.5),
+        ], into: c, bias: try engine.tensor(bias, shape: [out]))
+        let first = Reference.matmul(u, w, m: t, n: out, k: d, transposeB: true)
+        let second = Reference.matmul(low, cw, m: t, n: out, k: r, transposeB: true)
+        let expected = (0..<t * out).map { first[$0] + 0.5 * second[$0] + Double(bias[$0 % out]) }
+        expectClose(try c.download(), expected, atol: 1e-4, rtol: 1e-5, "A1 op(B1) + s A2 op(B2)")
+
+        // The backward form with mixed transposes: [G | s g] [W ; A], reduction 3d + r.
+        let (g, gLow, a) = (uniformValues(t * out, seed: 15), uniformValues(t * r, seed: 16), uniformValues(r * d, seed: 17))
+        let du = try engine.empty([t, d])
+        try engine.gemm(sum: [
+            GemmTerm(try engine.tensor(g, shape: [t, out]), try engine.tensor(w, shape: [out, d])),
+            GemmTerm(try engine.tensor(gLow, shape: [t, r]), try engine.tensor(a, shape: [r, d]), scale: 2),
+        ], into: du)
+        let p1 = Reference.matmul(g, w, m: t, n: d, k: out), p2 = Reference.matmul(gLow, a, m: t, n: d, k: r)
+        expectClose(try du.download(), (0..<t * d).map { p1[$0] + 2 * p2[$0] }, atol: 1e-4, rtol: 1e-5, "backward form")
+    }
+
+    @Test func gpuProfileIsCorrectHereToo() throws {
+        // The GPU tile shape runs on PoCL as well; correctness must not depend on the profile.
+        let engine = try makeEngine()
+        for profile in [GemmProfile.gpu, try GemmProfile.cpu.overridden(by: "MR=3,VW=8,NV=1,UK=2,LX=2,LY=3")] {
+            engine.gemmProfile = profile
+            let (m, n, k) = (23, 29, 31)
+            let a = uniformValues(m * k, seed: 18), b = uniformValues(n * k, seed: 19)
+            let c = try engine.empty([m, n])
+            try engine.gemm(try engine.tensor(a, shape: [k, m]), try engine.tensor(b, shape: [n, k]), into: c, transposeA: true, transposeB: true)
+            expectClose(try c.download(), Reference.matmul(a, b, m: m, n: n, k: k, transposeA: true, transposeB: true),
+                        atol: 1e-4, rtol: 1e-5, "profile \(profile)")
+        }
+    }
+
+    @Test func shapeErrorsNameTheOperands() throws {
+        let engine = try makeEngine()
+        let a = try engine.zeros([3, 5]), b = try engine.zeros([4, 7]), c = try engine.zeros([3, 7])
+        let error = try #require(throws: TensorError.self) { try engine.gemm(a, b, into: c) }
+        #expect(error.description.contains("op(A) is 3x5 but op(B) is 4x7"))
+        #expect(throws: TensorError.self) { try engine.gemm(a, try engine.zeros([5, 7]), into: try engine.zeros([3, 6])) }
+        #expect(throws: TensorError.self) { try engine.gemm(a, try engine.zeros([5, 7]), into: c, bias: try engine.zeros([6])) }
+        #expect(throws: TensorError.self) { try engine.gemm(try engine.zeros([2, 3, 5]), try engine.zeros([5, 7]), into: try engine.zeros([3, 3, 7])) }
+        #expect(throws: KernelProfileError.self) { try GemmProfile.cpu.overridden(by: "MR=0") }
+        #expect(throws: KernelProfileError.self) { try GemmProfile.cpu.overridden(by: "VW=5") }
+    }
+}
