@@ -15,6 +15,7 @@
 //      the pre-activation, exact-erf GELU; edges are stored scalar.
 //
 // Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
+// The k-block length KC is a launch parameter, not a define.
 
 #ifndef MR
 #define MR 6
@@ -40,44 +41,57 @@
 #define EPILOGUE_GELU 2
 #define EPILOGUE_PRE 4
 
-// One element of op(X)[batch][row][col] for a matrix with explicit strides.
-// pack_a: global (K, m_panels*MR, batches). Writes zeros for padding rows.
+// Packing: one work-item copies one k-row of one panel (MR values of A, NR values of B).
+// Consecutive work-items take consecutive k, so both storage orders read cache-friendly
+// (a transposed operand reads MR or NR contiguous floats; a plain one reads MR or NR
+// streams that advance by one float per work-item) and the panel is written sequentially.
+
+// pack_a: global (K, m_panels, batches). Writes zeros for padding rows.
 __kernel void pack_a(__global const float *A, const int a_offset, const int a_row_stride,
                      const int a_col_stride, const int a_batch_stride, const int M, const int K,
                      const float scale, const int m_panels, const int k_total, const int k_destination,
                      __global float *Ap)
 {
     const int k = get_global_id(0);
-    const int m = get_global_id(1);
+    const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
-    const int panel = m / MR, r = m % MR;
-    float value = 0.0f;
-    if (m < M) value = scale * A[a_offset + batch * a_batch_stride + m * a_row_stride + k * a_col_stride];
-    Ap[((size_t)(batch * m_panels + panel) * k_total + k_destination + k) * MR + r] = value;
+    const __global float *source = A + a_offset + batch * a_batch_stride + k * a_col_stride;
+    __global float *destination = Ap + ((size_t)(batch * m_panels + panel) * k_total + k_destination + k) * MR;
+    const int rows = min(MR, M - panel * MR);
+    for (int r = 0; r < MR; ++r)
+        destination[r] = r < rows ? scale * source[(panel * MR + r) * a_row_stride] : 0.0f;
 }
 
-// pack_b: global (n_panels*NR, K, batches). Writes zeros for padding columns.
+// pack_b: global (K, n_panels, batches). Writes zeros for padding columns.
 __kernel void pack_b(__global const float *B, const int b_offset, const int b_row_stride,
                      const int b_col_stride, const int b_batch_stride, const int K, const int N,
                      const int n_panels, const int k_total, const int k_destination, __global float *Bp)
 {
-    const int n = get_global_id(0);
-    const int k = get_global_id(1);
+    const int k = get_global_id(0);
+    const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
-    const int panel = n / NR, c = n % NR;
-    float value = 0.0f;
-    if (n < N) value = B[b_offset + batch * b_batch_stride + k * b_row_stride + n * b_col_stride];
-    Bp[((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR + c] = value;
+    const __global float *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
+    __global float *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR;
+    const int columns = min(NR, N - panel * NR);
+    if (columns == NR && b_col_stride == 1) {
+        for (int v = 0; v < NV; ++v) vstoreV(vloadV(v, source + panel * NR), v, destination);
+        return;
+    }
+    for (int c = 0; c < NR; ++c)
+        destination[c] = c < columns ? source[(panel * NR + c) * b_col_stride] : 0.0f;
 }
 
 inline float gelu_scalar(const float x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
 inline floatV gelu_vector(const floatV x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
 
 // gemm_packed: global (n_panels, m_panels, batches), padded up to the local size.
+// Reduces over packed k in [k_begin, k_end): the launcher splits long reductions into blocks
+// (KC) whose panels stay in cache, accumulating into C with beta = 1 after the first block.
 // a_batched / b_batched: 0 when one packed operand serves every batch (shared weights).
 __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, const int k_total,
+                          const int k_begin, const int k_end,
                           const int M, const int N, const int m_panels, const int n_panels,
                           const int a_batched, const int b_batched,
                           __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
@@ -100,7 +114,7 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
         for (int v = 0; v < NV; ++v) acc[r][v] = (floatV)(0.0f);
 
 #pragma unroll UK
-    for (int k = 0; k < k_total; ++k) {
+    for (int k = k_begin; k < k_end; ++k) {
         floatV bv[NV];
 #pragma unroll
         for (int v = 0; v < NV; ++v) bv[v] = vloadV(v, b + k * NR);

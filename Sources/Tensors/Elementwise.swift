@@ -63,6 +63,6 @@ extension Engine {
     private func launchElementwise(_ kernelName: String, count: Int, _ arguments: [KernelArgument]) throws {
         let kernel = try kernels.kernel(kernelName, in: "elementwise")
         try kernel.setArguments(arguments)
-        try queue.enqueue(kernel, global: [count])
+        try enqueue(kernel, global: [count])
     }
 }

@@ -45,6 +45,8 @@ public final class Engine {
     public let pool: BufferPool
     /// GEMM tunables for this device class (`SLORAGPU_GEMM_PROFILE` overrides for tuning).
     public var gemmProfile: GemmProfile
+    /// When set, every kernel launch is timed (see `KernelProfiler`).
+    public var profiler: KernelProfiler?
 
     public init(device: Device, configuration: EngineConfiguration = .fromEnvironment()) throws {
         self.device = device

@@ -136,35 +136,47 @@ extension Engine {
                 .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                 .buffer(packedA.buffer),
             ])
-            try queue.enqueue(packA, global: [k, mPanels * mr, aPackedBatches])
+            try enqueue(packA, global: [k, mPanels, aPackedBatches])
             try packB.setArguments([
                 .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
                 .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
                 .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                 .buffer(packedB.buffer),
             ])
-            try queue.enqueue(packB, global: [nPanels * nr, k, bPackedBatches])
+            try enqueue(packB, global: [k, nPanels, bPackedBatches])
             kDestination += k
         }
 
-        var flags: Int32 = 0
-        if bias != nil { flags |= 1 }
-        if activation == .gelu { flags |= 2 }
-        if preActivation != nil { flags |= 4 }
+        var epilogueFlags: Int32 = 0
+        if bias != nil { epilogueFlags |= 1 }
+        if activation == .gelu { epilogueFlags |= 2 }
+        if preActivation != nil { epilogueFlags |= 4 }
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: options)
-        try micro.setArguments([
-            .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
-            .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
-            .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
-            .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(n)), .int32(Int32(output.batchStride)),
-            .float(alpha), .float(beta),
-            .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(flags),
-            .buffer((preActivation ?? c).buffer), .int32(Int32((preActivation ?? c).offset)),
-        ])
+        let global: [Int], local: [Int]?
         if let (lx, ly) = profile.localSize {
-            try queue.enqueue(micro, global: [roundUp(nPanels, lx), roundUp(mPanels, ly), batches], local: [lx, ly, 1])
+            (global, local) = ([roundUp(nPanels, lx), roundUp(mPanels, ly), batches], [lx, ly, 1])
         } else {
-            try queue.enqueue(micro, global: [nPanels, mPanels, batches])
+            (global, local) = ([nPanels, mPanels, batches], nil)
+        }
+        // Long reductions run as k-blocks: every block after the first accumulates into C
+        // (beta 1), and only the last applies the epilogue.
+        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
+        var kBegin = 0
+        while kBegin < kTotal {
+            let kEnd = min(kTotal, kBegin + blockLength)
+            let isFirst = kBegin == 0, isLast = kEnd == kTotal
+            try micro.setArguments([
+                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
+                .int32(Int32(kBegin)), .int32(Int32(kEnd)),
+                .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
+                .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
+                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(n)), .int32(Int32(output.batchStride)),
+                .float(alpha), .float(isFirst ? beta : 1),
+                .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(isLast ? epilogueFlags : 0),
+                .buffer((preActivation ?? c).buffer), .int32(Int32((preActivation ?? c).offset)),
+            ])
+            try enqueue(micro, global: global, local: local)
+            kBegin = kEnd
         }
     }
 }

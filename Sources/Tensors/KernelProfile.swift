@@ -13,12 +13,14 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var vectorsPerRow: Int
     /// k-loop unroll.
     public var kUnroll: Int
+    /// Reduction block length per launch (0: the whole reduction in one launch).
+    public var kBlock: Int
     /// Work-group shape over (column panels, row panels); nil lets the driver choose.
     public var localSize: (Int, Int)?
 
     public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
         a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
-            && a.kUnroll == b.kUnroll && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
+            && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
     }
 
     public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
@@ -26,11 +28,11 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
 
     public var description: String {
-        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "")
+        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "")
     }
 
-    public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, localSize: nil)
-    public static let gpu = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, localSize: (16, 8))
+    public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, kBlock: 0, localSize: nil)
+    public static let gpu = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, kBlock: 0, localSize: (16, 8))
 
     public static func forDevice(_ device: Device, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmProfile {
         let base = device.type.contains(.gpu) ? gpu : cpu
@@ -38,7 +40,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         return try base.overridden(by: override)
     }
 
-    /// Applies `KEY=VALUE,...` (keys MR, VW, NV, UK, LX, LY) on top of this profile, for tuning.
+    /// Applies `KEY=VALUE,...` (keys MR, VW, NV, UK, KC, LX, LY) on top of this profile, for tuning.
     public func overridden(by text: String) throws -> GemmProfile {
         var profile = self
         var local = localSize ?? (0, 0)
@@ -54,9 +56,10 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
                 profile.vectorWidth = value
             case "NV": profile.vectorsPerRow = value
             case "UK": profile.kUnroll = value
+            case "KC": profile.kBlock = value
             case "LX": local.0 = value
             case "LY": local.1 = value
-            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, LX, LY)")
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY)")
             }
         }
         profile.localSize = local.0 > 0 && local.1 > 0 ? local : nil

@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import Tensors
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks. Compare against a reference measured in the same run (see scripts/).",
+        subcommands: [GemmBench.self]
+    )
+}
+
+/// One GEMM shape: op(A) is m x k, op(B) is k x n.
+struct GemmShape: Sendable {
+    var name: String
+    var m: Int, n: Int, k: Int
+    var transposeA: Bool, transposeB: Bool
+
+    var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+
+    /// The GEMMs of one training step of ViT-S/14 at 112 px, batch 32 (T = 32 x 65 = 2080
+    /// tokens, d = 384, MLP 1536, 2048 patches of 3 x 14 x 14 = 588), plus squares.
+    static let vitSmallStep: [GemmShape] = {
+        let t = 2080, d = 384, hidden = 1536
+        let layers: [(String, Int, Int, Int)] = [("qkv", t, 3 * d, d), ("proj", t, d, d), ("fc1", t, hidden, d), ("fc2", t, d, hidden)]
+        var shapes: [GemmShape] = []
+        // Forward: Y = X W^T, W stored [out, in].
+        for (name, m, n, k) in layers { shapes.append(GemmShape(name: "fwd \(name)", m: m, n: n, k: k, transposeA: false, transposeB: true)) }
+        shapes.append(GemmShape(name: "fwd patch", m: 2048, n: d, k: 588, transposeA: false, transposeB: true))
+        // Input gradients: dX = dY W.
+        for (name, m, n, k) in layers { shapes.append(GemmShape(name: "dX \(name)", m: m, n: k, k: n, transposeA: false, transposeB: false)) }
+        // Weight gradients (full fine-tuning): dW = dY^T X.
+        for (name, m, n, k) in layers { shapes.append(GemmShape(name: "dW \(name)", m: n, n: k, k: m, transposeA: true, transposeB: false)) }
+        shapes.append(GemmShape(name: "dW patch", m: d, n: 588, k: 2048, transposeA: true, transposeB: false))
+        for size in [512, 1024, 2048] {
+            shapes.append(GemmShape(name: "square \(size)", m: size, n: size, k: size, transposeA: false, transposeB: false))
+        }
+        return shapes
+    }()
+}
+
+struct GemmBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "GFLOP/s of the GEMMs of one ViT-S/14 training step (112 px, batch 32) and of square sizes.",
+        discussion: "scripts/bench_gemm.py runs this and numpy (OpenBLAS) on the same shapes in one run and prints the ratios."
+    )
+
+    @OptionGroup var deviceOption: DeviceOption
+
+    @Flag(help: "One JSON object per shape (name, m, n, k, transpose_a, transpose_b, seconds, gflops).")
+    var json = false
+
+    @Option(help: "Minimum measuring time per shape, in seconds.")
+    var minSeconds = 0.5
+
+    @Option(help: "Only shapes whose name contains this text.")
+    var filter: String?
+
+    @Flag(help: "Also print device time per kernel (packing vs. the micro-kernel) for each shape.")
+    var profile = false
+
+    func run() throws {
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        if !json { print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)") }
+        for shape in GemmShape.vitSmallStep where filter.map({ shape.name.contains($0) }) ?? true {
+            let a = try engine.empty(shape.transposeA ? [shape.k, shape.m] : [shape.m, shape.k])
+            let b = try engine.empty(shape.transposeB ? [shape.n, shape.k] : [shape.k, shape.n])
+            let c = try engine.empty([shape.m, shape.n])
+            let aValues = benchValues(a.count, seed: 1), bValues = benchValues(b.count, seed: 2)
+            try a.upload(aValues)
+            try b.upload(bValues)
+            let seconds = try measure(minSeconds: minSeconds) {
+                try engine.gemm(a, b, into: c, transposeA: shape.transposeA, transposeB: shape.transposeB)
+                try engine.synchronize()
+            }
+            try verify(shape, aValues, bValues, try c.download())
+            if profile {
+                let profiler = KernelProfiler()
+                engine.profiler = profiler
+                try engine.gemm(a, b, into: c, transposeA: shape.transposeA, transposeB: shape.transposeB)
+                let entries = try profiler.summary()
+                engine.profiler = nil
+                let parts = entries.map { String(format: "%@ %.3f ms", $0.kernel, $0.seconds * 1e3) }
+                if !json { print("    " + parts.joined(separator: ", ")) }
+            }
+            let gflops = shape.flops / seconds / 1e9
+            if json {
+                let object: [String: Any] = [
+                    "name": shape.name, "m": shape.m, "n": shape.n, "k": shape.k,
+                    "transpose_a": shape.transposeA, "transpose_b": shape.transposeB,
+                    "seconds": seconds, "gflops": gflops,
+                ]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                let op = "\(shape.transposeA ? "T" : "N")\(shape.transposeB ? "T" : "N")"
+                print(String(format: "%-12@ %5d x %5d x %5d  %@  %9.3f ms  %7.1f GFLOP/s", shape.name, shape.m, shape.n, shape.k, op, seconds * 1e3, gflops))
+            }
+        }
+    }
+}
+
+/// Small deterministic values in [-1, 1), so a wrong result cannot hide behind constants.
+func benchValues(_ count: Int, seed: UInt64) -> [Float] {
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0..<count).map { _ in
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return Float(state >> 40) / Float(1 << 23) - 1
+    }
+}
+
+/// A benchmark that computes garbage measures nothing: check 64 entries against a host dot
+/// product in Double.
+func verify(_ shape: GemmShape, _ a: [Float], _ b: [Float], _ c: [Float]) throws {
+    var state: UInt64 = 12345
+    for _ in 0..<64 {
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        let i = Int(state >> 33) % shape.m, j = Int(state >> 13) % shape.n
+        var sum = 0.0, magnitude = 0.0
+        for p in 0..<shape.k {
+            let x = Double(shape.transposeA ? a[p * shape.m + i] : a[i * shape.k + p])
+            let y = Double(shape.transposeB ? b[j * shape.k + p] : b[p * shape.n + j])
+            sum += x * y
+            magnitude += abs(x * y)
+        }
+        guard abs(Double(c[i * shape.n + j]) - sum) <= 1e-5 * magnitude + 1e-5 else {
+            throw ValidationError("\(shape.name): C[\(i), \(j)] = \(c[i * shape.n + j]) but the host computes \(sum)")
+        }
+    }
+}
+
+/// Best time of one call of `body`, after a warm-up call, repeated for at least `minSeconds`
+/// and at least three times. The best run is the least disturbed by other load.
+func measure(minSeconds: Double, _ body: () throws -> Void) throws -> Double {
+    try body()
+    var best = Double.infinity
+    var total = 0.0
+    var runs = 0
+    while total < minSeconds || runs < 3 {
+        let start = DispatchTime.now().uptimeNanoseconds
+        try body()
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        best = min(best, elapsed)
+        total += elapsed
+        runs += 1
+    }
+    return best
+}
