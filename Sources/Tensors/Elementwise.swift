@@ -45,14 +45,7 @@ extension Engine {
     }
 
     private func checkElementwise(_ operation: String, _ tensors: [Tensor]) throws {
-        for tensor in tensors {
-            guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
-            try tensor.expect(.float32, operation)
-            // Offsets and counts travel as 32-bit ints.
-            guard tensor.offset + tensor.count <= Int(Int32.max) else {
-                throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
-            }
-        }
+        try checkOperands(operation, tensors)
         let shapes = tensors.map(\.shape)
         guard shapes.allSatisfy({ $0 == shapes[0] }) else {
             throw TensorError.shapeMismatch(operation: operation,
@@ -65,4 +58,57 @@ extension Engine {
         try kernel.setArguments(arguments)
         try enqueue(kernel, global: [count])
     }
+}
+
+extension Engine {
+    /// The checks every launcher makes before it enqueues: the tensors belong to this engine,
+    /// have the expected dtype, and fit the kernels' 32-bit indices.
+    func checkOperands(_ operation: String, _ tensors: [Tensor], dtype: DType = .float32) throws {
+        for tensor in tensors {
+            guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
+            try tensor.expect(dtype, operation)
+            guard tensor.offset + tensor.count <= Int(Int32.max) else {
+                throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
+            }
+        }
+    }
+
+    func expectShape(_ operation: String, _ name: String, _ tensor: Tensor, _ shape: [Int]) throws {
+        guard tensor.shape == shape else {
+            throw TensorError.shapeMismatch(operation: operation, details: "\(name) must be \(shape), got \(tensor.shape)")
+        }
+    }
+
+    func launch(_ kernelName: String, in program: String, options: String = "", global: [Int], local: [Int]? = nil,
+                _ arguments: any KernelArgumentsConvertible...) throws {
+        let kernel = try kernels.kernel(kernelName, in: program, options: options)
+        try kernel.setArguments(arguments.flatMap(\.kernelArguments))
+        try enqueue(kernel, global: global, local: local)
+    }
+}
+
+/// What a launcher may pass to `launch`: a tensor becomes its buffer and element offset (the
+/// `(pointer, offset)` pair every kernel takes), Int a 32-bit int, Bool a 0/1 int.
+protocol KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { get }
+}
+
+extension Tensor: KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { [.buffer(buffer), .int32(Int32(offset))] }
+}
+
+extension Int: KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { [.int32(Int32(self))] }
+}
+
+extension Float: KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { [.float(self)] }
+}
+
+extension Bool: KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { [.int32(self ? 1 : 0)] }
+}
+
+extension KernelArgument: KernelArgumentsConvertible {
+    var kernelArguments: [KernelArgument] { [self] }
 }

@@ -1,18 +1,40 @@
 import CLRuntime
 import Foundation
 
-/// Element types of device storage. Only fp32 now; fp16/bf16 storage will add cases here and
-/// the launchers will pick kernels by dtype.
+/// Element types of device storage: fp32 for all math; int32 for labels; uint8 for
+/// per-parameter group ids. fp16/bf16 storage will add cases here and the launchers will pick
+/// kernels by dtype.
 public enum DType: String, Sendable, CustomStringConvertible {
     case float32
+    case int32
+    case uint8
 
     public var byteCount: Int {
         switch self {
-        case .float32: 4
+        case .float32, .int32: 4
+        case .uint8: 1
         }
     }
 
     public var description: String { rawValue }
+}
+
+/// Host element types that map one-to-one onto a device dtype.
+public protocol DeviceElement: BitwiseCopyable {
+    static var dtype: DType { get }
+    static var zero: Self { get }
+}
+
+extension Float: DeviceElement {
+    public static var dtype: DType { .float32 }
+}
+
+extension Int32: DeviceElement {
+    public static var dtype: DType { .int32 }
+}
+
+extension UInt8: DeviceElement {
+    public static var dtype: DType { .uint8 }
 }
 
 /// A pooled device buffer; it returns to its engine's pool when the last tensor using it goes.
@@ -74,17 +96,19 @@ public struct Tensor {
     }
 
     /// Copies the tensor to the host, waiting for all enqueued work that precedes it.
-    public func download() throws -> [Float] {
-        try expect(.float32, "download")
-        var values = [Float](repeating: 0, count: count)
+    public func download() throws -> [Float] { try download(as: Float.self) }
+
+    public func download<Element: DeviceElement>(as _: Element.Type) throws -> [Element] {
+        try expect(Element.dtype, "download")
+        var values = [Element](repeating: .zero, count: count)
         try values.withUnsafeMutableBytes { try engine.queue.read(buffer, offsetBytes: byteOffset, into: $0) }
         return values
     }
 
     /// Enqueues a copy of `values` into the tensor and returns without waiting. The values are
     /// staged in host memory that is freed when the copy completes.
-    public func upload(_ values: [Float]) throws {
-        try expect(.float32, "upload")
+    public func upload<Element: DeviceElement>(_ values: [Element]) throws {
+        try expect(Element.dtype, "upload")
         guard values.count == count else {
             throw TensorError.countMismatch(operation: "upload", expected: count, actual: values.count)
         }
@@ -170,8 +194,17 @@ extension Engine {
         return tensor
     }
 
+    /// fp32 from host values (array literals land here).
     public func tensor(_ values: [Float], shape: [Int]) throws -> Tensor {
-        let tensor = try empty(shape)
+        try tensor(values as [Float], elementsShape: shape)
+    }
+
+    public func tensor<Element: DeviceElement>(_ values: [Element], shape: [Int]) throws -> Tensor {
+        try tensor(values, elementsShape: shape)
+    }
+
+    private func tensor<Element: DeviceElement>(_ values: [Element], elementsShape shape: [Int]) throws -> Tensor {
+        let tensor = try empty(shape, dtype: Element.dtype)
         try tensor.upload(values)
         return tensor
     }

@@ -1,0 +1,22 @@
+// Bias add and its gradient. y, dy [R, C] row-major; bias, dbias [C].
+
+// y[r, c] += bias[c]
+__kernel void bias_add(__global float *y, const int y_offset, __global const float *bias, const int bias_offset,
+                       const int R, const int C)
+{
+    const int i = get_global_id(0);
+    if (i >= R * C) return;
+    y[y_offset + i] += bias[bias_offset + i % C];
+}
+
+// out[c] (+)= sum_r dy[r, c]: column sums, one work-item per column (adjacent work-items read
+// adjacent addresses).
+__kernel void column_sum(__global const float *dy, const int dy_offset, __global float *out, const int out_offset,
+                         const int R, const int C, const int accumulate)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    float sum = 0.0f;
+    for (int r = 0; r < R; ++r) sum += dy[dy_offset + r * C + c];
+    out[out_offset + c] = accumulate ? out[out_offset + c] + sum : sum;
+}

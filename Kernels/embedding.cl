@@ -1,0 +1,64 @@
+// Patch embedding and token assembly, forward and backward.
+// images [B, Ch, H, W] (NCHW); patches [B * Np, Ch * P * P] with columns ordered (ch, ky, kx),
+// which matches a Conv2d weight [D, Ch, P, P] flattened to [D, Ch * P * P];
+// Np = (H / P) * (W / P) patches in row-major grid order.
+// tokens x [B, 1 + Np, D]: token 0 is cls + pos[0], token 1 + p is patch_out[b, p] + pos[1 + p].
+
+// One work-item per element of patches.
+__kernel void im2col_patches(__global const float *images, const int images_offset,
+                             __global float *patches, const int patches_offset,
+                             const int B, const int Ch, const int H, const int W, const int P)
+{
+    const int grid_w = W / P, patches_per_image = (H / P) * grid_w;
+    const int columns = Ch * P * P;
+    const int i = get_global_id(0);
+    if (i >= B * patches_per_image * columns) return;
+    const int column = i % columns, row = i / columns;
+    const int b = row / patches_per_image, p = row % patches_per_image;
+    const int ch = column / (P * P), ky = (column / P) % P, kx = column % P;
+    const int y = (p / grid_w) * P + ky, x = (p % grid_w) * P + kx;
+    patches[patches_offset + i] = images[images_offset + ((b * Ch + ch) * H + y) * W + x];
+}
+
+// One work-item per element of x.
+__kernel void tokens_forward(__global const float *patch_out, const int patch_offset,
+                             __global const float *cls, const int cls_offset,
+                             __global const float *pos, const int pos_offset,
+                             __global float *x, const int x_offset,
+                             const int B, const int Np, const int D)
+{
+    const int i = get_global_id(0);
+    const int N = Np + 1;
+    if (i >= B * N * D) return;
+    const int c = i % D, t = (i / D) % N, b = i / (N * D);
+    const float base = t == 0 ? cls[cls_offset + c] : patch_out[patch_offset + (b * Np + t - 1) * D + c];
+    x[x_offset + i] = base + pos[pos_offset + t * D + c];
+}
+
+// d_patch_out[b, p] = dx[b, 1 + p]. One work-item per element of d_patch_out.
+__kernel void tokens_backward_patches(__global const float *dx, const int dx_offset,
+                                      __global float *d_patch, const int d_patch_offset,
+                                      const int B, const int Np, const int D)
+{
+    const int i = get_global_id(0);
+    if (i >= B * Np * D) return;
+    const int c = i % D, p = (i / D) % Np, b = i / (Np * D);
+    d_patch[d_patch_offset + i] = dx[dx_offset + (b * (Np + 1) + 1 + p) * D + c];
+}
+
+// d_pos[t, c] (+)= sum_b dx[b, t, c]; d_cls[c] (+)= sum_b dx[b, 0, c]. One work-item per (t, c).
+// want_pos / want_cls select which gradients are written (frozen ones are skipped).
+__kernel void tokens_backward_params(__global const float *dx, const int dx_offset,
+                                     __global float *d_pos, const int d_pos_offset,
+                                     __global float *d_cls, const int d_cls_offset,
+                                     const int B, const int N, const int D,
+                                     const int want_pos, const int want_cls, const int accumulate)
+{
+    const int i = get_global_id(0);
+    if (i >= N * D) return;
+    const int t = i / D, c = i % D;
+    float sum = 0.0f;
+    for (int b = 0; b < B; ++b) sum += dx[dx_offset + (b * N + t) * D + c];
+    if (want_pos) d_pos[d_pos_offset + i] = accumulate ? d_pos[d_pos_offset + i] + sum : sum;
+    if (want_cls && t == 0) d_cls[d_cls_offset + c] = accumulate ? d_cls[d_cls_offset + c] + sum : sum;
+}

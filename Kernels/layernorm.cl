@@ -1,0 +1,85 @@
+// LayerNorm over the last dimension, forward and backward.
+// Shapes: x, y, dy, dx [R, D] (row-major, R rows); gamma, beta, dgamma, dbeta [D];
+// mean, rstd [R] saved by the forward for the backward.
+// y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps), var the biased variance.
+
+// One work-item per row; two passes (mean, then centred variance) for accuracy.
+__kernel void layernorm_forward(__global const float *x, const int x_offset,
+                                __global const float *gamma, const int gamma_offset,
+                                __global const float *beta, const int beta_offset,
+                                __global float *y, const int y_offset,
+                                __global float *mean_out, const int mean_offset,
+                                __global float *rstd_out, const int rstd_offset,
+                                const int R, const int D, const float eps)
+{
+    const int row = get_global_id(0);
+    if (row >= R) return;
+    const __global float *xr = x + x_offset + row * D;
+    float sum = 0.0f;
+    for (int i = 0; i < D; ++i) sum += xr[i];
+    const float mean = sum / D;
+    float squares = 0.0f;
+    for (int i = 0; i < D; ++i) { const float c = xr[i] - mean; squares += c * c; }
+    const float rstd = 1.0f / sqrt(squares / D + eps);
+    __global float *yr = y + y_offset + row * D;
+    for (int i = 0; i < D; ++i)
+        yr[i] = (xr[i] - mean) * rstd * gamma[gamma_offset + i] + beta[beta_offset + i];
+    mean_out[mean_offset + row] = mean;
+    rstd_out[rstd_offset + row] = rstd;
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, xhat = (x - mean) * rstd.
+// accumulate != 0 adds into dx (the residual stream's gradient) instead of overwriting it.
+__kernel void layernorm_backward_input(__global const float *dy, const int dy_offset,
+                                       __global const float *x, const int x_offset,
+                                       __global const float *gamma, const int gamma_offset,
+                                       __global const float *mean_in, const int mean_offset,
+                                       __global const float *rstd_in, const int rstd_offset,
+                                       __global float *dx, const int dx_offset,
+                                       const int R, const int D, const int accumulate)
+{
+    const int row = get_global_id(0);
+    if (row >= R) return;
+    const __global float *dyr = dy + dy_offset + row * D;
+    const __global float *xr = x + x_offset + row * D;
+    const float mean = mean_in[mean_offset + row], rstd = rstd_in[rstd_offset + row];
+    float g_sum = 0.0f, gx_sum = 0.0f;
+    for (int i = 0; i < D; ++i) {
+        const float g = dyr[i] * gamma[gamma_offset + i];
+        g_sum += g;
+        gx_sum += g * (xr[i] - mean) * rstd;
+    }
+    const float g_mean = g_sum / D, gx_mean = gx_sum / D;
+    __global float *dxr = dx + dx_offset + row * D;
+    for (int i = 0; i < D; ++i) {
+        const float xhat = (xr[i] - mean) * rstd;
+        const float value = rstd * (dyr[i] * gamma[gamma_offset + i] - g_mean - xhat * gx_mean);
+        dxr[i] = accumulate ? dxr[i] + value : value;
+    }
+}
+
+// dgamma[c] (+)= sum_rows dy * xhat, dbeta[c] (+)= sum_rows dy. One work-item per column.
+__kernel void layernorm_backward_params(__global const float *dy, const int dy_offset,
+                                        __global const float *x, const int x_offset,
+                                        __global const float *mean_in, const int mean_offset,
+                                        __global const float *rstd_in, const int rstd_offset,
+                                        __global float *dgamma, const int dgamma_offset,
+                                        __global float *dbeta, const int dbeta_offset,
+                                        const int R, const int D, const int accumulate)
+{
+    const int column = get_global_id(0);
+    if (column >= D) return;
+    float gamma_sum = 0.0f, beta_sum = 0.0f;
+    for (int row = 0; row < R; ++row) {
+        const float g = dy[dy_offset + row * D + column];
+        gamma_sum += g * (x[x_offset + row * D + column] - mean_in[mean_offset + row]) * rstd_in[rstd_offset + row];
+        beta_sum += g;
+    }
+    if (accumulate) {
+        dgamma[dgamma_offset + column] += gamma_sum;
+        dbeta[dbeta_offset + column] += beta_sum;
+    } else {
+        dgamma[dgamma_offset + column] = gamma_sum;
+        dbeta[dbeta_offset + column] = beta_sum;
+    }
+}
