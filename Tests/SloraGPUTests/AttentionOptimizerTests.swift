@@ -1,0 +1,167 @@
+import Foundation
+import Reference
+import Testing
+@testable import Tensors
+
+private func doubles(_ values: [Float]) -> [Double] { values.map(Double.init) }
+
+@Suite("Attention")
+struct AttentionTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var batch: Int, tokens: Int, heads: Int, headDimension: Int
+        var testDescription: String { "B\(batch) N\(tokens) H\(heads) dh\(headDimension)" }
+    }
+
+    /// The qkv GEMM's output [B*N, 3W] read in place, as the model does.
+    static let cases = [Case(batch: 2, tokens: 1, heads: 2, headDimension: 32), Case(batch: 2, tokens: 65, heads: 3, headDimension: 32),
+                        Case(batch: 1, tokens: 197, heads: 2, headDimension: 64), Case(batch: 1, tokens: 37, heads: 1, headDimension: 128),
+                        Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32)]
+
+    @Test(arguments: cases)
+    func forwardAndBackwardMatchTheReference(shape c: Case) throws {
+        let engine = try makeEngine()
+        let width = c.heads * c.headDimension, rows = c.batch * c.tokens
+        let qkv = uniformValues(rows * 3 * width, seed: 1, scale: 2)
+        let dO = uniformValues(rows * width, seed: 2)
+        func columns(_ part: Int) -> [Float] {
+            var out: [Float] = []
+            for r in 0..<rows {
+                let start = r * 3 * width + part * width
+                out += qkv[start..<start + width]
+            }
+            return out
+        }
+        let q = columns(0), k = columns(1), v = columns(2)
+
+        let qkvT = try engine.tensor(qkv, shape: [rows, 3 * width])
+        let layout = { (column: Int) in HeadLayout(try qkvT.view(offset: column, shape: [rows * 3 * width - column]), rowStride: 3 * width) }
+        let shape = AttentionShape(batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
+        let o = try engine.empty([rows, width]), lse = try engine.empty([c.batch, c.heads, c.tokens])
+        try engine.attentionForward(shape, q: try layout(0), k: try layout(width), v: try layout(2 * width), output: o, lse: lse)
+        let expected = Reference.attention(q: doubles(q), k: doubles(k), v: doubles(v), batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
+        expectClose(try o.download(), expected.o, atol: 1e-5, rtol: 1e-4, "attention output \(c.testDescription)")
+        // lse is stored per (b, h, i); the reference appends in the same order.
+        expectClose(try lse.download(), expected.lse, atol: 1e-5, rtol: 1e-5, "lse \(c.testDescription)")
+
+        let dqkv = try engine.zeros([rows, 3 * width])
+        let dLayout = { (column: Int) in HeadLayout(try dqkv.view(offset: column, shape: [rows * 3 * width - column]), rowStride: 3 * width) }
+        try engine.attentionBackward(shape, q: try layout(0), k: try layout(width), v: try layout(2 * width), output: o, lse: lse,
+                                     dOutput: try engine.tensor(dO, shape: [rows, width]),
+                                     dq: try dLayout(0), dk: try dLayout(width), dv: try dLayout(2 * width))
+        let grads = Reference.attentionBackward(q: doubles(q), k: doubles(k), v: doubles(v), dO: doubles(dO), batch: c.batch,
+                                                tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
+        var expectedQKV: [Double] = []
+        for r in 0..<rows {
+            expectedQKV += grads.dq[r * width..<(r + 1) * width]
+            expectedQKV += grads.dk[r * width..<(r + 1) * width]
+            expectedQKV += grads.dv[r * width..<(r + 1) * width]
+        }
+        expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription)")
+    }
+
+    /// The reference backward against central differences of the reference forward, on every
+    /// coordinate of a small case.
+    @Test func referenceBackwardMatchesFiniteDifferences() {
+        let (batch, tokens, heads, dh) = (1, 4, 2, 3)
+        let width = heads * dh, count = batch * tokens * width
+        let q = doubles(uniformValues(count, seed: 3)), k = doubles(uniformValues(count, seed: 4))
+        let v = doubles(uniformValues(count, seed: 5)), dO = doubles(uniformValues(count, seed: 6))
+        let grads = Reference.attentionBackward(q: q, k: k, v: v, dO: dO, batch: batch, tokens: tokens, heads: heads, headDimension: dh)
+        func loss(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
+            zip(Reference.attention(q: q, k: k, v: v, batch: batch, tokens: tokens, heads: heads, headDimension: dh).o, dO).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        for index in 0..<count {
+            let numericQ = Reference.centralDifference({ loss($0, k, v) }, at: q, index: index)
+            let numericK = Reference.centralDifference({ loss(q, $0, v) }, at: k, index: index)
+            let numericV = Reference.centralDifference({ loss(q, k, $0) }, at: v, index: index)
+            #expect(abs(grads.dq[index] - numericQ) < 1e-8)
+            #expect(abs(grads.dk[index] - numericK) < 1e-8)
+            #expect(abs(grads.dv[index] - numericV) < 1e-8)
+        }
+    }
+
+    @Test func badLayoutsAreRejected() throws {
+        let engine = try makeEngine()
+        let shape = AttentionShape(batch: 2, tokens: 5, heads: 2, headDimension: 4)
+        let small = HeadLayout(try engine.zeros([10, 8]), rowStride: 24)
+        #expect(throws: TensorError.self) {
+            try engine.attentionForward(shape, q: small, k: small, v: small, output: try engine.zeros([10, 8]), lse: try engine.zeros([2, 2, 5]))
+        }
+    }
+}
+
+@Suite("Optimizers")
+struct OptimizerTests {
+    /// Two groups: group 0 decays at the base rate, group 1 (LoRA+'s B) runs at 16x without decay.
+    func groups(_ engine: Engine, _ n: Int) throws -> (ParameterGroups, [UInt8]) {
+        let ids = (0..<n).map { UInt8($0 % 3 == 0 ? 1 : 0) }
+        return (ParameterGroups(ids: try engine.tensor(ids, shape: [n]), learningRateScale: try engine.tensor([1, 16], shape: [2]),
+                                decay: try engine.tensor([1, 0], shape: [2])), ids)
+    }
+
+    @Test func adamWMatchesTorchSemanticsOverThreeSteps() throws {
+        let engine = try makeEngine()
+        let n = 1003
+        let (groupTable, ids) = try groups(engine, n)
+        var p = doubles(uniformValues(n, seed: 1)), m = [Double](repeating: 0, count: n), v = m
+        let params = try engine.tensor(p.map(Float.init), shape: [n])
+        let mT = try engine.zeros([n]), vT = try engine.zeros([n])
+        let settings = AdamWSettings(learningRate: 1e-2, weightDecay: 0.05)
+        for step in 1...3 {
+            let g = uniformValues(n, seed: UInt64(10 + step))
+            let gT = try engine.tensor(g, shape: [n])
+            // Clip to norm 1 on the device, as the trainer will.
+            let factor = try engine.clipFactor(sumOfSquares: try engine.sumOfSquares(gT), maxNorm: 1)
+            try engine.adamWStep(parameters: params, gradients: gT, firstMoment: mT, secondMoment: vT, groups: groupTable,
+                                 gradientScale: factor, settings: settings, step: step)
+            let norm = g.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+            let clip = min(1, 1 / (norm + 1e-6))
+            for i in 0..<n {
+                let rate = 1e-2 * (ids[i] == 1 ? 16 : 1), decay = ids[i] == 1 ? 0 : 0.05
+                p[i] = Reference.adamW(p[i], Double(g[i]) * clip, m: &m[i], v: &v[i], lr: rate, beta1: 0.9, beta2: 0.999,
+                                       eps: 1e-8, weightDecay: decay, step: step)
+            }
+        }
+        expectClose(try params.download(), p, atol: 1e-5, rtol: 1e-5, "AdamW parameters after 3 steps")
+        expectClose(try mT.download(), m, atol: 1e-6, rtol: 1e-5, "AdamW m")
+        expectClose(try vT.download(), v, atol: 1e-7, rtol: 1e-4, "AdamW v")
+    }
+
+    @Test func sgdWithMomentumMatchesTorchSemantics() throws {
+        let engine = try makeEngine()
+        let n = 515
+        let (groupTable, ids) = try groups(engine, n)
+        var p = doubles(uniformValues(n, seed: 2)), buffer = [Double](repeating: 0, count: n)
+        let params = try engine.tensor(p.map(Float.init), shape: [n]), momentum = try engine.zeros([n])
+        let one = try engine.tensor([1], shape: [1])
+        for step in 1...3 {
+            let g = uniformValues(n, seed: UInt64(20 + step))
+            try engine.sgdStep(parameters: params, gradients: try engine.tensor(g, shape: [n]), momentum: momentum, groups: groupTable,
+                               gradientScale: one, learningRate: 0.1, momentumFactor: 0.9, weightDecay: 1e-3)
+            for i in 0..<n {
+                let gradient = Double(g[i]) + (ids[i] == 1 ? 0 : 1e-3) * p[i]
+                buffer[i] = 0.9 * buffer[i] + gradient
+                p[i] -= 0.1 * (ids[i] == 1 ? 16 : 1) * buffer[i]
+            }
+        }
+        expectClose(try params.download(), p, atol: 1e-5, rtol: 1e-5, "SGD parameters after 3 steps")
+    }
+
+    @Test func clipFactorIsOneBelowTheLimit() throws {
+        let engine = try makeEngine()
+        let g = try engine.tensor([0.3, 0.4], shape: [2])
+        #expect(try engine.clipFactor(sumOfSquares: try engine.sumOfSquares(g), maxNorm: 1).download() == [1])
+        expectClose(try engine.clipFactor(sumOfSquares: try engine.sumOfSquares(g), maxNorm: 0.25).download(), [0.25 / (0.5 + 1e-6)],
+                    atol: 1e-7, rtol: 1e-6, "clip factor")
+    }
+
+    @Test func slabMismatchesAreRejected() throws {
+        let engine = try makeEngine()
+        let (groupTable, _) = try groups(engine, 10)
+        #expect(throws: TensorError.self) {
+            try engine.adamWStep(parameters: try engine.zeros([10]), gradients: try engine.zeros([9]), firstMoment: try engine.zeros([10]),
+                                 secondMoment: try engine.zeros([10]), groups: groupTable, gradientScale: try engine.zeros([1]),
+                                 settings: AdamWSettings(learningRate: 1), step: 1)
+        }
+    }
+}
