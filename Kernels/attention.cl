@@ -141,3 +141,145 @@ __kernel void attention_backward_dkv(__global const float *q, const int q_offset
     __global float *dv_row = ROW(dv, dv_offset, ld_d, b, N, j, h);
     for (int c = 0; c < DH; ++c) { dk_row[c] = dk_acc[c] * scale; dv_row[c] = dv_acc[c]; }
 }
+
+// ---------------------------------------------------------------------------------------
+// Block variants for CPUs: one work-item owns QB consecutive queries (or keys) and keeps one
+// vector lane per query, so scores, the online softmax and every update are vertical vector
+// FMAs (no horizontal reductions) and each k/v row loaded serves QB queries. Same math, same
+// layouts, same lse/delta as the kernels above. Global (ceil(N / QB), H, B).
+#ifndef QB
+#define QB 16
+#endif
+#define QCAT_(a, b) a##b
+#define QCAT(a, b) QCAT_(a, b)
+#define floatQ QCAT(float, QB)
+
+// Reads lane l of a block of QB rows starting at row t0 (rows past N read row N-1; their
+// results are never stored).
+#define LOAD_BLOCK(dst, base, offset, ld, scale_by)                                          \
+    for (int c = 0; c < DH; ++c) {                                                           \
+        float lanes[QB];                                                                     \
+        for (int l = 0; l < QB; ++l)                                                         \
+            lanes[l] = ROW(base, offset, ld, b, N, min(t0 + l, N - 1), h)[c] * (scale_by);   \
+        dst[c] = QCAT(vload, QB)(0, lanes);                                                  \
+    }
+
+__kernel void attention_forward_block(__global const float *q, const int q_offset,
+                                      __global const float *k, const int k_offset,
+                                      __global const float *v, const int v_offset, const int ld_qkv,
+                                      __global float *o, const int o_offset, const int ld_o,
+                                      __global float *lse, const int lse_offset,
+                                      const int N, const int H, const float scale)
+{
+    const int t0 = get_global_id(0) * QB, h = get_global_id(1), b = get_global_id(2);
+    if (t0 >= N) return;
+    floatQ qt[DH], acc[DH];
+    LOAD_BLOCK(qt, q, q_offset, ld_qkv, scale)
+    for (int c = 0; c < DH; ++c) acc[c] = (floatQ)(0.0f);
+    floatQ running_max = (floatQ)(-INFINITY), running_sum = (floatQ)(0.0f);
+    for (int j = 0; j < N; ++j) {
+        const __global float *k_row = ROW(k, k_offset, ld_qkv, b, N, j, h);
+        const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, j, h);
+        floatQ s = (floatQ)(0.0f);
+        for (int c = 0; c < DH; ++c) s = fma(qt[c], (floatQ)(k_row[c]), s);
+        const floatQ new_max = fmax(running_max, s);
+        const floatQ correction = exp(running_max - new_max);
+        const floatQ p = exp(s - new_max);
+        running_sum = running_sum * correction + p;
+        for (int c = 0; c < DH; ++c) acc[c] = fma(p, (floatQ)(v_row[c]), acc[c] * correction);
+        running_max = new_max;
+    }
+    const floatQ inverse = 1.0f / running_sum;
+    const floatQ log_sum_exp = running_max + log(running_sum);
+    float lanes[QB];
+    for (int c = 0; c < DH; ++c) {
+        QCAT(vstore, QB)(acc[c] * inverse, 0, lanes);
+        for (int l = 0; l < QB && t0 + l < N; ++l) ROW(o, o_offset, ld_o, b, N, t0 + l, h)[c] = lanes[l];
+    }
+    QCAT(vstore, QB)(log_sum_exp, 0, lanes);
+    for (int l = 0; l < QB && t0 + l < N; ++l) lse[lse_offset + (b * H + h) * N + t0 + l] = lanes[l];
+}
+
+// QB consecutive per-row scalars (lse or delta) from `row0`, padding lanes past N with row N-1.
+inline floatQ load_lanes(__global const float *values, const int row0, const int t0, const int N)
+{
+    float lanes[QB];
+    for (int l = 0; l < QB; ++l) lanes[l] = values[row0 + min(t0 + l, N - 1)];
+    return QCAT(vload, QB)(0, lanes);
+}
+
+__kernel void attention_backward_dq_block(__global const float *q, const int q_offset,
+                                          __global const float *k, const int k_offset,
+                                          __global const float *v, const int v_offset, const int ld_qkv,
+                                          __global const float *d_o, const int d_o_offset, const int ld_o,
+                                          __global const float *lse, const int lse_offset,
+                                          __global const float *delta, const int delta_offset,
+                                          __global float *dq, const int dq_offset, const int ld_d,
+                                          const int N, const int H, const float scale)
+{
+    const int t0 = get_global_id(0) * QB, h = get_global_id(1), b = get_global_id(2);
+    if (t0 >= N) return;
+    floatQ qt[DH], dot_[DH], acc[DH];
+    LOAD_BLOCK(qt, q, q_offset, ld_qkv, scale)
+    LOAD_BLOCK(dot_, d_o, d_o_offset, ld_o, 1.0f)
+    for (int c = 0; c < DH; ++c) acc[c] = (floatQ)(0.0f);
+    const floatQ lse_q = load_lanes(lse, lse_offset + (b * H + h) * N, t0, N);
+    const floatQ delta_q = load_lanes(delta, delta_offset + (b * H + h) * N, t0, N);
+    for (int j = 0; j < N; ++j) {
+        const __global float *k_row = ROW(k, k_offset, ld_qkv, b, N, j, h);
+        const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, j, h);
+        floatQ s = (floatQ)(0.0f), dp = (floatQ)(0.0f);
+        for (int c = 0; c < DH; ++c) {
+            s = fma(qt[c], (floatQ)(k_row[c]), s);
+            dp = fma(dot_[c], (floatQ)(v_row[c]), dp);
+        }
+        const floatQ ds = exp(s - lse_q) * (dp - delta_q);
+        for (int c = 0; c < DH; ++c) acc[c] = fma(ds, (floatQ)(k_row[c]), acc[c]);
+    }
+    float lanes[QB];
+    for (int c = 0; c < DH; ++c) {
+        QCAT(vstore, QB)(acc[c] * scale, 0, lanes);
+        for (int l = 0; l < QB && t0 + l < N; ++l) ROW(dq, dq_offset, ld_d, b, N, t0 + l, h)[c] = lanes[l];
+    }
+}
+
+// Lanes are keys here: t0 is the first key of the block.
+__kernel void attention_backward_dkv_block(__global const float *q, const int q_offset,
+                                           __global const float *k, const int k_offset,
+                                           __global const float *v, const int v_offset, const int ld_qkv,
+                                           __global const float *d_o, const int d_o_offset, const int ld_o,
+                                           __global const float *lse, const int lse_offset,
+                                           __global const float *delta, const int delta_offset,
+                                           __global float *dk, const int dk_offset,
+                                           __global float *dv, const int dv_offset, const int ld_d,
+                                           const int N, const int H, const float scale)
+{
+    const int t0 = get_global_id(0) * QB, h = get_global_id(1), b = get_global_id(2);
+    if (t0 >= N) return;
+    floatQ kt[DH], vt[DH], dk_acc[DH], dv_acc[DH];
+    LOAD_BLOCK(kt, k, k_offset, ld_qkv, scale)
+    LOAD_BLOCK(vt, v, v_offset, ld_qkv, 1.0f)
+    for (int c = 0; c < DH; ++c) { dk_acc[c] = (floatQ)(0.0f); dv_acc[c] = (floatQ)(0.0f); }
+    for (int i = 0; i < N; ++i) {
+        const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, i, h);
+        const __global float *do_row = ROW(d_o, d_o_offset, ld_o, b, N, i, h);
+        floatQ s = (floatQ)(0.0f), dp = (floatQ)(0.0f);
+        for (int c = 0; c < DH; ++c) {
+            s = fma(kt[c], (floatQ)(q_row[c]), s);
+            dp = fma(vt[c], (floatQ)(do_row[c]), dp);
+        }
+        const floatQ p = exp(s - lse[lse_offset + (b * H + h) * N + i]);
+        const floatQ ds = p * (dp - delta[delta_offset + (b * H + h) * N + i]);
+        for (int c = 0; c < DH; ++c) {
+            dv_acc[c] = fma(p, (floatQ)(do_row[c]), dv_acc[c]);
+            dk_acc[c] = fma(ds, (floatQ)(q_row[c]), dk_acc[c]);
+        }
+    }
+    float lanes[QB];
+    for (int c = 0; c < DH; ++c) {
+        QCAT(vstore, QB)(dk_acc[c] * scale, 0, lanes);
+        for (int l = 0; l < QB && t0 + l < N; ++l) ROW(dk, dk_offset, ld_d, b, N, t0 + l, h)[c] = lanes[l];
+        QCAT(vstore, QB)(dv_acc[c], 0, lanes);
+        for (int l = 0; l < QB && t0 + l < N; ++l) ROW(dv, dv_offset, ld_d, b, N, t0 + l, h)[c] = lanes[l];
+    }
+}

@@ -45,6 +45,8 @@ public final class Engine {
     public let pool: BufferPool
     /// GEMM tunables for this device class (`SLORAGPU_GEMM_PROFILE` overrides for tuning).
     public var gemmProfile: GemmProfile
+    /// Attention work-item mapping for this device class.
+    public var attentionPath: AttentionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).
     public var profiler: KernelProfiler?
 
@@ -57,6 +59,7 @@ public final class Engine {
                                 diskCache: configuration.cacheDirectory.map(ProgramDiskCache.init(directory:)))
         pool = BufferPool(context: context)
         gemmProfile = try GemmProfile.forDevice(device)
+        attentionPath = AttentionPath.forDevice(device)
     }
 
     /// Selects a device by the policy in `DeviceSelection` (`deviceSpec`, then

@@ -6,7 +6,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks. Compare against a reference measured in the same run (see scripts/).",
-        subcommands: [GemmBench.self]
+        subcommands: [GemmBench.self, AttentionBench.self]
     )
 }
 
@@ -96,6 +96,60 @@ struct GemmBench: ParsableCommand {
                 let op = "\(shape.transposeA ? "T" : "N")\(shape.transposeB ? "T" : "N")"
                 print(String(format: "%-12@ %5d x %5d x %5d  %@  %9.3f ms  %7.1f GFLOP/s", shape.name, shape.m, shape.n, shape.k, op, seconds * 1e3, gflops))
             }
+        }
+    }
+}
+
+struct AttentionBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention",
+        abstract: "Attention forward + backward time for ViT-S (batch 32, 6 heads of 64) at N = 65 and 257 tokens.",
+        discussion: """
+            FLOP counts are the standard ones: forward 4 B H N^2 dh (QK^T and PV), backward 8 B H N^2 dh \
+            (dV, dP, dQ, dK); the flash backward also recomputes the scores, which is not counted. The \
+            same run measures a 1024^3 GEMM as the device's practical ceiling.
+            """
+    )
+
+    @OptionGroup var deviceOption: DeviceOption
+
+    @Option(help: "Minimum measuring time per case, in seconds.")
+    var minSeconds = 0.5
+
+    func run() throws {
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        let square = try engine.empty([1024, 1024]), product = try engine.empty([1024, 1024])
+        try square.upload(benchValues(square.count, seed: 3))
+        let gemmSeconds = try measure(minSeconds: minSeconds) {
+            try engine.gemm(square, square, into: product)
+            try engine.synchronize()
+        }
+        let ceiling = 2 * pow(1024.0, 3) / gemmSeconds / 1e9
+        print(String(format: "device: %@   GEMM 1024^3 ceiling: %.1f GFLOP/s", engine.device.name, ceiling))
+        for tokens in [65, 257] {
+            let shape = AttentionShape(batch: 32, tokens: tokens, heads: 6, headDimension: 64)
+            let rows = shape.batch * tokens, width = shape.width
+            let qkv = try engine.empty([rows, 3 * width]), dqkv = try engine.empty([rows, 3 * width])
+            try qkv.upload(benchValues(qkv.count, seed: 4))
+            let dO = try engine.empty([rows, width])
+            try dO.upload(benchValues(dO.count, seed: 5))
+            func heads(_ tensor: Tensor, _ part: Int) throws -> HeadLayout {
+                HeadLayout(try tensor.view(offset: part * width, shape: [tensor.count - part * width]), rowStride: 3 * width)
+            }
+            let o = try engine.empty([rows, width]), lse = try engine.empty([shape.batch, shape.heads, tokens])
+            let forward = try measure(minSeconds: minSeconds) {
+                try engine.attentionForward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse)
+                try engine.synchronize()
+            }
+            let backward = try measure(minSeconds: minSeconds) {
+                try engine.attentionBackward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse,
+                                             dOutput: dO, dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+                try engine.synchronize()
+            }
+            let unit = Double(shape.batch * shape.heads) * Double(tokens * tokens) * Double(shape.headDimension)
+            let (forwardRate, backwardRate) = (4 * unit / forward / 1e9, 8 * unit / backward / 1e9)
+            print(String(format: "N=%4d  forward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)   backward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)",
+                         tokens, forward * 1e3, forwardRate, forwardRate / ceiling, backward * 1e3, backwardRate, backwardRate / ceiling))
         }
     }
 }

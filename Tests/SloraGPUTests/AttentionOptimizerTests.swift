@@ -17,9 +17,10 @@ struct AttentionTests {
                         Case(batch: 1, tokens: 197, heads: 2, headDimension: 64), Case(batch: 1, tokens: 37, heads: 1, headDimension: 128),
                         Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32)]
 
-    @Test(arguments: cases)
-    func forwardAndBackwardMatchTheReference(shape c: Case) throws {
+    @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8)])
+    func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
         let engine = try makeEngine()
+        engine.attentionPath = path
         let width = c.heads * c.headDimension, rows = c.batch * c.tokens
         let qkv = uniformValues(rows * 3 * width, seed: 1, scale: 2)
         let dO = uniformValues(rows * width, seed: 2)
@@ -39,7 +40,7 @@ struct AttentionTests {
         let o = try engine.empty([rows, width]), lse = try engine.empty([c.batch, c.heads, c.tokens])
         try engine.attentionForward(shape, q: try layout(0), k: try layout(width), v: try layout(2 * width), output: o, lse: lse)
         let expected = Reference.attention(q: doubles(q), k: doubles(k), v: doubles(v), batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
-        expectClose(try o.download(), expected.o, atol: 1e-5, rtol: 1e-4, "attention output \(c.testDescription)")
+        expectClose(try o.download(), expected.o, atol: 1e-5, rtol: 1e-4, "attention output \(c.testDescription) \(path)")
         // lse is stored per (b, h, i); the reference appends in the same order.
         expectClose(try lse.download(), expected.lse, atol: 1e-5, rtol: 1e-5, "lse \(c.testDescription)")
 
@@ -56,7 +57,7 @@ struct AttentionTests {
             expectedQKV += grads.dk[r * width..<(r + 1) * width]
             expectedQKV += grads.dv[r * width..<(r + 1) * width]
         }
-        expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription)")
+        expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription) \(path)")
     }
 
     /// The reference backward against central differences of the reference forward, on every
