@@ -75,3 +75,15 @@ struct CLITests {
         #expect(help.standardOutput.contains("SLORAGPU_DEVICE"))
     }
 }
+
+@Suite("sloragpu bench")
+struct BenchSmokeTests {
+    /// Not a timing test: the benchmark runs, checks its own result and prints valid JSON.
+    @Test func gemmBenchVerifiesAndReportsJSON() throws {
+        let result = try runSloragpu(["bench", "gemm", "--json", "--filter", "square 512", "--min-seconds", "0"])
+        #expect(result.status == 0, "\(result.standardError)")
+        let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+        #expect(object?["m"] as? Int == 512)
+        #expect((object?["gflops"] as? Double ?? 0) > 0)
+    }
+}
