@@ -1,14 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> sloragpu (CLI).
+// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> ViT -> sloragpu (CLI).
 // Kernels/*.cl are embedded into Tensors at build time by EmbedKernelsPlugin, so the
 // built binary never reads the source tree.
 let package = Package(
     name: "sloragpu",
     platforms: [.macOS(.v15)],
     products: [
-        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors"]),
+        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors", "ViT"]),
         .executable(name: "sloragpu", targets: ["sloragpu"]),
     ],
     dependencies: [
@@ -32,10 +32,12 @@ let package = Package(
             dependencies: ["CLRuntime"],
             plugins: ["EmbedKernelsPlugin"]
         ),
+        .target(name: "ViT", dependencies: ["Tensors"]),
         .executableTarget(
             name: "sloragpu",
             dependencies: [
                 "Tensors",
+                "ViT",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -45,7 +47,7 @@ let package = Package(
             name: "SloraGPUTests",
             // Depending on the executable makes `swift test` build it: the CLI tests run it
             // as a fresh process (disk-cache hits, exit codes, messages).
-            dependencies: ["CLRuntime", "Tensors", "Reference", "sloragpu"]
+            dependencies: ["CLRuntime", "Tensors", "ViT", "Reference", "sloragpu"]
         ),
     ]
 )

@@ -35,3 +35,17 @@ __kernel void copy_f32(__global const float *x, const int x_offset,
     const int i = get_global_id(0);
     if (i < n) y[y_offset + i] = x[x_offset + i];
 }
+
+// y[r, c] = alpha * x[r, c] (+ y[r, c] when accumulate) for R x C matrices whose rows are
+// x_ld / y_ld elements apart: gathers the cls rows of a token matrix, scatters them back, and
+// moves column slices. One work-item per element, global (C, R).
+__kernel void copy_2d(__global const float *x, const int x_offset, const int x_ld,
+                      __global float *y, const int y_offset, const int y_ld,
+                      const int R, const int C, const float alpha, const int accumulate)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= C || r >= R) return;
+    const float value = alpha * x[x_offset + r * x_ld + c];
+    __global float *target = y + y_offset + r * y_ld + c;
+    *target = accumulate ? *target + value : value;
+}

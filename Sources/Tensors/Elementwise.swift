@@ -44,6 +44,17 @@ extension Engine {
         ])
     }
 
+    /// destination (+)= alpha * source for two strided matrices of one size.
+    public func copy(_ source: StridedMatrix, into destination: StridedMatrix, alpha: Float = 1, accumulate: Bool = false) throws {
+        try checkOperands("copy2D", [source.tensor, destination.tensor])
+        guard source.rows == destination.rows, source.columns == destination.columns else {
+            throw TensorError.shapeMismatch(operation: "copy2D", details: "\(source.rows)x\(source.columns) into \(destination.rows)x\(destination.columns)")
+        }
+        try launch("copy_2d", in: "elementwise", global: [source.columns, source.rows],
+                   source.tensor, source.rowStride, destination.tensor, destination.rowStride,
+                   source.rows, source.columns, alpha, accumulate)
+    }
+
     private func checkElementwise(_ operation: String, _ tensors: [Tensor]) throws {
         try checkOperands(operation, tensors)
         let shapes = tensors.map(\.shape)

@@ -13,15 +13,57 @@ public enum Activation: Sendable, Equatable {
     case gelu
 }
 
+/// A 2-D matrix inside a tensor whose rows are `rowStride` elements apart, e.g. the k columns
+/// [d, 2d) of a qkv tensor [T, 3d] (rows T, columns d, rowStride 3d, at offset d).
+public struct StridedMatrix {
+    public var tensor: Tensor
+    public var rows: Int
+    public var columns: Int
+    public var rowStride: Int
+
+    public init(_ tensor: Tensor, rows: Int, columns: Int, rowStride: Int) throws {
+        guard rows > 0, columns > 0, rowStride >= columns, (rows - 1) * rowStride + columns <= tensor.count else {
+            throw TensorError.shapeMismatch(operation: "StridedMatrix", details: "\(rows)x\(columns) rows \(rowStride) apart do not fit in \(tensor.count) elements")
+        }
+        (self.tensor, self.rows, self.columns, self.rowStride) = (tensor, rows, columns, rowStride)
+    }
+
+    /// Columns [start, start + count) of a contiguous 2-D tensor.
+    public static func columns(_ start: Int, _ count: Int, of tensor: Tensor) throws -> StridedMatrix {
+        guard tensor.shape.count == 2, start >= 0, start + count <= tensor.shape[1] else {
+            throw TensorError.shapeMismatch(operation: "StridedMatrix", details: "columns \(start)..<\(start + count) of \(tensor.shape)")
+        }
+        let width = tensor.shape[1]
+        return try StridedMatrix(try tensor.view(offset: start, shape: [tensor.count - start]), rows: tensor.shape[0], columns: count, rowStride: width)
+    }
+}
+
+/// A GEMM operand: a contiguous 2-D/3-D tensor or a strided 2-D matrix.
+public enum GemmOperand {
+    case tensor(Tensor)
+    case strided(StridedMatrix)
+
+    var tensor: Tensor {
+        switch self {
+        case .tensor(let tensor): tensor
+        case .strided(let matrix): matrix.tensor
+        }
+    }
+}
+
 /// One product op(A) op(B), scaled, in a sum of products that share one reduction.
 public struct GemmTerm {
-    public var a: Tensor
-    public var b: Tensor
+    public var a: GemmOperand
+    public var b: GemmOperand
     public var transposeA: Bool
     public var transposeB: Bool
     public var scale: Float
 
     public init(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transposeB: Bool = false, scale: Float = 1) {
+        self.init(.tensor(a), .tensor(b), transposeA: transposeA, transposeB: transposeB, scale: scale)
+    }
+
+    public init(_ a: GemmOperand, _ b: GemmOperand, transposeA: Bool = false, transposeB: Bool = false, scale: Float = 1) {
         self.a = a
         self.b = b
         self.transposeA = transposeA
@@ -41,7 +83,20 @@ private struct MatrixView {
     var columnStride: Int
     var batchStride: Int
 
-    init(_ tensor: Tensor, transposed: Bool, name: String) throws {
+    init(_ operand: GemmOperand, transposed: Bool, name: String) throws {
+        guard case .tensor(let tensor) = operand else {
+            guard case .strided(let matrix) = operand else { fatalError("unreachable") }
+            self.tensor = matrix.tensor
+            batches = 1
+            batchStride = 0
+            if transposed {
+                (rows, columns, rowStride, columnStride) = (matrix.columns, matrix.rows, 1, matrix.rowStride)
+            } else {
+                (rows, columns, rowStride, columnStride) = (matrix.rows, matrix.columns, matrix.rowStride, 1)
+            }
+            isBatched = false
+            return
+        }
         let shape = tensor.shape
         guard shape.count == 2 || shape.count == 3 else {
             throw TensorError.shapeMismatch(operation: "gemm", details: "\(name) must be 2-D or 3-D, got \(shape)")
@@ -50,6 +105,7 @@ private struct MatrixView {
         self.tensor = tensor
         batches = shape.count == 3 ? shape[0] : 1
         batchStride = shape.count == 3 ? storedRows * storedColumns : 0
+        isBatched = shape.count == 3
         if transposed {
             (rows, columns, rowStride, columnStride) = (storedColumns, storedRows, 1, storedColumns)
         } else {
@@ -57,7 +113,7 @@ private struct MatrixView {
         }
     }
 
-    var isBatched: Bool { tensor.shape.count == 3 }
+    let isBatched: Bool
 }
 
 extension Engine {
@@ -73,9 +129,17 @@ extension Engine {
     /// length sum_t K_t. `preActivation`, if given, receives the value before the activation.
     public func gemm(sum terms: [GemmTerm], into c: Tensor, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
                      activation: Activation = .none, preActivation: Tensor? = nil) throws {
+        try gemm(sum: terms, into: .tensor(c), alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation)
+    }
+
+    /// C may be a strided matrix (e.g. columns of a wider tensor); `preActivation` then has
+    /// C's layout too.
+    public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
+                     activation: Activation = .none, preActivation: Tensor? = nil) throws {
         let operation = "gemm"
         guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
-        let output = try MatrixView(c, transposed: false, name: "C")
+        let output = try MatrixView(cOperand, transposed: false, name: "C")
+        let c = output.tensor
         let (m, n, batches) = (output.rows, output.columns, output.batches)
 
         var aViews: [MatrixView] = [], bViews: [MatrixView] = []
@@ -98,10 +162,17 @@ extension Engine {
         if let bias, bias.shape != [n] {
             throw TensorError.shapeMismatch(operation: operation, details: "bias must be [\(n)], got \(bias.shape)")
         }
-        if let preActivation, preActivation.shape != c.shape {
-            throw TensorError.shapeMismatch(operation: operation, details: "preActivation must be \(c.shape), got \(preActivation.shape)")
+        if let preActivation {
+            let fits: Bool
+            switch cOperand {
+            case .tensor(let plain): fits = preActivation.shape == plain.shape
+            case .strided: fits = (m - 1) * output.rowStride + n <= preActivation.count
+            }
+            guard fits else {
+                throw TensorError.shapeMismatch(operation: operation, details: "preActivation \(preActivation.shape) does not have C's layout")
+            }
         }
-        let tensors = terms.flatMap { [$0.a, $0.b] } + [c] + (bias.map { [$0] } ?? []) + (preActivation.map { [$0] } ?? [])
+        let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preActivation.map { [$0] } ?? [])
         for tensor in tensors {
             guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
             try tensor.expect(.float32, operation)
@@ -170,7 +241,7 @@ extension Engine {
                 .int32(Int32(kBegin)), .int32(Int32(kEnd)),
                 .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
                 .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
-                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(n)), .int32(Int32(output.batchStride)),
+                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),
                 .float(alpha), .float(isFirst ? beta : 1),
                 .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(isLast ? epilogueFlags : 0),
                 .buffer((preActivation ?? c).buffer), .int32(Int32((preActivation ?? c).offset)),

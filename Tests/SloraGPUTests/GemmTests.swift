@@ -128,3 +128,29 @@ struct GemmTests {
         #expect(throws: KernelProfileError.self) { try GemmProfile.cpu.overridden(by: "VW=5") }
     }
 }
+
+@Suite("GEMM on strided matrices")
+struct StridedGemmTests {
+    /// LoRA on q/k/v writes and reads column slices of the qkv tensor [T, 3d] in place.
+    @Test func columnSlicesAsOperandsAndOutput() throws {
+        let engine = try makeEngine()
+        let (t, d, r) = (37, 12, 3)
+        let qkv0 = uniformValues(t * 3 * d, seed: 1), low = uniformValues(t * r, seed: 2), b = uniformValues(d * r, seed: 3)
+        let qkv = try engine.tensor(qkv0, shape: [t, 3 * d])
+        // qkv[:, d..<2d] += 0.5 * low B^T
+        try engine.gemm(sum: [GemmTerm(try engine.tensor(low, shape: [t, r]), try engine.tensor(b, shape: [d, r]), transposeB: true)],
+                        into: .strided(try .columns(d, d, of: qkv)), alpha: 0.5, beta: 1)
+        let update = Reference.matmul(low, b, m: t, n: d, k: r, transposeB: true)
+        var expected = qkv0.map(Double.init)
+        for i in 0..<t { for j in 0..<d { expected[i * 3 * d + d + j] += 0.5 * update[i * d + j] } }
+        expectClose(try qkv.download(), expected, atol: 1e-5, rtol: 1e-5, "column-slice output")
+
+        // (qkv[:, 2d..<3d])^T low: a strided, transposed A.
+        let out = try engine.empty([d, r])
+        try engine.gemm(sum: [GemmTerm(.strided(try .columns(2 * d, d, of: qkv)), .tensor(try engine.tensor(low, shape: [t, r])), transposeA: true)],
+                        into: .tensor(out))
+        let slice = (0..<t).flatMap { i in (0..<d).map { Float(expected[i * 3 * d + 2 * d + $0]) } }
+        expectClose(try out.download(), Reference.matmul(slice, low, m: d, n: r, k: t, transposeA: true), atol: 1e-4, rtol: 1e-5, "strided A^T")
+        #expect(throws: TensorError.self) { try StridedMatrix.columns(2 * d, d + 1, of: qkv) }
+    }
+}

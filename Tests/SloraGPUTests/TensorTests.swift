@@ -192,3 +192,23 @@ struct ReadmeTests {
         #expect(try row.download() == [9, 11, 13])
     }
 }
+
+@Suite("Strided copy")
+struct StridedCopyTests {
+    @Test func gathersScalesAndAccumulatesRows() throws {
+        let engine = try makeEngine()
+        let (batch, tokens, width) = (3, 5, 4)
+        let x = sampleValues(batch * tokens * width)
+        let tokensT = try engine.tensor(x, shape: [batch * tokens, width])
+        let cls = try engine.tensor([Float](repeating: 1, count: batch * width), shape: [batch, width])
+        // The cls row of every image: rows tokens * width apart.
+        try engine.copy(try StridedMatrix(tokensT, rows: batch, columns: width, rowStride: tokens * width),
+                        into: try StridedMatrix(cls, rows: batch, columns: width, rowStride: width), alpha: 2, accumulate: true)
+        let expected = (0..<batch).flatMap { b in (0..<width).map { 1 + 2 * x[b * tokens * width + $0] } }
+        #expect(try cls.download() == expected)
+        #expect(throws: TensorError.self) {
+            try engine.copy(try StridedMatrix(tokensT, rows: 2, columns: width, rowStride: width),
+                            into: try StridedMatrix(cls, rows: 3, columns: width, rowStride: width))
+        }
+    }
+}

@@ -1,0 +1,219 @@
+import Foundation
+
+/// A problem with a checkpoint or adapter file: which file, which tensor (if any), what.
+public struct CheckpointError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let tensor: String?
+    public let problem: String
+
+    public init(file: String, tensor: String? = nil, _ problem: String) {
+        self.file = file
+        self.tensor = tensor
+        self.problem = problem
+    }
+
+    public var description: String {
+        if let tensor { return "\(file): tensor '\(tensor)': \(problem)" }
+        return "\(file): \(problem)"
+    }
+}
+
+/// Element types a safetensors header may name, with their sizes. Only the float types
+/// convert to fp32; the others are understood (so the header can be validated) but refused
+/// when read.
+public enum SafeTensorsDType: String, Sendable, CaseIterable {
+    case F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL
+    case F8_E4M3, F8_E5M2
+
+    public var byteCount: Int {
+        switch self {
+        case .F64, .I64, .U64: 8
+        case .F32, .I32, .U32: 4
+        case .F16, .BF16, .I16, .U16: 2
+        case .I8, .U8, .BOOL, .F8_E4M3, .F8_E5M2: 1
+        }
+    }
+}
+
+/// A safetensors file, memory-mapped: 8-byte little-endian header length, a JSON header
+/// (name -> dtype, shape, data_offsets; optional `__metadata__` of strings), then raw
+/// little-endian data. The header is validated whole on open: offsets inside the data, no
+/// overlaps, byte sizes consistent with dtype and shape. A header that lies is an error,
+/// never a crash or garbage.
+public struct SafeTensorsFile {
+    public struct Entry: Sendable, Equatable {
+        public let name: String
+        public let dtype: SafeTensorsDType
+        public let shape: [Int]
+        /// Byte range within the data section.
+        public let range: Range<Int>
+        public var elementCount: Int { shape.reduce(1, *) }
+    }
+
+    public let path: String
+    public let metadata: [String: String]
+    /// Entries in data order.
+    public let entries: [Entry]
+    private let byName: [String: Entry]
+    private let data: Data
+    private let dataStart: Int
+
+    public var names: [String] { entries.map(\.name) }
+
+    public init(contentsOf url: URL) throws {
+        path = url.path
+        let fail = { (problem: String) in CheckpointError(file: url.path, problem) }
+        do {
+            data = try Data(contentsOf: url, options: .alwaysMapped)
+        } catch {
+            throw fail("cannot read file: \((error as NSError).localizedDescription)")
+        }
+        guard data.count >= 8 else { throw fail("file is \(data.count) bytes, too short for a safetensors header length") }
+        let headerLength = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard headerLength <= UInt64(data.count - 8) else {
+            throw fail("header length \(headerLength) runs past the end of the \(data.count)-byte file (truncated?)")
+        }
+        dataStart = 8 + Int(headerLength)
+        let json: Any
+        do {
+            json = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<dataStart))
+        } catch {
+            throw fail("header is not valid JSON")
+        }
+        guard let header = json as? [String: Any] else { throw fail("header is not a JSON object") }
+
+        var metadata: [String: String] = [:]
+        if let raw = header["__metadata__"] {
+            guard let object = raw as? [String: Any], let strings = object as? [String: String] else {
+                throw fail("__metadata__ must map strings to strings")
+            }
+            metadata = strings
+        }
+        self.metadata = metadata
+
+        let dataSize = data.count - dataStart
+        var entries: [Entry] = []
+        for (name, raw) in header where name != "__metadata__" {
+            let bad = { (problem: String) in CheckpointError(file: url.path, tensor: name, problem) }
+            guard let info = raw as? [String: Any] else { throw bad("header entry is not an object") }
+            guard let dtypeName = info["dtype"] as? String else { throw bad("missing dtype") }
+            guard let dtype = SafeTensorsDType(rawValue: dtypeName) else { throw bad("unknown dtype '\(dtypeName)'") }
+            guard let shapeValues = info["shape"] as? [Any], let shape = Self.integers(shapeValues), shape.allSatisfy({ $0 >= 0 }) else {
+                throw bad("shape must be a list of non-negative integers")
+            }
+            guard let offsetValues = info["data_offsets"] as? [Any], let offsets = Self.integers(offsetValues), offsets.count == 2 else {
+                throw bad("data_offsets must be two integers")
+            }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, begin <= end, end <= dataSize else {
+                throw bad("data_offsets [\(begin), \(end)] lie outside the \(dataSize)-byte data section")
+            }
+            let (elements, overflow) = shape.reduce((1, false)) { partial, dimension in
+                let (product, overflowed) = partial.0.multipliedReportingOverflow(by: dimension)
+                return (product, partial.1 || overflowed)
+            }
+            guard !overflow, elements <= Int.max / 8, elements * dtype.byteCount == end - begin else {
+                throw bad("shape \(shape) of \(dtype) needs \(overflow ? "too many" : String(elements * dtype.byteCount)) bytes but data_offsets span \(end - begin)")
+            }
+            entries.append(Entry(name: name, dtype: dtype, shape: shape, range: begin..<end))
+        }
+        entries.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
+        for (previous, next) in zip(entries, entries.dropFirst()) where next.range.lowerBound < previous.range.upperBound {
+            throw CheckpointError(file: url.path, tensor: next.name, "data overlaps tensor '\(previous.name)'")
+        }
+        self.entries = entries
+        byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.name, $0) })
+    }
+
+    public func entry(_ name: String) -> Entry? { byName[name] }
+
+    /// The tensor converted to fp32 (from F32, F16 or BF16), row-major.
+    public func floats(_ name: String) throws -> [Float] {
+        guard let entry = byName[name] else { throw CheckpointError(file: path, tensor: name, "not in the file") }
+        let count = entry.elementCount
+        let start = dataStart + entry.range.lowerBound
+        return try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [Float] in
+            let bytes = UnsafeRawBufferPointer(rebasing: raw[start..<start + entry.range.count])
+            switch entry.dtype {
+            case .F32:
+                return (0..<count).map { Float(bitPattern: bytes.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self).littleEndian) }
+            case .F16:
+                return (0..<count).map { Self.halfToFloat(bytes.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self).littleEndian) }
+            case .BF16:
+                return (0..<count).map { Float(bitPattern: UInt32(bytes.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self).littleEndian) << 16) }
+            default:
+                throw CheckpointError(file: path, tensor: name, "dtype \(entry.dtype) cannot be read as floating point (F32, F16 and BF16 can)")
+            }
+        }
+    }
+
+    /// IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
+    static func halfToFloat(_ half: UInt16) -> Float {
+        let sign = UInt32(half >> 15) << 31
+        let exponent = Int((half >> 10) & 0x1f)
+        let mantissa = UInt32(half & 0x3ff)
+        if exponent == 0x1f { return Float(bitPattern: sign | 0x7f80_0000 | mantissa << 13) }
+        if exponent == 0 {
+            let magnitude = Float(mantissa) * 0x1p-24
+            return sign == 0 ? magnitude : -magnitude
+        }
+        return Float(bitPattern: sign | UInt32(exponent - 15 + 127) << 23 | mantissa << 13)
+    }
+
+    private static func integers(_ values: [Any]) -> [Int]? {
+        var result: [Int] = []
+        for value in values {
+            // JSONSerialization gives NSNumber; reject fractions and strings.
+            guard let number = value as? NSNumber else { return nil }
+            let double = number.doubleValue
+            guard double == double.rounded(), abs(double) < 9e15 else { return nil }
+            result.append(number.intValue)
+        }
+        return result
+    }
+
+    /// Writes fp32 tensors (in the given order) and string metadata, to a temporary file in
+    /// the same directory that is then renamed over `url`: no reader ever sees half a file.
+    public static func write(_ tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String] = [:],
+                             to url: URL) throws {
+        var header: [String: Any] = [:]
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var offset = 0
+        for tensor in tensors {
+            guard tensor.shape.reduce(1, *) == tensor.values.count else {
+                throw CheckpointError(file: url.path, tensor: tensor.name, "shape \(tensor.shape) does not hold \(tensor.values.count) values")
+            }
+            guard header[tensor.name] == nil else { throw CheckpointError(file: url.path, tensor: tensor.name, "written twice") }
+            header[tensor.name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + 4 * tensor.values.count]]
+            offset += 4 * tensor.values.count
+        }
+        var headerBytes = [UInt8](try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))
+        // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(8 + headerBytes.count + offset)
+        for shift in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: UInt64(headerBytes.count) >> (8 * UInt64(shift)))) }
+        bytes += headerBytes
+        for tensor in tensors {
+            tensor.values.withUnsafeBytes { bytes += $0 }  // little-endian hosts only (x86-64, arm64)
+        }
+        try writeAtomically(Data(bytes), to: url)
+    }
+}
+
+/// Temporary file in the destination's directory, then rename: the destination is either the
+/// old file or the complete new one.
+public func writeAtomically(_ data: Data, to url: URL) throws {
+    let directory = url.deletingLastPathComponent()
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).\(UInt32.random(in: 0...UInt32.max)).tmp")
+    do {
+        try data.write(to: temporary)
+        guard rename(temporary.path, url.path) == 0 else {
+            throw CheckpointError(file: url.path, "cannot rename the temporary file into place (errno \(errno))")
+        }
+    } catch {
+        try? FileManager.default.removeItem(at: temporary)
+        throw error
+    }
+}
