@@ -204,7 +204,10 @@ struct StridedCopyTests {
         // The cls row of every image: rows tokens * width apart.
         try engine.copy(try StridedMatrix(tokensT, rows: batch, columns: width, rowStride: tokens * width),
                         into: try StridedMatrix(cls, rows: batch, columns: width, rowStride: width), alpha: 2, accumulate: true)
-        let expected = (0..<batch).flatMap { b in (0..<width).map { 1 + 2 * x[b * tokens * width + $0] } }
+        var expected: [Float] = []
+        for b in 0..<batch {
+            for c in 0..<width { expected.append(1 + 2 * x[b * tokens * width + c]) }
+        }
         #expect(try cls.download() == expected)
         #expect(throws: TensorError.self) {
             try engine.copy(try StridedMatrix(tokensT, rows: 2, columns: width, rowStride: width),
