@@ -1,0 +1,71 @@
+import Tensors
+
+/// What the forward saves for the backward, for one batch size; allocated once per batch size
+/// and reused across steps. T = B * N tokens, d width, m MLP width, r rank.
+final class Activations {
+    let batch: Int
+    let patches: Tensor     // [B * Np, C * P * P]
+    let patchOut: Tensor    // [B * Np, d]
+    /// The residual stream entering block i (xs[0] = tokens) and leaving the last: L + 1 x [T, d].
+    let xs: [Tensor]
+    let blocks: [BlockActivations]
+    let clsRows: Tensor     // [B, d]
+    let pooled: Tensor      // [B, d] final LayerNorm of the cls rows
+    let finalMean: Tensor   // [B]
+    let finalRstd: Tensor   // [B]
+    let logits: Tensor      // [B, K]
+
+    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, batch: Int) throws {
+        self.batch = batch
+        let d = config.width, t = batch * config.tokens
+        patches = try engine.empty([batch * config.patchCount, config.patchValues])
+        patchOut = try engine.empty([batch * config.patchCount, d])
+        xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
+        blocks = try (0..<config.layers).map { _ in try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch) }
+        clsRows = try engine.empty([batch, d])
+        pooled = try engine.empty([batch, d])
+        finalMean = try engine.empty([batch])
+        finalRstd = try engine.empty([batch])
+        logits = try engine.empty([batch, config.classes])
+    }
+}
+
+final class BlockActivations {
+    let u1: Tensor, mean1: Tensor, rstd1: Tensor     // LN1 output [T, d], stats [T]
+    /// Serial: "serial" -> t = u1 A^T [T, r]; LoRA: target -> u A^T [T, r] (u = u1, or attn for o).
+    var lowRank: [String: Tensor] = [:]
+    /// Serial: C = W_qkv B [3d, r], computed in the forward from the current weights.
+    let serialC: Tensor?
+    let qkv: Tensor                                   // [T, 3d]
+    let attention: Tensor                             // [T, d] heads concatenated
+    let lse: Tensor                                   // [B, H, N]
+    let xMid: Tensor                                  // [T, d] after the attention residual
+    let u2: Tensor, mean2: Tensor, rstd2: Tensor      // LN2
+    let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU
+
+    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, tokens t: Int, batch: Int) throws {
+        let d = config.width, m = config.mlpWidth
+        u1 = try engine.empty([t, d])
+        mean1 = try engine.empty([t])
+        rstd1 = try engine.empty([t])
+        switch method {
+        case .serial(let rank, _):
+            lowRank["serial"] = try engine.empty([t, rank])
+            serialC = try engine.empty([3 * d, rank])
+        case .lora(let rank, _, let targets):
+            for target in targets { lowRank[target.rawValue] = try engine.empty([t, rank]) }
+            serialC = nil
+        case .full, .probe:
+            serialC = nil
+        }
+        qkv = try engine.empty([t, 3 * d])
+        attention = try engine.empty([t, d])
+        lse = try engine.empty([batch, config.heads, config.tokens])
+        xMid = try engine.empty([t, d])
+        u2 = try engine.empty([t, d])
+        mean2 = try engine.empty([t])
+        rstd2 = try engine.empty([t])
+        hPre = try engine.empty([t, m])
+        h = try engine.empty([t, m])
+    }
+}

@@ -1,0 +1,151 @@
+import Tensors
+
+// One pre-norm transformer block, forward and backward side by side.
+// Shapes: x [T, d] (T = B * N), qkv [T, 3d], attention output a [T, d], h [T, m]; adapters
+// A [r, d], B [d, r], s = alpha / r.
+//
+// Forward:
+//   u1 = LN1(x)
+//   serial:  t = u1 A^T; C = W_qkv B; qkv = [u1 | s t] [W_qkv | C]^T + b_qkv   (one GEMM, K = d + r)
+//   lora:    qkv = u1 W_qkv^T + b_qkv, then per target x in q/k/v: qkv[:, x] += s (u1 A_x^T) B_x^T
+//   a = attention(qkv)
+//   xMid = x + a W_o^T + b_o   (+ s (a A_o^T) B_o^T for LoRA on o)
+//   u2 = LN2(xMid); h = GELU(u2 W1^T + b1); out = xMid + h W2^T + b2
+// Backward (dx: gradient of the block output, updated in place to the gradient of its input):
+//   the same in reverse; frozen weights get no weight gradients; every gradient accumulates.
+struct BlockLayer {
+    let config: ViTConfig
+    let method: FineTuningMethod
+    let index: Int
+
+    private func name(_ suffix: String) -> String { "blocks.\(index).\(suffix)" }
+
+    private func heads(_ qkv: Tensor, _ part: Int) throws -> HeadLayout {
+        let d = config.width
+        return HeadLayout(try qkv.view(offset: part * d, shape: [qkv.count - part * d]), rowStride: 3 * d)
+    }
+
+    func forward(_ engine: Engine, _ p: ViTParameters, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
+        let d = config.width
+        try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
+                                    eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
+        let wqkv = p.tensor(name("qkv.weight")), bqkv = p.tensor(name("qkv.bias"))
+        switch method {
+        case .serial(_, _):
+            let t = saved.lowRank["serial"]!, c = saved.serialC!
+            try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
+            try engine.gemm(wqkv, p.tensor(name("serial.B")), into: c)
+            try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
+                            into: saved.qkv, bias: bqkv)
+        case .lora(_, _, let targets):
+            try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
+            for target in targets {
+                guard let part = target.qkvIndex else { continue }
+                let t = saved.lowRank[target.rawValue]!
+                try engine.gemm(saved.u1, p.tensor(name("lora.\(target.rawValue).A")), into: t, transposeB: true)
+                try engine.gemm(sum: [GemmTerm(t, p.tensor(name("lora.\(target.rawValue).B")), transposeB: true)],
+                                into: .strided(try .columns(part * d, d, of: saved.qkv)), alpha: method.scale, beta: 1)
+            }
+        case .full, .probe:
+            try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
+        }
+
+        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
+        try engine.attentionForward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
+                                    output: saved.attention, lse: saved.lse)
+
+        try engine.copy(x, into: saved.xMid)
+        try engine.gemm(saved.attention, p.tensor(name("proj.weight")), into: saved.xMid, transposeB: true, beta: 1,
+                        bias: p.tensor(name("proj.bias")))
+        if case .lora(_, _, let targets) = method, targets.contains(.o) {
+            let t = saved.lowRank["o"]!
+            try engine.gemm(saved.attention, p.tensor(name("lora.o.A")), into: t, transposeB: true)
+            try engine.gemm(t, p.tensor(name("lora.o.B")), into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
+        }
+
+        try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
+                                    eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
+        try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.h, transposeB: true, bias: p.tensor(name("fc1.bias")),
+                        activation: .gelu, preActivation: saved.hPre)
+        try engine.copy(saved.xMid, into: output)
+        try engine.gemm(saved.h, p.tensor(name("fc2.weight")), into: output, transposeB: true, beta: 1, bias: p.tensor(name("fc2.bias")))
+    }
+
+    /// dW += dY^T X and db += column sums of dY, when the layer trains.
+    private func linearWeightGradients(_ engine: Engine, _ p: ViTParameters, _ layer: String, dY: Tensor, x: Tensor) throws {
+        guard let dWeight = p.gradient(name(layer + ".weight")), let dBias = p.gradient(name(layer + ".bias")) else { return }
+        try engine.gemm(dY, x, into: dWeight, transposeA: true, beta: 1)
+        try engine.columnSums(dY, into: dBias, accumulate: true)
+    }
+
+    func backward(_ engine: Engine, _ p: ViTParameters, input x: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
+        let d = config.width, m = config.mlpWidth, rows = x.shape[0]
+        let s = method.scale
+
+        // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
+        let dh = try engine.empty([rows, m])
+        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh)
+        try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
+        try engine.geluBackward(dh, preActivation: saved.hPre, into: dh)
+        try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)
+        let du = try engine.empty([rows, d])
+        try engine.gemm(dh, p.tensor(name("fc1.weight")), into: du)
+        try engine.layerNormBackward(du, x: saved.xMid, gamma: p.tensor(name("norm2.weight")), mean: saved.mean2, rstd: saved.rstd2,
+                                     dx: dx, accumulate: true, dGamma: p.gradient(name("norm2.weight")),
+                                     dBeta: p.gradient(name("norm2.bias")), accumulateParameters: true)
+
+        // Output projection (dx is now the gradient of xMid).
+        try linearWeightGradients(engine, p, "proj", dY: dx, x: saved.attention)
+        let dAttention = try engine.empty([rows, d])
+        var attentionTerms = [GemmTerm(dx, p.tensor(name("proj.weight")))]
+        if case .lora(_, _, let targets) = method, targets.contains(.o) {
+            let a = p.tensor(name("lora.o.A")), b = p.tensor(name("lora.o.B")), t = saved.lowRank["o"]!
+            let g = try engine.empty([rows, a.shape[0]])
+            try engine.gemm(dx, b, into: g)                                                           // g = dx B      [T, r]
+            try engine.gemm(dx, t, into: p.gradient(name("lora.o.B"))!, transposeA: true, alpha: s, beta: 1)  // dB += s dx^T t
+            try engine.gemm(g, saved.attention, into: p.gradient(name("lora.o.A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T a
+            attentionTerms.append(GemmTerm(g, a, scale: s))                                           // da += s g A
+        }
+        try engine.gemm(sum: attentionTerms, into: dAttention)
+
+        let dqkv = try engine.empty([rows, 3 * d])
+        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
+        try engine.attentionBackward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
+                                     output: saved.attention, lse: saved.lse, dOutput: dAttention,
+                                     dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+
+        // qkv projection and its adapters: du1 = dqkv W_qkv (+ adapter terms), one reduction.
+        let wqkv = p.tensor(name("qkv.weight"))
+        var inputTerms = [GemmTerm(dqkv, wqkv)]
+        switch method {
+        case .serial(let rank, _):
+            let a = p.tensor(name("serial.A")), t = saved.lowRank["serial"]!
+            let g = try engine.empty([rows, rank])
+            try engine.gemm(dqkv, saved.serialC!, into: g)                                             // g = G C        [T, r]
+            try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)  // dA += s g^T u
+            let projected = try engine.empty([3 * d, rank])
+            try engine.gemm(dqkv, t, into: projected, transposeA: true)                                // P = G^T t      [3d, r]
+            try engine.gemm(wqkv, projected, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1) // dB += s W^T P
+            inputTerms.append(GemmTerm(g, a, scale: s))                                                // du += s g A
+        case .lora(let rank, _, let targets):
+            for target in targets {
+                guard let part = target.qkvIndex else { continue }
+                let key = target.rawValue
+                let gx = GemmOperand.strided(try .columns(part * d, d, of: dqkv))                     // G_x [T, d]
+                let g = try engine.empty([rows, rank])
+                try engine.gemm(sum: [GemmTerm(gx, .tensor(p.tensor(name("lora.\(key).B"))))], into: .tensor(g))  // g = G_x B
+                try engine.gemm(sum: [GemmTerm(gx, .tensor(saved.lowRank[key]!), transposeA: true)],
+                                into: .tensor(p.gradient(name("lora.\(key).B"))!), alpha: s, beta: 1)               // dB += s G_x^T t
+                try engine.gemm(g, saved.u1, into: p.gradient(name("lora.\(key).A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T u
+                inputTerms.append(GemmTerm(g, p.tensor(name("lora.\(key).A")), scale: s))               // du += s g A
+            }
+        case .full, .probe:
+            break
+        }
+        try linearWeightGradients(engine, p, "qkv", dY: dqkv, x: saved.u1)
+        try engine.gemm(sum: inputTerms, into: du)
+        try engine.layerNormBackward(du, x: x, gamma: p.tensor(name("norm1.weight")), mean: saved.mean1, rstd: saved.rstd1,
+                                     dx: dx, accumulate: true, dGamma: p.gradient(name("norm1.weight")),
+                                     dBeta: p.gradient(name("norm1.bias")), accumulateParameters: true)
+    }
+}

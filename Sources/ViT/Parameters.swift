@@ -1,0 +1,174 @@
+import Foundation
+import Tensors
+
+/// One tensor of the model: its internal name, shape, and how it trains.
+public struct ParameterSpec: Sendable, Equatable {
+    public enum Role: Sendable, Equatable {
+        case backbone
+        case adapter
+        case head
+    }
+
+    public let name: String
+    public let shape: [Int]
+    public let role: Role
+    public let trainable: Bool
+    /// AdamW weight decay applies (weights and adapters; not biases, norms, cls, positions).
+    public let decays: Bool
+    /// An up-projection B of an adapter: LoRA+ gives these a higher learning rate.
+    public let isUpProjection: Bool
+
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// Every tensor of a ViT under a fine-tuning method, in one table that drives loading, the
+/// trainable slab, gradient views, optimizer groups and adapter files.
+///
+/// Internal names (shapes): patch.weight [d, C*P*P] (a Conv2d weight [d, C, P, P] flattened),
+/// patch.bias [d], cls [d], pos [N, d]; blocks.{i}.norm1.{weight,bias} [d], .qkv.weight [3d, d]
+/// (q; k; v stacked), .qkv.bias [3d], .proj.{weight [d, d], bias [d]}, .norm2.*, .fc1.{weight
+/// [m, d], bias [m]}, .fc2.{weight [d, m], bias [d]}; norm.{weight,bias} [d]; head.{weight
+/// [K, d], bias [K]}. Adapters: blocks.{i}.serial.{A [r, d], B [d, r]};
+/// blocks.{i}.lora.{q,k,v,o}.{A [r, d], B [d, r]}.
+public enum ParameterTable {
+    public static func specs(_ config: ViTConfig, _ method: FineTuningMethod) -> [ParameterSpec] {
+        let d = config.width, m = config.mlpWidth
+        let full = method == .full
+        var specs: [ParameterSpec] = []
+        func backbone(_ name: String, _ shape: [Int], decays: Bool) {
+            specs.append(ParameterSpec(name: name, shape: shape, role: .backbone, trainable: full, decays: decays, isUpProjection: false))
+        }
+        func adapter(_ prefix: String, rank: Int) {
+            specs.append(ParameterSpec(name: prefix + ".A", shape: [rank, d], role: .adapter, trainable: true, decays: true, isUpProjection: false))
+            specs.append(ParameterSpec(name: prefix + ".B", shape: [d, rank], role: .adapter, trainable: true, decays: true, isUpProjection: true))
+        }
+        backbone("patch.weight", [d, config.patchValues], decays: true)
+        backbone("patch.bias", [d], decays: false)
+        backbone("cls", [d], decays: false)
+        backbone("pos", [config.tokens, d], decays: false)
+        for i in 0..<config.layers {
+            let p = "blocks.\(i)."
+            backbone(p + "norm1.weight", [d], decays: false)
+            backbone(p + "norm1.bias", [d], decays: false)
+            backbone(p + "qkv.weight", [3 * d, d], decays: true)
+            backbone(p + "qkv.bias", [3 * d], decays: false)
+            backbone(p + "proj.weight", [d, d], decays: true)
+            backbone(p + "proj.bias", [d], decays: false)
+            backbone(p + "norm2.weight", [d], decays: false)
+            backbone(p + "norm2.bias", [d], decays: false)
+            backbone(p + "fc1.weight", [m, d], decays: true)
+            backbone(p + "fc1.bias", [m], decays: false)
+            backbone(p + "fc2.weight", [d, m], decays: true)
+            backbone(p + "fc2.bias", [d], decays: false)
+            switch method {
+            case .serial(let rank, _): adapter(p + "serial", rank: rank)
+            case .lora(let rank, _, let targets): for target in targets { adapter(p + "lora.\(target.rawValue)", rank: rank) }
+            case .full, .probe: break
+            }
+        }
+        backbone("norm.weight", [d], decays: false)
+        backbone("norm.bias", [d], decays: false)
+        specs.append(ParameterSpec(name: "head.weight", shape: [config.classes, d], role: .head, trainable: true, decays: true, isUpProjection: false))
+        specs.append(ParameterSpec(name: "head.bias", shape: [config.classes], role: .head, trainable: true, decays: false, isUpProjection: false))
+        return specs
+    }
+
+    /// Trainable parameters outside the head (the number the paper compares).
+    public static func adapterParameterCount(_ config: ViTConfig, _ method: FineTuningMethod) -> Int {
+        specs(config, method).filter { $0.trainable && $0.role != .head }.reduce(0) { $0 + $1.count }
+    }
+}
+
+/// Optimizer groups of the trainable slab (`group ids` per element).
+public enum ParameterGroup: UInt8, CaseIterable, Sendable {
+    case decay = 0
+    case noDecay = 1
+    /// Adapter B matrices: decay, learning rate times the LoRA+ ratio.
+    case upProjection = 2
+}
+
+/// The parameters on the device: frozen tensors each in their own buffer; trainable tensors
+/// as views of one slab (so the optimizer is one launch), with gradients as views of a second
+/// slab of the same layout.
+public final class ViTParameters {
+    public let engine: Engine
+    public let specs: [ParameterSpec]
+    public private(set) var tensors: [String: Tensor] = [:]
+    public private(set) var gradients: [String: Tensor] = [:]
+    /// [P] trainable values, [P] their gradients, [P] uint8 group ids.
+    public let slab: Tensor
+    public let gradientSlab: Tensor
+    public let groupIDs: Tensor
+    public let trainableNames: [String]
+
+    /// `values` holds every spec's host values under its internal name.
+    public init(engine: Engine, specs: [ParameterSpec], values: [String: [Float]]) throws {
+        self.engine = engine
+        self.specs = specs
+        let trainable = specs.filter(\.trainable)
+        trainableNames = trainable.map(\.name)
+        let total = trainable.reduce(0) { $0 + $1.count }
+        var slabValues: [Float] = []
+        slabValues.reserveCapacity(total)
+        var groups: [UInt8] = []
+        groups.reserveCapacity(total)
+        for spec in specs {
+            guard let host = values[spec.name] else { throw ConfigError("no values for parameter '\(spec.name)'") }
+            guard host.count == spec.count else {
+                throw ConfigError("parameter '\(spec.name)' needs \(spec.count) values for \(spec.shape), got \(host.count)")
+            }
+            if spec.trainable {
+                slabValues += host
+                let group: ParameterGroup = spec.isUpProjection ? .upProjection : spec.decays ? .decay : .noDecay
+                groups += [UInt8](repeating: group.rawValue, count: spec.count)
+            } else {
+                tensors[spec.name] = try engine.tensor(host, shape: spec.shape)
+            }
+        }
+        slab = try engine.tensor(slabValues, shape: [total])
+        gradientSlab = try engine.zeros([total])
+        groupIDs = try engine.tensor(groups, shape: [total])
+        var offset = 0
+        for spec in trainable {
+            tensors[spec.name] = try slab.view(offset: offset, shape: spec.shape)
+            gradients[spec.name] = try gradientSlab.view(offset: offset, shape: spec.shape)
+            offset += spec.count
+        }
+    }
+
+    public var trainableCount: Int { slab.count }
+
+    public func tensor(_ name: String) -> Tensor {
+        guard let tensor = tensors[name] else { preconditionFailure("no parameter '\(name)' (a bug: names come from ParameterTable)") }
+        return tensor
+    }
+
+    /// The gradient view of a trainable parameter, nil for a frozen one.
+    public func gradient(_ name: String) -> Tensor? { gradients[name] }
+
+    public func zeroGradients() throws { try engine.fill(gradientSlab, with: 0) }
+
+    /// Host copies of the named parameters (waits for the device).
+    public func download(_ names: [String]) throws -> [String: [Float]] {
+        var result: [String: [Float]] = [:]
+        for name in names { result[name] = try tensor(name).download() }
+        return result
+    }
+}
+
+/// Fresh values for adapters and a new head: A Kaiming-uniform (a = sqrt 5), i.e.
+/// U(-1/sqrt(d), 1/sqrt(d)); B zero, so training starts exactly at the pretrained model; head
+/// weight U(-1/sqrt(d), 1/sqrt(d)) and bias zero.
+public func initialValues(for specs: [ParameterSpec], width: Int, seed: UInt64) -> [String: [Float]] {
+    var generator = SeededGenerator(seed: seed)
+    var values: [String: [Float]] = [:]
+    let bound = 1 / Float(width).squareRoot()
+    for spec in specs where spec.role != .backbone {
+        if spec.name.hasSuffix(".A") || spec.name == "head.weight" {
+            values[spec.name] = generator.uniform(spec.count, bound: bound)
+        } else {
+            values[spec.name] = [Float](repeating: 0, count: spec.count)
+        }
+    }
+    return values
+}

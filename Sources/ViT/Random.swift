@@ -1,0 +1,20 @@
+/// SplitMix64: small, seedable, and the same on every platform, so adapter initialisation and
+/// data order are reproducible from a seed.
+public struct SeededGenerator: RandomNumberGenerator, Sendable, Codable, Equatable {
+    public var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [-bound, bound).
+    public mutating func uniform(_ count: Int, bound: Float) -> [Float] {
+        (0..<count).map { _ in Float.random(in: -bound..<bound, using: &self) }
+    }
+}

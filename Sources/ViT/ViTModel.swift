@@ -1,0 +1,67 @@
+import Tensors
+
+/// A Vision Transformer on the device: the forward as a script of layers, the backward as
+/// the same script in reverse. Activations for a batch size are allocated once and reused.
+public final class ViTModel {
+    public let engine: Engine
+    public let config: ViTConfig
+    public let method: FineTuningMethod
+    public let parameters: ViTParameters
+
+    private let embedding: EmbeddingLayer
+    private let blocks: [BlockLayer]
+    private let head: HeadLayer
+    private var saved: Activations?
+
+    public init(engine: Engine, config: ViTConfig, method: FineTuningMethod, parameters: ViTParameters) throws {
+        try config.validate()
+        try method.validate(width: config.width)
+        self.engine = engine
+        self.config = config
+        self.method = method
+        self.parameters = parameters
+        embedding = EmbeddingLayer(config: config)
+        blocks = (0..<config.layers).map { BlockLayer(config: config, method: method, index: $0) }
+        head = HeadLayer(config: config)
+    }
+
+    /// images [B, C, S, S] (normalised) -> logits [B, K]. The returned tensor is reused by the
+    /// next forward of the same batch size.
+    public func forward(_ images: Tensor) throws -> Tensor {
+        let expected = [config.channels, config.imageSize, config.imageSize]
+        guard images.shape.count == 4, Array(images.shape.dropFirst()) == expected else {
+            throw TensorError.shapeMismatch(operation: "ViTModel.forward", details: "images must be [B, \(expected.map(String.init).joined(separator: ", "))], got \(images.shape)")
+        }
+        let batch = images.shape[0]
+        if saved?.batch != batch { saved = try Activations(engine: engine, config: config, method: method, batch: batch) }
+        let saved = saved!
+        try embedding.forward(engine, parameters, images: images, saved)
+        for (index, block) in blocks.enumerated() {
+            try block.forward(engine, parameters, input: saved.xs[index], output: saved.xs[index + 1], saved.blocks[index], batch: batch)
+        }
+        try head.forward(engine, parameters, saved)
+        return saved.logits
+    }
+
+    /// Accumulates the gradients of every trainable tensor for dLogits [B, K] of the last
+    /// forward. Frozen weights get none; for a linear probe only the head is visited.
+    public func backward(_ dLogits: Tensor) throws {
+        guard let saved, dLogits.shape == [saved.batch, config.classes] else {
+            throw TensorError.shapeMismatch(operation: "ViTModel.backward", details: "dLogits must match the last forward's logits")
+        }
+        guard let dx = try head.backward(engine, parameters, dLogits: dLogits, saved, needInputGradient: method != .probe) else { return }
+        for (index, block) in blocks.enumerated().reversed() {
+            try block.backward(engine, parameters, input: saved.xs[index], dx: dx, saved.blocks[index], batch: saved.batch)
+        }
+        try embedding.backward(engine, parameters, dTokens: dx, saved)
+    }
+
+    /// Mean softmax cross-entropy of the last logits and the gradient for `backward`.
+    public func loss(labels: Tensor, smoothing: Float = 0) throws -> (loss: Tensor, dLogits: Tensor) {
+        guard let saved else { throw TensorError.shapeMismatch(operation: "ViTModel.loss", details: "no forward yet") }
+        let losses = try engine.empty([saved.batch])
+        let dLogits = try engine.empty([saved.batch, config.classes])
+        try engine.softmaxCrossEntropy(logits: saved.logits, labels: labels, smoothing: smoothing, losses: losses, dLogits: dLogits)
+        return (try engine.sum(losses, scale: 1 / Float(saved.batch)), dLogits)
+    }
+}
