@@ -1,0 +1,127 @@
+import Foundation
+import Testing
+@testable import Tensors
+@testable import ViT
+
+/// Fixtures written by scripts/make_parity_fixtures.py (PyTorch; transformers' ViT and Dinov2
+/// models checked against its reference there).
+let parityFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Fixtures/parity")
+
+struct ParityCase: Sendable, CustomTestStringConvertible {
+    var naming: CheckpointNaming
+    var method: String
+    var testDescription: String { "\(naming.rawValue) \(method)" }
+}
+
+/// A model built from a fixture checkpoint in `naming` plus the method's initial adapter file.
+func fixtureModel(_ engine: Engine, naming: CheckpointNaming, method methodName: String) throws -> (ViTModel, AdapterFile.Contents) {
+    let adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("\(methodName)/initial.safetensors"))
+    let directory = parityFixtures.appendingPathComponent(naming.rawValue)
+    var config = adapter.config
+    if naming != .timm {
+        let (fileConfig, fileNaming, _) = try ViTConfig.fromHuggingFace(directory.appendingPathComponent("config.json"))
+        #expect(fileNaming == naming)
+        #expect(fileConfig.width == config.width && fileConfig.layers == config.layers && fileConfig.heads == config.heads)
+        #expect(fileConfig.mlpWidth == config.mlpWidth && fileConfig.layerNormEpsilon == config.layerNormEpsilon)
+        config.classes = adapter.config.classes
+    }
+    let file = try SafeTensorsFile(contentsOf: directory.appendingPathComponent("model.safetensors"))
+    let backbone = try CheckpointReader(file: file, naming: naming, config: config)
+    var values = backbone.values
+    for (name, tensor) in adapter.values { values[name] = tensor }
+    let specs = ParameterTable.specs(config, adapter.method)
+    let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
+    return (try ViTModel(engine: engine, config: config, method: adapter.method, parameters: parameters), adapter)
+}
+
+func fixtureBatch(_ engine: Engine) throws -> (images: Tensor, labels: Tensor) {
+    let batch = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("batch.safetensors"))
+    let images = try engine.tensor(try batch.floats("images"), shape: batch.entry("images")!.shape)
+    let labels = try engine.tensor(try batch.floats("labels").map { Int32($0) }, shape: [batch.entry("labels")!.shape[0]])
+    return (images, labels)
+}
+
+@Suite("Parity with PyTorch")
+struct ParityTests {
+    static let cases = CheckpointNaming.allCases.flatMap { naming in ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0) } }
+
+    // Tolerances (fp32 against PyTorch fp32): logits and loss atol 2e-5 + rtol 1e-4;
+    // gradients atol 2e-5 + rtol 1e-3 (relative error around 1e-5 on typical entries);
+    // parameters after 3 AdamW steps atol 5e-5 + rtol 1e-4.
+    @Test(arguments: cases)
+    func logitsLossGradientsAndThreeAdamWSteps(_ c: ParityCase) throws {
+        let engine = try makeEngine()
+        let (model, adapter) = try fixtureModel(engine, naming: c.naming, method: c.method)
+        let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/expected.safetensors"))
+        let (images, labels) = try fixtureBatch(engine)
+
+        try model.parameters.zeroGradients()
+        let logits = try model.forward(images)
+        expectClose(try logits.download(), try expected.floats("logits"), atol: 2e-5, rtol: 1e-4, "\(c.testDescription) logits")
+        let (loss, dLogits) = try model.loss(labels: labels)
+        expectClose(try loss.download(), try expected.floats("loss"), atol: 2e-5, rtol: 1e-4, "\(c.testDescription) loss")
+        try model.backward(dLogits)
+        let trainable = model.parameters.trainableNames
+        #expect(Set(trainable) == Set(expected.names.filter { $0.hasPrefix("grad/") }.map { String($0.dropFirst(5)) }))
+        for name in trainable {
+            expectClose(try model.parameters.gradient(name)!.download(), try expected.floats("grad/" + name), atol: 2e-5, rtol: 1e-3,
+                        "\(c.testDescription) gradient of \(name)")
+        }
+
+        let lora = adapter.method.name == "lora"
+        let optimizer = try AdamW(parameters: model.parameters, settings: AdamWSettings(learningRate: 1e-2, weightDecay: 0.05),
+                                  loraPlusRatio: lora ? 4 : 1, maxGradientNorm: lora ? 1 : nil)
+        try optimizer.update()
+        for _ in 0..<2 {
+            try model.parameters.zeroGradients()
+            _ = try model.forward(images)
+            try model.backward(try model.loss(labels: labels).dLogits)
+            try optimizer.update()
+        }
+        for name in trainable {
+            var got = try model.parameters.tensor(name).download(), want = try expected.floats("after3/" + name)
+            if name.hasSuffix("qkv.bias") {
+                // The key bias adds q . b_k to every score of a query row, which softmax ignores:
+                // its gradient is exactly zero, and both sides hold only rounding noise there,
+                // which Adam scales up to steps of +-lr. Compare q and v biases; the key bias
+                // can only have moved by at most 3 lr.
+                let d = model.config.width
+                let initial = Array(try fixtureInitialBias(name, c)[d..<2 * d])
+                for (index, value) in got[d..<2 * d].enumerated() { #expect(abs(value - initial[index]) <= 3 * 1e-2 * 1.001) }
+                got.removeSubrange(d..<2 * d)
+                want.removeSubrange(d..<2 * d)
+            }
+            expectClose(got, want, atol: 5e-5, rtol: 1e-4, "\(c.testDescription) \(name) after 3 AdamW steps")
+        }
+    }
+
+    /// qkv.bias before training (from the full method's initial file, HF ViT names).
+    private func fixtureInitialBias(_ name: String, _ c: ParityCase) throws -> [Float] {
+        let file = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/initial.safetensors"))
+        let layer = name.split(separator: ".")[1]
+        return try ["query", "key", "value"].flatMap { try file.floats("vit.encoder.layer.\(layer).attention.attention.\($0).bias") }
+    }
+
+    @Test func trainableParameterCountsMatchThePaper() throws {
+        let small = try ViTConfig.preset("vit-s", patchSize: 14, imageSize: 112, classes: 10)
+        #expect(ParameterTable.adapterParameterCount(small, .serial(rank: 8, alpha: 8)) == 73_728)
+        #expect(ParameterTable.adapterParameterCount(small, .lora(rank: 8, alpha: 8, targets: [.q, .k, .v, .o])) == 294_912)
+        let base = try ViTConfig.preset("vit-b", classes: 10)
+        #expect(ParameterTable.adapterParameterCount(base, .serial(rank: 8, alpha: 8)) == 147_456)
+        #expect(ParameterTable.adapterParameterCount(base, .lora(rank: 8, alpha: 8, targets: [.q, .k, .v, .o])) == 589_824)
+        #expect(ParameterTable.adapterParameterCount(small, .probe) == 0)
+        // ViT-S/14 at 112 px, written out: patch embedding, cls, 65 positions, 12 blocks, final norm.
+        let block = 2 * 384 + (3 * 384 * 384 + 3 * 384) + (384 * 384 + 384) + 2 * 384 + (1536 * 384 + 1536) + (384 * 1536 + 384)
+        #expect(ParameterTable.adapterParameterCount(small, .full) == (384 * 588 + 384) + 384 + 65 * 384 + 12 * block + 2 * 384)
+    }
+
+    @Test func bicubicPositionResizeMatchesTorch() throws {
+        let file = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("interpolation.safetensors"))
+        let source = try file.floats("source"), width = file.entry("source")!.shape[2]
+        for grid in [6, 3] {
+            let resized = try PositionEmbedding.resize(source, tokens: 17, width: width, toGrid: grid, file: "fixture", tensor: "pos")
+            expectClose(resized, try file.floats("to\(grid)"), atol: 1e-6, rtol: 1e-5, "bicubic 4x4 -> \(grid)x\(grid)")
+        }
+    }
+}
