@@ -43,6 +43,9 @@ public final class ViTModel {
         return saved.logits
     }
 
+    /// The final-LayerNorm cls features [B, d] of the last forward (what a linear head sees).
+    public var pooledFeatures: Tensor? { saved?.pooled }
+
     /// Accumulates the gradients of every trainable tensor for dLogits [B, K] of the last
     /// forward. Frozen weights get none; for a linear probe only the head is visited.
     public func backward(_ dLogits: Tensor) throws {

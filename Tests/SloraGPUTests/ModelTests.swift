@@ -205,3 +205,33 @@ struct BadInputTests {
         #expect(throws: CheckpointError.self) { try AdapterFile.load(url) }
     }
 }
+
+/// The real DINOv2-S/14 (scripts/convert_dinov2.py) on a real Fashion-MNIST image at 112 px
+/// against transformers' Dinov2Model (scripts/make_dinov2_fixture.py). Runs where the converted
+/// weights exist (SLORAGPU_WEIGHTS_DIR or weights/dinov2-small in the repository).
+let dinov2Directory: URL = {
+    if let explicit = ProcessInfo.processInfo.environment["SLORAGPU_WEIGHTS_DIR"] { return URL(fileURLWithPath: explicit) }
+    return parityFixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("weights/dinov2-small")
+}()
+
+@Suite("Real DINOv2-S/14", .enabled(if: FileManager.default.fileExists(atPath: dinov2Directory.appendingPathComponent("model.safetensors").path)))
+struct RealCheckpointTests {
+    @Test func forwardOnARealImageMatchesTransformers() throws {
+        let engine = try makeEngine()
+        let checkpoint = try PretrainedCheckpoint(directory: dinov2Directory)
+        #expect(checkpoint.naming == .hfDinov2 && checkpoint.config.imageSize == 518 && checkpoint.config.width == 384)
+        let (config, values, loadedHead) = try checkpoint.load(imageSize: 112, classes: 10)
+        #expect(!loadedHead)
+        var all = values
+        for (name, value) in initialValues(for: ParameterTable.specs(config, .probe), width: config.width, seed: 1) { all[name] = value }
+        let model = try ViTModel(engine: engine, config: config, method: .probe,
+                                 parameters: try ViTParameters(engine: engine, specs: ParameterTable.specs(config, .probe), values: all))
+        let fixture = try SafeTensorsFile(contentsOf: parityFixtures.deletingLastPathComponent().appendingPathComponent("dinov2/fashion_mnist_112.safetensors"))
+        _ = try model.forward(try engine.tensor(try fixture.floats("image"), shape: [1, 3, 112, 112]))
+        let pooled = try model.pooledFeatures!.download(), expected = try fixture.floats("pooled")
+        let maxDifference = zip(pooled, expected).map { abs($0 - $1) }.max()!
+        print("DINOv2-S/14 real image, 112 px: max |sloragpu - transformers| over 384 features = \(maxDifference) (max |feature| \(expected.map(abs).max()!))")
+        expectClose(pooled, expected, atol: 1e-3, rtol: 1e-3, "DINOv2 pooled features")
+    }
+}
