@@ -83,7 +83,11 @@ struct KernelLibraryTests {
         }
         #expect(reason.contains("truncated"))
         try checkAdd(third)
-        #expect(try Data(contentsOf: entry) == whole)
+        // Rewritten whole: the next library trusts it again. (Not byte-compared: a driver need
+        // not produce identical binaries on every build.)
+        let afterRepair = try makeEngine(cacheDirectory: cacheDirectory)
+        _ = try afterRepair.kernels.program("elementwise")
+        #expect(afterRepair.kernels.buildRecords.map(\.outcome) == [.diskCacheHit])
 
         // One flipped bit in the binary: the checksum catches it.
         var flipped = whole
