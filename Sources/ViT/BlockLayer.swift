@@ -17,6 +17,9 @@ struct BlockLayer {
     let config: ViTConfig
     let method: FineTuningMethod
     let index: Int
+    /// Serial LoRA through the fused two-operand GEMMs (default), or the unfused reference
+    /// path that materialises z = u + s t B^T [T, d] and dz, kept for cross-checking.
+    let fusedSerial: Bool
 
     private func name(_ suffix: String) -> String { "blocks.\(index).\(suffix)" }
 
@@ -31,12 +34,19 @@ struct BlockLayer {
                                     eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
         let wqkv = p.tensor(name("qkv.weight")), bqkv = p.tensor(name("qkv.bias"))
         switch method {
-        case .serial(_, _):
+        case .serial(_, _) where fusedSerial:
             let t = saved.lowRank["serial"]!, c = saved.serialC!
             try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
             try engine.gemm(wqkv, p.tensor(name("serial.B")), into: c)
             try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
                             into: saved.qkv, bias: bqkv)
+        case .serial(_, _):
+            let t = saved.lowRank["serial"]!
+            try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
+            let z = try engine.empty(saved.u1.shape)
+            try engine.copy(saved.u1, into: z)
+            try engine.gemm(t, p.tensor(name("serial.B")), into: z, transposeB: true, alpha: method.scale, beta: 1)
+            try engine.gemm(z, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
         case .lora(_, _, let targets):
             try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
             for target in targets {
@@ -118,6 +128,21 @@ struct BlockLayer {
         let wqkv = p.tensor(name("qkv.weight"))
         var inputTerms = [GemmTerm(dqkv, wqkv)]
         switch method {
+        case .serial(let rank, _) where !fusedSerial:
+            // dz = G W; dB += s dz^T t; g = dz B; dA += s g^T u; du = dz + s g A.
+            let a = p.tensor(name("serial.A")), b = p.tensor(name("serial.B")), t = saved.lowRank["serial"]!
+            let dz = try engine.empty([rows, d])
+            try engine.gemm(dqkv, wqkv, into: dz)
+            try engine.gemm(dz, t, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1)
+            let g = try engine.empty([rows, rank])
+            try engine.gemm(dz, b, into: g)
+            try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)
+            try engine.copy(dz, into: du)
+            try engine.gemm(g, a, into: du, alpha: s, beta: 1)
+            try engine.layerNormBackward(du, x: x, gamma: p.tensor(name("norm1.weight")), mean: saved.mean1, rstd: saved.rstd1,
+                                         dx: dx, accumulate: true, dGamma: p.gradient(name("norm1.weight")),
+                                         dBeta: p.gradient(name("norm1.bias")), accumulateParameters: true)
+            return
         case .serial(let rank, _):
             let a = p.tensor(name("serial.A")), t = saved.lowRank["serial"]!
             let g = try engine.empty([rows, rank])

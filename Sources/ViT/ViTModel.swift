@@ -13,7 +13,8 @@ public final class ViTModel {
     private let head: HeadLayer
     private var saved: Activations?
 
-    public init(engine: Engine, config: ViTConfig, method: FineTuningMethod, parameters: ViTParameters) throws {
+    /// `fusedSerial: false` runs Serial LoRA through the unfused reference path (cross-checks).
+    public init(engine: Engine, config: ViTConfig, method: FineTuningMethod, parameters: ViTParameters, fusedSerial: Bool = true) throws {
         try config.validate()
         try method.validate(width: config.width)
         self.engine = engine
@@ -21,7 +22,7 @@ public final class ViTModel {
         self.method = method
         self.parameters = parameters
         embedding = EmbeddingLayer(config: config)
-        blocks = (0..<config.layers).map { BlockLayer(config: config, method: method, index: $0) }
+        blocks = (0..<config.layers).map { BlockLayer(config: config, method: method, index: $0, fusedSerial: fusedSerial) }
         head = HeadLayer(config: config)
     }
 

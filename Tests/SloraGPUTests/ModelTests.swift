@@ -235,3 +235,27 @@ struct RealCheckpointTests {
         expectClose(pooled, expected, atol: 1e-3, rtol: 1e-3, "DINOv2 pooled features")
     }
 }
+
+@Suite("Serial LoRA fused and unfused")
+struct SerialPathTests {
+    /// The fused two-operand GEMMs and the materialised z/dz path agree on logits and every gradient.
+    @Test func fusedAndUnfusedPathsAgree() throws {
+        let engine = try makeEngine()
+        let (fused, adapter) = try fixtureModel(engine, naming: .hfViT, method: "serial")
+        let values = try fused.parameters.download(fused.parameters.specs.map(\.name))
+        let unfused = try ViTModel(engine: engine, config: fused.config, method: adapter.method,
+                                   parameters: try ViTParameters(engine: engine, specs: fused.parameters.specs, values: values), fusedSerial: false)
+        let (images, labels) = try fixtureBatch(engine)
+        var results: [[String: [Float]]] = []
+        for model in [fused, unfused] {
+            try model.parameters.zeroGradients()
+            var result = ["logits": try model.forward(images).download()]
+            try model.backward(try model.loss(labels: labels).dLogits)
+            for name in model.parameters.trainableNames { result[name] = try model.parameters.gradient(name)!.download() }
+            results.append(result)
+        }
+        for (name, value) in results[0] {
+            expectClose(value, results[1][name]!, atol: 1e-5, rtol: 1e-4, "fused vs unfused \(name)")
+        }
+    }
+}
