@@ -1,14 +1,15 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> ViT -> sloragpu (CLI).
+// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> ViT -> Training -> sloragpu (CLI);
+// Datasets (no device code) -> Training.
 // Kernels/*.cl are embedded into Tensors at build time by EmbedKernelsPlugin, so the
 // built binary never reads the source tree.
 let package = Package(
     name: "sloragpu",
     platforms: [.macOS(.v15)],
     products: [
-        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors", "ViT"]),
+        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training"]),
         .executable(name: "sloragpu", targets: ["sloragpu"]),
     ],
     dependencies: [
@@ -33,11 +34,19 @@ let package = Package(
             plugins: ["EmbedKernelsPlugin"]
         ),
         .target(name: "ViT", dependencies: ["Tensors"]),
+        .systemLibrary(
+            name: "CImageCodecs",
+            providers: [.apt(["zlib1g-dev", "libpng-dev", "libturbojpeg0-dev"])]
+        ),
+        .target(name: "Datasets", dependencies: ["CImageCodecs"]),
+        .target(name: "Training", dependencies: ["ViT", "Datasets"]),
         .executableTarget(
             name: "sloragpu",
             dependencies: [
                 "Tensors",
                 "ViT",
+                "Datasets",
+                "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -47,7 +56,7 @@ let package = Package(
             name: "SloraGPUTests",
             // Depending on the executable makes `swift test` build it: the CLI tests run it
             // as a fresh process (disk-cache hits, exit codes, messages).
-            dependencies: ["CLRuntime", "Tensors", "ViT", "Reference", "sloragpu"]
+            dependencies: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training", "Reference", "sloragpu"]
         ),
     ]
 )

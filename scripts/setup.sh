@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One-time set-up of a fresh Debian machine: system packages, a release build, and a first
-# look at the OpenCL devices (which also shows the device sloragpu will use).
+# One command on a fresh Debian machine: system packages (OpenCL, PoCL, codecs, the
+# Fashion-MNIST dataset), a release build, the default weights (fetched and converted once),
+# a look at the OpenCL devices, and then the default job: Serial LoRA fine-tuning of
+# DINOv2-S/14 on Fashion-MNIST at 112 px (about ten minutes on 2 cores), which ends with the
+# test accuracy on the full test set and the adapter's path. Extra arguments go to `train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-system-packages.sh
+scripts/install-system-packages.sh --with-data
 swift build -c release --product sloragpu
+scripts/fetch_weights.sh
 .build/release/sloragpu devices
-# Compile every kernel once so later runs start warm.
-.build/release/sloragpu kernels
+.build/release/sloragpu train "$@"

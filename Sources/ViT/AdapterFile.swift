@@ -17,6 +17,10 @@ public enum AdapterFile {
         public var classNames: [String]
         /// Internal names -> values: adapters and head (everything, for a full fine-tune).
         public var values: [String: [Float]]
+
+        public init(method: FineTuningMethod, config: ViTConfig, classNames: [String], values: [String: [Float]]) {
+            (self.method, self.config, self.classNames, self.values) = (method, config, classNames, values)
+        }
     }
 
     static func externalName(_ name: String) -> String? {

@@ -1,12 +1,13 @@
 import ArgumentParser
 import Foundation
 import Tensors
+import ViT
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks. Compare against a reference measured in the same run (see scripts/).",
-        subcommands: [GemmBench.self, AttentionBench.self]
+        subcommands: [GemmBench.self, AttentionBench.self, TrainBench.self]
     )
 }
 
@@ -152,6 +153,99 @@ struct AttentionBench: ParsableCommand {
                          tokens, forward * 1e3, forwardRate, forwardRate / ceiling, backward * 1e3, backwardRate, backwardRate / ceiling))
         }
     }
+}
+
+struct TrainBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Training-step throughput (images/s) and peak memory for a model, method and batch (random weights).",
+        discussion: "scripts/bench_train.py runs this and PyTorch CPU on the same config in the same run and prints the ratio."
+    )
+
+    @OptionGroup var deviceOption: DeviceOption
+
+    @Option(help: "Preset: vit-ti, vit-s, vit-b, vit-l.")
+    var model = "vit-s"
+    @Option(help: "Patch size.")
+    var patch = 14
+    @Option(help: "Image size in pixels.")
+    var imageSize = 112
+    @Option(help: "Batch size.")
+    var batch = 32
+    @Option(help: "serial, lora, full or probe.")
+    var method = "serial"
+    @Option(help: "Adapter rank.")
+    var rank = 8
+    @Option(help: "Timed steps (after warm-up steps).")
+    var steps = 5
+    @Option(help: "Untimed warm-up steps.")
+    var warmup = 2
+    @Flag(help: "Print device time per kernel over the timed steps.")
+    var profile = false
+    @Flag(help: "One JSON object instead of text.")
+    var json = false
+
+    func run() throws {
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
+        let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: [.q, .k, .v, .o])
+        let specs = ParameterTable.specs(config, fineTuning)
+        var generator = SeededGenerator(seed: 1)
+        var values = initialValues(for: specs, width: config.width, seed: 2)
+        for spec in specs where spec.role == .backbone {
+            values[spec.name] = spec.name.hasSuffix("norm1.weight") || spec.name.hasSuffix("norm2.weight") || spec.name == "norm.weight"
+                ? [Float](repeating: 1, count: spec.count) : generator.uniform(spec.count, bound: 0.02)
+        }
+        let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
+        let network = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)
+        let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
+        let images = try engine.tensor(generator.uniform(batch * 3 * imageSize * imageSize, bound: 2), shape: [batch, 3, imageSize, imageSize])
+        let labels = try engine.tensor((0..<batch).map { Int32($0 % 10) }, shape: [batch])
+        func step() throws -> Float {
+            try parameters.zeroGradients()
+            _ = try network.forward(images)
+            let (loss, dLogits) = try network.loss(labels: labels)
+            try network.backward(dLogits)
+            try optimizer.update()
+            return try loss.download()[0]
+        }
+        for _ in 0..<warmup { _ = try step() }
+        let profiler = KernelProfiler()
+        if profile { engine.profiler = profiler }
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<steps { _ = try step() }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(steps)
+        let imagesPerSecond = Double(batch) / seconds
+        let peak = peakResidentBytes()
+        if json {
+            let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
+                                         "rank": rank, "trainable": parameters.trainableCount, "step_seconds": seconds,
+                                         "images_per_second": imagesPerSecond, "peak_rss_bytes": peak]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
+                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, seconds * 1e3,
+                         imagesPerSecond, Double(peak) / 1e6))
+        }
+        if profile {
+            let entries = try profiler.summary()
+            let total = entries.reduce(0) { $0 + $1.seconds }
+            for entry in entries {
+                print(String(format: "  %-32@ %6d launches %9.2f ms/step %5.1f%%", entry.kernel, entry.launches,
+                             entry.seconds * 1e3 / Double(steps), 100 * entry.seconds / total))
+            }
+        }
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is missing.
+func peakResidentBytes() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+        return kilobytes * 1024
+    }
+    return 0
 }
 
 /// Small deterministic values in [-1, 1), so a wrong result cannot hide behind constants.

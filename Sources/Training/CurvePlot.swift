@@ -1,0 +1,46 @@
+import Foundation
+
+/// An SVG of the training loss per step and the test accuracy per evaluation, from
+/// metrics.jsonl. Plain SVG: any browser or image viewer shows it.
+public enum CurvePlot {
+    public static func svg(metricsURL: URL) throws -> String {
+        var losses: [(Double, Double)] = [], accuracies: [(Double, Double)] = []
+        let text = (try? String(contentsOf: metricsURL, encoding: .utf8)) ?? ""
+        for line in text.split(separator: "\n") {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let step = (object["step"] as? NSNumber)?.doubleValue else { continue }
+            if object["kind"] as? String == "step", let loss = (object["loss"] as? NSNumber)?.doubleValue { losses.append((step, loss)) }
+            if object["kind"] as? String == "evaluation", let accuracy = (object["accuracy"] as? NSNumber)?.doubleValue {
+                accuracies.append((step, accuracy))
+            }
+        }
+        let width = 420.0, height = 260.0
+        func panel(_ points: [(Double, Double)], x: Double, title: String, color: String, fixedRange: ClosedRange<Double>?) -> String {
+            var svg = "<g transform=\"translate(\(x),0)\"><rect x=\"50\" y=\"30\" width=\"\(width - 70)\" height=\"\(height - 70)\" fill=\"none\" stroke=\"#888\"/>"
+            svg += "<text x=\"\(width / 2)\" y=\"20\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\">\(title)</text>"
+            guard let firstStep = points.first?.0, let lastStep = points.last?.0 else { return svg + "</g>" }
+            let values = points.map(\.1)
+            let range = fixedRange ?? (values.min()!...max(values.max()!, values.min()! + 1e-9))
+            let stepSpan = max(lastStep - firstStep, 1)
+            func px(_ step: Double) -> Double { 50 + (step - firstStep) / stepSpan * (width - 70) }
+            func py(_ value: Double) -> Double { 30 + (1 - (value - range.lowerBound) / (range.upperBound - range.lowerBound)) * (height - 70) }
+            let path = points.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
+            svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\" points=\"\(path)\"/>"
+            if points.count == 1 { svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>", px(firstStep), py(values[0]), color) }
+            for (value, label) in [(range.lowerBound, range.lowerBound), (range.upperBound, range.upperBound)] {
+                svg += String(format: "<text x=\"45\" y=\"%.1f\" text-anchor=\"end\" font-family=\"sans-serif\" font-size=\"11\">%.3g</text>", py(value) + 4, label)
+            }
+            svg += String(format: "<text x=\"50\" y=\"%.1f\" font-family=\"sans-serif\" font-size=\"11\">step %.0f</text>", height - 24, firstStep)
+            svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-family=\"sans-serif\" font-size=\"11\">step %.0f</text>", width - 20, height - 24, lastStep)
+            return svg + "</g>"
+        }
+        return """
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(2 * width))" height="\(Int(height))" viewBox="0 0 \(Int(2 * width)) \(Int(height))">
+            <rect width="100%" height="100%" fill="white"/>
+            \(panel(losses, x: 0, title: "training loss", color: "#1f77b4", fixedRange: nil))
+            \(panel(accuracies, x: width, title: "test accuracy", color: "#d62728", fixedRange: accuracies.count > 1 ? nil : 0...1))
+            </svg>
+
+            """
+    }
+}

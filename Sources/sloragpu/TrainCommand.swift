@@ -1,0 +1,233 @@
+import ArgumentParser
+import Datasets
+import Dispatch
+import Foundation
+import Tensors
+import Training
+import ViT
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Fine-tune a ViT (default: Serial LoRA on DINOv2-S/14, Fashion-MNIST at 112 px, about ten minutes on 2 cores).",
+        discussion: """
+            Writes into --output: metrics.jsonl, checkpoints/last and checkpoints/best (adapter, optimizer \
+            state, data position), adapter.safetensors, summary.json and curves.svg. Ctrl-C saves a \
+            checkpoint at the end of the current step; --resume OUTPUT continues it and ends where an \
+            uninterrupted run would.
+            """
+    )
+
+    /// Everything that defines a run; its command-line form is saved as run.json so that
+    /// --resume parses the same run again.
+    struct RunOptions: ParsableArguments {
+        @OptionGroup var modelOptions: ModelOptions
+        @Option(help: "fashion-mnist, idx:DIR (MNIST-style IDX files), folder:DIR (train/ and test/ with a folder per class) or synthetic.")
+        var data = "fashion-mnist"
+        @Option(help: "serial, lora, full or probe.")
+        var method = "serial"
+        @Option(help: "Adapter rank r.")
+        var rank = 8
+        @Option(help: "Adapter alpha; the scale is alpha / r (default: alpha = r).")
+        var alpha: Float?
+        @Option(help: "LoRA targets, a comma list of q, k, v, o.")
+        var targets = "q,k,v,o"
+        @Option(help: "adamw or sgd.")
+        var optimizer = "adamw"
+        @Option(name: .customLong("lr"), help: "Peak learning rate.")
+        var learningRate: Float = 1e-3
+        @Option(help: "LoRA+: learning rate of B over that of A.")
+        var loraPlusRatio: Float = 1
+        @Option(help: "Weight decay (not on biases, norms, cls and positions).")
+        var weightDecay: Float = 0.01
+        @Option(help: "SGD momentum.")
+        var momentum: Float = 0.9
+        @Option(help: "Images per micro-batch.")
+        var batch = 32
+        @Option(help: "Micro-batches per optimizer step (gradient accumulation).")
+        var accumulation = 1
+        @Option(help: "Optimizer steps (default 300 unless --epochs is given).")
+        var steps: Int?
+        @Option(help: "Passes over the training set (sets --steps).")
+        var epochs: Double?
+        @Option(help: "Linear warm-up steps before the cosine decay (default: 10% of the steps).")
+        var warmup: Int?
+        @Option(help: "Clip gradients to this global L2 norm (0: off).")
+        var maxGradNorm: Float = 1
+        @Option(help: "Label smoothing epsilon.")
+        var labelSmoothing: Float = 0
+        @Option(help: "Seed for initialisation, data order and augmentation.")
+        var seed: UInt64 = 0
+        @Option(help: "Evaluate on the test set every N steps (0: only at the end).")
+        var evalInterval = 0
+        @Option(help: "Save the last checkpoint every N steps.")
+        var checkpointInterval = 50
+        @Option(help: "Use only the first N training images.")
+        var trainLimit: Int?
+        @Option(help: "Use only the first N test images.")
+        var testLimit: Int?
+        @Flag(help: "Keep the training set in file order.")
+        var noShuffle = false
+        @Flag(help: "No random crops or flips.")
+        var noAugment = false
+        @Option(help: "Start from a saved adapter file instead of fresh adapters.")
+        var initAdapter: String?
+        @Option(help: "Output directory (default runs/METHOD).")
+        var output: String?
+    }
+
+    @OptionGroup var runOptions: RunOptions
+    @OptionGroup var deviceOption: DeviceOption
+    @Option(help: ArgumentHelp("Continue the run in this output directory from its last checkpoint (its run.json decides every other option).", valueName: "dir"))
+    var resume: String?
+
+    func run() throws {
+        var options = runOptions
+        var resumeCheckpoint: URL?
+        if let resume {
+            let directory = URL(fileURLWithPath: resume)
+            let runFile = directory.appendingPathComponent("run.json")
+            guard let data = FileManager.default.contents(atPath: runFile.path),
+                  let saved = try? JSONDecoder().decode([String].self, from: data) else {
+                throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
+            }
+            options = try RunOptions.parse(saved)
+            options.output = directory.path
+            resumeCheckpoint = directory.appendingPathComponent("checkpoints/last")
+        }
+        let output = URL(fileURLWithPath: options.output ?? "runs/\(options.method)")
+        let targets = try parseTargets(options.targets)
+        let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
+
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
+        train = train.prefix(options.trainLimit)
+        test = test.prefix(options.testLimit)
+        guard train.classNames.count == test.classNames.count else {
+            throw ValidationError("train and test sets have different classes (\(train.classNames.count) and \(test.classNames.count))")
+        }
+        let initial = try options.initAdapter.map { try AdapterFile.load(URL(fileURLWithPath: $0)) }
+        if let initial, initial.method != method {
+            throw ValidationError("--init-adapter holds \(initial.method), but this run trains \(method)")
+        }
+        let (model, source) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
+                                             seed: options.seed, adapter: initial)
+
+        var training = TrainingOptions()
+        guard let optimizerKind = TrainingOptions.OptimizerKind(rawValue: options.optimizer) else {
+            throw ValidationError("--optimizer \(options.optimizer): use adamw or sgd")
+        }
+        training.optimizer = optimizerKind
+        training.learningRate = options.learningRate
+        training.weightDecay = options.weightDecay
+        training.momentum = options.momentum
+        training.loraPlusRatio = options.loraPlusRatio
+        training.batchSize = options.batch
+        training.accumulation = options.accumulation
+        if let epochs = options.epochs {
+            guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+            training.steps = max(1, Int((epochs * Double(train.count) / Double(options.batch * options.accumulation)).rounded(.down)))
+        } else {
+            training.steps = options.steps ?? 300
+        }
+        training.warmupSteps = options.warmup ?? training.steps / 10
+        training.maxGradientNorm = options.maxGradNorm > 0 ? options.maxGradNorm : nil
+        training.labelSmoothing = options.labelSmoothing
+        training.seed = options.seed
+        training.evaluationInterval = options.evalInterval
+        training.checkpointInterval = options.checkpointInterval
+        training.shuffle = !options.noShuffle
+        training.augment = !options.noAugment
+
+        let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
+                                  classNames: train.classNames, resume: resumeCheckpoint)
+        if resume == nil {
+            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+            // The run's own arguments (after `train`), minus --device: a resume may use another device.
+            var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
+            if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
+            arguments.removeAll { $0.hasPrefix("--device=") }
+            try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
+        }
+
+        print("device:   \(engine.device.name)")
+        print("model:    \(source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width)")
+        print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
+        print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
+        print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
+        if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
+
+        // Ctrl-C: finish the step, save, exit.
+        signal(SIGINT, SIG_IGN)
+        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        interrupt.setEventHandler {
+            FileHandle.standardError.write(Data("\ninterrupt: saving a checkpoint at the end of this step...\n".utf8))
+            trainer.requestStop()
+        }
+        interrupt.resume()
+        defer { interrupt.cancel() }
+
+        let progress = ProgressPrinter(total: training.steps)
+        do {
+            let summary = try trainer.run(progress.handle)
+            progress.finish()
+            if let final = summary.final {
+                print(String(format: "test accuracy %.4f (%d images), loss %.4f after %d steps in %.0f s", final.accuracy, final.count, final.loss, summary.steps, summary.seconds))
+            }
+            print("adapter:  \(summary.adapterPath)")
+            print("curves:   \(output.appendingPathComponent("curves.svg").path); metrics: \(output.appendingPathComponent("metrics.jsonl").path)")
+        } catch let error as TrainingError {
+            progress.finish()
+            if case .interrupted = error {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(130)
+            }
+            throw error
+        }
+    }
+}
+
+/// A progress bar on a terminal; plain lines (every 10 steps and at evaluations) otherwise.
+final class ProgressPrinter {
+    let total: Int
+    let isTerminal = isatty(STDOUT_FILENO) != 0
+    let started = Date()
+    var lastLine = ""
+
+    init(total: Int) { self.total = total }
+
+    func handle(_ event: TrainingEvent) {
+        switch event {
+        case .step(let step, let total, let epoch, let loss, let rate, let imagesPerSecond):
+            let elapsed = Date().timeIntervalSince(started)
+            let eta = elapsed / Double(step) * Double(total - step)
+            let text = String(format: "step %d/%d  epoch %d  loss %.4f  lr %.2e  %.1f img/s  ETA %@", step, total, epoch, loss, rate,
+                              imagesPerSecond, duration(eta))
+            if isTerminal {
+                let width = 24, filled = width * step / max(total, 1)
+                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+                print("\r[\(bar)] \(text)   ", terminator: "")
+                fflush(nil)
+                lastLine = text
+            } else if step % 10 == 0 || step == 1 || step == total {
+                print(text)
+            }
+        case .evaluation(let step, let result):
+            if isTerminal { print("") }
+            print(String(format: "eval at step %d: accuracy %.4f, loss %.4f (%d images)", step, result.accuracy, result.loss, result.count))
+        case .checkpoint:
+            break
+        }
+    }
+
+    func finish() {
+        if isTerminal && !lastLine.isEmpty { print("") }
+        lastLine = ""
+    }
+
+    private func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite else { return "?" }
+        let s = Int(seconds)
+        return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+    }
+}
