@@ -56,7 +56,7 @@ let package = Package(
             name: "SloraGPUTests",
             // Depending on the executable makes `swift test` build it: the CLI tests run it
             // as a fresh process (disk-cache hits, exit codes, messages).
-            dependencies: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training", "Reference", "sloragpu"]
+            dependencies: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training", "CImageCodecs", "Reference", "sloragpu"]
         ),
     ]
 )

@@ -156,6 +156,7 @@ struct TrainCommand: ParsableCommand {
         print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
         print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
         if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
+        fflush(nil)
 
         // Ctrl-C: finish the step, save, exit.
         signal(SIGINT, SIG_IGN)
@@ -211,10 +212,12 @@ final class ProgressPrinter {
                 lastLine = text
             } else if step % 10 == 0 || step == 1 || step == total {
                 print(text)
+                fflush(nil)  // a pipe or file would otherwise see nothing until the run ends
             }
         case .evaluation(let step, let result):
             if isTerminal { print("") }
             print(String(format: "eval at step %d: accuracy %.4f, loss %.4f (%d images)", step, result.accuracy, result.loss, result.count))
+            fflush(nil)
         case .checkpoint:
             break
         }

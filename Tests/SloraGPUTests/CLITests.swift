@@ -1,5 +1,8 @@
+import CImageCodecs
 import Foundation
 import Testing
+@testable import Training
+@testable import ViT
 
 /// The `sloragpu` executable as a user runs it: fresh processes, exit codes, messages.
 @Suite("sloragpu CLI", .serialized)
@@ -85,5 +88,112 @@ struct BenchSmokeTests {
         let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
         #expect(object?["m"] as? Int == 512)
         #expect((object?["gflops"] as? Double ?? 0) > 0)
+    }
+}
+
+/// `sloragpu train/eval/predict/merge` as a user runs them, on the tiny fixture checkpoint.
+@Suite("sloragpu train, eval, predict, merge", .serialized)
+struct TrainingCLITests {
+    let fixtureModel = parityFixtures.appendingPathComponent("hf-vit").path
+    var common: [String] { ["--model", fixtureModel, "--image-size", "16", "--data", "synthetic", "--batch", "8"] }
+
+    @Test func trainThenEvalPredictAndMerge() throws {
+        let output = try makeTemporaryDirectory()
+        let train = try runSloragpu(["train"] + common + ["--steps", "4", "--warmup", "1", "--checkpoint-interval", "2", "--output", output.path])
+        #expect(train.status == 0, "\(train.standardError)")
+        #expect(train.standardOutput.contains("method:   serial (rank 8, alpha 8.0): 1024 trainable parameters without the head"))
+        #expect(train.standardOutput.contains("test accuracy"))
+        let adapter = output.appendingPathComponent("adapter.safetensors").path
+        #expect(train.standardOutput.contains("adapter:  \(adapter)"))
+
+        let logits = output.appendingPathComponent("logits.npy")
+        let eval = try runSloragpu(["eval", "--adapter", adapter, "--model", fixtureModel, "--data", "synthetic", "--dump-logits", logits.path])
+        #expect(eval.status == 0, "\(eval.standardError)")
+        #expect(eval.standardOutput.contains("accuracy") && eval.standardOutput.contains("confusion matrix"))
+        let npy = try Data(contentsOf: logits)
+        #expect(npy.starts(with: [0x93] + Array("NUMPY".utf8)))
+        #expect(String(decoding: npy.prefix(128), as: UTF8.self).contains("'shape': (128, 10)"))
+        #expect(npy.count % 64 == (128 * 10 * 4) % 64)
+
+        var image = png_image()
+        image.version = UInt32(PNG_IMAGE_VERSION)
+        (image.width, image.height, image.format) = (20, 20, UInt32(PNG_FORMAT_RGB))
+        let png = output.appendingPathComponent("x.png").path
+        let pixels = [UInt8](repeating: 200, count: 20 * 20 * 3)
+        #expect(pixels.withUnsafeBytes { png_image_write_to_file(&image, png, 0, $0.baseAddress, 0, nil) } != 0)
+        let predict = try runSloragpu(["predict", "--adapter", adapter, "--model", fixtureModel, "--top", "2", png])
+        #expect(predict.status == 0, "\(predict.standardError)")
+        #expect(predict.standardOutput.contains(png) && predict.standardOutput.split(separator: "\n").count == 3)
+
+        let merged = output.appendingPathComponent("merged")
+        let merge = try runSloragpu(["merge", "--adapter", adapter, "--model", fixtureModel, "--output", merged.path])
+        #expect(merge.status == 0, "\(merge.standardError)")
+        let checkpoint = try PretrainedCheckpoint(directory: merged)
+        #expect(checkpoint.naming == .hfViT && checkpoint.config.classes == 10 && checkpoint.config.imageSize == 16)
+    }
+
+    @Test func ctrlCSavesACheckpointAndResumeFinishesTheRun() throws {
+        let output = try makeTemporaryDirectory()
+        let process = Process()
+        process.executableURL = try sloragpuExecutable()
+        process.arguments = ["train"] + common + ["--steps", "400", "--output", output.path]
+        let errorPipe = Pipe()
+        process.standardError = errorPipe
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let metrics = output.appendingPathComponent("metrics.jsonl")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count < 2 {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        process.interrupt()
+        let stderr = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130, "\(stderr)")
+        #expect(stderr.contains("interrupted after step") && stderr.contains("--resume"))
+        let state = try TrainingCheckpoint.loadState(output.appendingPathComponent("checkpoints/last"))
+        #expect(state.step >= 2 && state.step < 400)
+
+        let resumed = try runSloragpu(["train", "--resume", output.path, "--checkpoint-interval", "1000"])
+        #expect(resumed.status == 0, "\(resumed.standardError)")
+        #expect(resumed.standardOutput.contains("resuming:") && resumed.standardOutput.contains("test accuracy"))
+        let finalState = try TrainingCheckpoint.loadState(output.appendingPathComponent("checkpoints/last"))
+        #expect(finalState.step == 400)
+    }
+
+    @Test func badInputFailsWithAClearMessage() throws {
+        let cases: [([String], String)] = [
+            (["train", "--model", "/no/such/dir", "--data", "synthetic"], "no such checkpoint directory"),
+            (["train", "--model", fixtureModel, "--data", "imagenet"], "use fashion-mnist, idx:DIR, folder:DIR or synthetic"),
+            (["train", "--model", "vit-s/14", "--image-size", "100", "--data", "synthetic"], "not divisible by the patch size 14"),
+            (["train"] + common + ["--rank", "0"], "rank 0 must be between 1 and the width 32"),
+            (["train"] + common + ["--method", "dora"], "unknown method 'dora'"),
+            (["train"] + common + ["--targets", "q,x"], "unknown LoRA target 'x'"),
+            (["train"] + common + ["--steps", "5", "--warmup", "9"], "warm-up (9) must be below the number of steps (5)"),
+            (["train", "--resume", "/no/such/run"], "no readable run.json"),
+            (["train", "--model", fixtureModel, "--data", "idx:/no/such/dir"], "no train-images-idx3-ubyte"),
+            (["eval", "--adapter", "/no/such/adapter.safetensors", "--model", fixtureModel], "/no/such/adapter.safetensors: cannot read file"),
+        ]
+        for (arguments, message) in cases {
+            let result = try runSloragpu(arguments)
+            #expect(result.status != 0, "\(arguments) should fail")
+            #expect(result.standardError.contains(message), "\(arguments): '\(message)' not in: \(result.standardError)")
+        }
+    }
+
+    @Test func missingDefaultWeightsSayWhichCommandFetchesThem() throws {
+        let empty = try makeTemporaryDirectory()
+        let process = Process()
+        process.executableURL = try sloragpuExecutable()
+        process.arguments = ["train", "--data", "synthetic"]
+        process.currentDirectoryURL = empty
+        let errorPipe = Pipe()
+        process.standardError = errorPipe
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let stderr = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(stderr.contains("scripts/fetch_weights.sh"), "\(stderr)")
     }
 }
