@@ -1,12 +1,13 @@
 import CLRuntime
 
-// Launchers for Kernels/activation.cl (exact GELU), elementwise over equal shapes.
+// Launchers for Kernels/activation.cl (exact GELU), elementwise over equal shapes; each
+// work-item handles 16 values.
 
 extension Engine {
     public func geluForward(_ x: Tensor, into y: Tensor) throws {
         try checkOperands("geluForward", [x, y])
         try expectShape("geluForward", "y", y, x.shape)
-        try launch("gelu_forward", in: "activation", global: [x.count],
+        try launch("gelu_forward", in: "activation", global: [(x.count + 15) / 16],
             x, y, x.count)
     }
 
@@ -15,7 +16,7 @@ extension Engine {
         try checkOperands("geluBackward", [x, dy, dx])
         try expectShape("geluBackward", "dy", dy, x.shape)
         try expectShape("geluBackward", "dx", dx, x.shape)
-        try launch("gelu_backward", in: "activation", global: [x.count],
+        try launch("gelu_backward", in: "activation", global: [(x.count + 15) / 16],
             x, dy, dx, x.count)
     }
 }

@@ -158,7 +158,6 @@ public final class Trainer {
 
         let engine = model.engine, config = model.config
         let parameters = model.parameters
-        var savedStep: Int? = nil
         while state.step < options.steps {
             let stepStarted = Date()
             try parameters.zeroGradients()
@@ -178,8 +177,9 @@ public final class Trainer {
             let loss = lossSum / Float(options.accumulation)
             let step = state.step + 1
             guard loss.isFinite else {
-                throw TrainingError.nonFiniteLoss(step: step, loss: loss, checkpoint: savedStep.map { _ in lastCheckpoint.path }
-                                                    ?? (FileManager.default.fileExists(atPath: lastCheckpoint.path) ? lastCheckpoint.path : nil))
+                // Nothing of this step reached the parameters; the last checkpoint on disk is good.
+                let saved = FileManager.default.fileExists(atPath: lastCheckpoint.path) ? lastCheckpoint.path : nil
+                throw TrainingError.nonFiniteLoss(step: step, loss: loss, checkpoint: saved)
             }
             let rate = schedule.rate(step: step)
             try optimizer.update(learningRate: rate)
@@ -204,10 +204,7 @@ public final class Trainer {
                 try save(to: lastCheckpoint, step: step, report)
                 throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path)
             }
-            if saveNow {
-                try save(to: lastCheckpoint, step: step, report)
-                savedStep = step
-            }
+            if saveNow { try save(to: lastCheckpoint, step: step, report) }
         }
 
         let final = try evaluate(step: state.step, report)
