@@ -2,6 +2,11 @@ import Tensors
 
 /// What the forward saves for the backward, for one batch size; allocated once per batch size
 /// and reused across steps. T = B * N tokens, d width, m MLP width, r rank.
+///
+/// Only what the method's backward reads is kept per block: the LN2 output u2 and the GELU
+/// output h feed weight gradients of fc1 and fc2, so outside full fine-tuning all blocks share
+/// one scratch copy of each; a linear probe's backward never enters the blocks, so all blocks
+/// share one set of block tensors and the residual stream alternates between two buffers.
 final class Activations {
     let batch: Int
     let patches: Tensor     // [B * Np, C * P * P]
@@ -20,8 +25,18 @@ final class Activations {
         let d = config.width, t = batch * config.tokens
         patches = try engine.empty([batch * config.patchCount, config.patchValues])
         patchOut = try engine.empty([batch * config.patchCount, d])
-        xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
-        blocks = try (0..<config.layers).map { _ in try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch) }
+        if method == .probe {
+            let (even, odd) = (try engine.empty([t, d]), try engine.empty([t, d]))
+            xs = (0...config.layers).map { $0 % 2 == 0 ? even : odd }
+            let shared = try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch, scratch: nil)
+            blocks = Array(repeating: shared, count: config.layers)
+        } else {
+            xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
+            let scratch = method == .full ? nil : (u2: try engine.empty([t, d]), h: try engine.empty([t, config.mlpWidth]))
+            blocks = try (0..<config.layers).map { _ in
+                try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch, scratch: scratch)
+            }
+        }
         clsRows = try engine.empty([batch, d])
         pooled = try engine.empty([batch, d])
         finalMean = try engine.empty([batch])
@@ -43,7 +58,8 @@ final class BlockActivations {
     let u2: Tensor, mean2: Tensor, rstd2: Tensor      // LN2
     let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU
 
-    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, tokens t: Int, batch: Int) throws {
+    /// `scratch`: shared u2 and h buffers when the backward does not read them.
+    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, tokens t: Int, batch: Int, scratch: (u2: Tensor, h: Tensor)?) throws {
         let d = config.width, m = config.mlpWidth
         u1 = try engine.empty([t, d])
         mean1 = try engine.empty([t])
@@ -62,10 +78,10 @@ final class BlockActivations {
         attention = try engine.empty([t, d])
         lse = try engine.empty([batch, config.heads, config.tokens])
         xMid = try engine.empty([t, d])
-        u2 = try engine.empty([t, d])
+        u2 = try scratch?.u2 ?? engine.empty([t, d])
         mean2 = try engine.empty([t])
         rstd2 = try engine.empty([t])
         hPre = try engine.empty([t, m])
-        h = try engine.empty([t, m])
+        h = try scratch?.h ?? engine.empty([t, m])
     }
 }
