@@ -1,8 +1,10 @@
 import CLRuntime
 
-/// Reuses device buffers of freed tensors. Requests are rounded up to a size class
-/// (powers of two and the midpoints 1.5 x 2^k, at least 256 bytes), which bounds the waste at
-/// one third while letting activations of similar sizes share buffers across steps.
+/// Reuses device buffers of freed tensors. Requests are rounded up to a size class so that
+/// tensors of similar sizes share buffers across steps: below 1 MiB, powers of two and their
+/// midpoints 1.5 x 2^k (at least 256 bytes; waste at most a third); from 1 MiB, eight classes
+/// per octave (waste at most an eighth), because the large buffers are the saved activations
+/// and a third of those was 140 MB of a ViT-S step.
 public final class BufferPool {
     public let context: Context
 
@@ -26,6 +28,10 @@ public final class BufferPool {
         let minimum = 256
         guard byteCount > minimum else { return minimum }
         let power = 1 << (Int.bitWidth - (byteCount - 1).leadingZeroBitCount)  // next power of two >= byteCount
+        if power > 1 << 20 {
+            let step = power / 16                                                  // eighths of the octave below
+            return (byteCount + step - 1) / step * step
+        }
         let midpoint = power / 2 + power / 4
         return byteCount <= midpoint ? midpoint : power
     }

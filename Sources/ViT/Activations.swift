@@ -20,6 +20,24 @@ final class Activations {
     let finalRstd: Tensor   // [B]
     let logits: Tensor      // [B, K]
 
+    /// Bytes of device memory held for the backward (shared buffers counted once).
+    var bytes: Int {
+        var seen: Set<ObjectIdentifier> = []
+        var total = 0
+        func add(_ tensor: Tensor?) {
+            guard let tensor, seen.insert(ObjectIdentifier(tensor.buffer)).inserted else { return }
+            total += tensor.buffer.byteCount
+        }
+        for tensor in [patches, patchOut, clsRows, pooled, finalMean, finalRstd, logits] + xs { add(tensor) }
+        for block in blocks {
+            for tensor in [block.u1, block.mean1, block.rstd1, block.qkv, block.attention, block.lse, block.xMid,
+                           block.u2, block.mean2, block.rstd2, block.hPre, block.h] { add(tensor) }
+            add(block.serialC)
+            for tensor in block.lowRank.values { add(tensor) }
+        }
+        return total
+    }
+
     init(engine: Engine, config: ViTConfig, method: FineTuningMethod, batch: Int) throws {
         self.batch = batch
         let d = config.width, t = batch * config.tokens

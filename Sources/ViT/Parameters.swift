@@ -172,3 +172,16 @@ public func initialValues(for specs: [ParameterSpec], width: Int, seed: UInt64) 
     }
     return values
 }
+
+/// A random backbone for presets without pretrained weights (and for benchmarks): weights
+/// U(-0.02, 0.02), biases zero, LayerNorm scales one.
+public func randomBackboneValues(for config: ViTConfig, seed: UInt64) -> [String: [Float]] {
+    var generator = SeededGenerator(seed: seed)
+    var values: [String: [Float]] = [:]
+    for spec in ParameterTable.specs(config, .probe) where spec.role == .backbone {
+        let isNormScale = spec.name.hasSuffix("norm1.weight") || spec.name.hasSuffix("norm2.weight") || spec.name == "norm.weight"
+        values[spec.name] = isNormScale ? [Float](repeating: 1, count: spec.count)
+            : spec.name.hasSuffix(".bias") ? [Float](repeating: 0, count: spec.count) : generator.uniform(spec.count, bound: 0.02)
+    }
+    return values
+}

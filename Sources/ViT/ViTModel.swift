@@ -44,6 +44,9 @@ public final class ViTModel {
         return saved.logits
     }
 
+    /// Device bytes the last forward keeps for the backward (0 before any forward).
+    public var savedActivationBytes: Int { saved?.bytes ?? 0 }
+
     /// The final-LayerNorm cls features [B, d] of the last forward (what a linear head sees).
     public var pooledFeatures: Tensor? { saved?.pooled }
 

@@ -186,16 +186,14 @@ struct TrainBench: ParsableCommand {
     var json = false
 
     func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
         let engine = try Engine(deviceSpec: deviceOption.device)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
         let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: [.q, .k, .v, .o])
         let specs = ParameterTable.specs(config, fineTuning)
         var generator = SeededGenerator(seed: 1)
         var values = initialValues(for: specs, width: config.width, seed: 2)
-        for spec in specs where spec.role == .backbone {
-            values[spec.name] = spec.name.hasSuffix("norm1.weight") || spec.name.hasSuffix("norm2.weight") || spec.name == "norm.weight"
-                ? [Float](repeating: 1, count: spec.count) : generator.uniform(spec.count, bound: 0.02)
-        }
+        for (name, value) in randomBackboneValues(for: config, seed: 3) { values[name] = value }
         let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
         let network = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)
         let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
@@ -209,7 +207,10 @@ struct TrainBench: ParsableCommand {
             try optimizer.update()
             return try loss.download()[0]
         }
-        for _ in 0..<warmup { _ = try step() }
+        _ = try step()
+        let firstStep = Double(DispatchTime.now().uptimeNanoseconds - started) * 1e-9
+        let compiled = engine.kernels.buildRecords.filter { $0.outcome != .diskCacheHit }.count
+        for _ in 1..<max(warmup, 1) { _ = try step() }
         let profiler = KernelProfiler()
         if profile { engine.profiler = profiler }
         let start = DispatchTime.now().uptimeNanoseconds
@@ -217,15 +218,21 @@ struct TrainBench: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(steps)
         let imagesPerSecond = Double(batch) / seconds
         let peak = peakResidentBytes()
+        let activationBytes = network.savedActivationBytes, optimizerBytes = 2 * 4 * parameters.trainableCount
         if json {
             let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
                                          "rank": rank, "trainable": parameters.trainableCount, "step_seconds": seconds,
-                                         "images_per_second": imagesPerSecond, "peak_rss_bytes": peak]
+                                         "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
+                                         "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
+                                         "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
                          model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
+            print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
+                         Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, firstStep, compiled,
+                         engine.kernels.buildRecords.count - compiled))
         }
         if profile {
             let entries = try profiler.summary()

@@ -31,13 +31,7 @@ struct ModelOptions: ParsableArguments {
             let patch = parts.count > 1 ? Int(parts[1]) : 16
             guard let patch else { throw ValidationError("preset '\(model)': the patch size after / must be a number") }
             let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize, classes: classes)
-            var generator = SeededGenerator(seed: 0x5EED)
-            var values: [String: [Float]] = [:]
-            for spec in ParameterTable.specs(config, .probe) where spec.role == .backbone {
-                let isNormScale = spec.name.hasSuffix("norm1.weight") || spec.name.hasSuffix("norm2.weight") || spec.name == "norm.weight"
-                values[spec.name] = isNormScale ? [Float](repeating: 1, count: spec.count)
-                    : spec.name.hasSuffix(".bias") ? [Float](repeating: 0, count: spec.count) : generator.uniform(spec.count, bound: 0.02)
-            }
+            let values = randomBackboneValues(for: config, seed: 0x5EED)
             return (config, values, "\(model) (random initialisation, no pretrained weights)")
         }
         if model == defaultWeightsDirectory {
