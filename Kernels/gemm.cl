@@ -15,6 +15,8 @@
 //      the pre-activation, exact-erf GELU; edges are stored scalar.
 //
 // Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
+// DIRECT_A: for a single product whose op(A) is a plain row-major matrix, the micro-kernel reads
+// A in place and pack_a is skipped (packing A was 9% of a ViT-S training step).
 // The k-block length KC is a launch parameter, not a define.
 
 #ifndef MR
@@ -92,6 +94,7 @@ inline floatV gelu_vector(const floatV x) { return 0.5f * x * (1.0f + erf(x * 0.
 // a_batched / b_batched: 0 when one packed operand serves every batch (shared weights).
 __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, const int k_total,
                           const int k_begin, const int k_end,
+                          const int a_offset, const int lda, const int a_batch_stride,
                           const int M, const int N, const int m_panels, const int n_panels,
                           const int a_batched, const int b_batched,
                           __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
@@ -104,7 +107,17 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
     const int batch = get_global_id(2);
     if (q >= n_panels || p >= m_panels) return;
 
+#ifdef DIRECT_A
+    // A read in place (a plain row-major op(A) with row stride lda): MR row streams; rows past
+    // M re-read row M-1 and are never stored.
+    const __global float *a_rows[MR];
+#pragma unroll
+    for (int r = 0; r < MR; ++r) a_rows[r] = Ap + a_offset + batch * a_batch_stride + min(p * MR + r, M - 1) * lda;
+#define A_VALUE(r, k) a_rows[r][k]
+#else
     const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MR;
+#define A_VALUE(r, k) a[(k) * MR + (r)]
+#endif
     const __global float *b = Bp + (size_t)((b_batched ? batch : 0) * n_panels + q) * k_total * NR;
 
     floatV acc[MR][NV];
@@ -120,7 +133,7 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
         for (int v = 0; v < NV; ++v) bv[v] = vloadV(v, b + k * NR);
 #pragma unroll
         for (int r = 0; r < MR; ++r) {
-            const floatV av = (floatV)(a[k * MR + r]);
+            const floatV av = (floatV)(A_VALUE(r, k));
 #pragma unroll
             for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, bv[v], acc[r][v]);
         }

@@ -190,7 +190,10 @@ extension Engine {
         // side is batched (then the packed buffer holds every batch).
         let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
         let bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
-        let packedA = try empty([aPackedBatches * mPanels * kTotal * mr])
+        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
+        let directA = terms.count == 1 && aViews[0].columnStride == 1 && terms[0].scale == 1 && profile.directA
+        let microOptions = directA ? options + " -DDIRECT_A" : options
+        let packedA = directA ? aViews[0].tensor : try empty([aPackedBatches * mPanels * kTotal * mr])
         let packedB = try empty([bPackedBatches * nPanels * kTotal * nr])
         guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
             throw TensorError.tooLarge(operation: operation, elements: max(packedA.count, packedB.count))
@@ -201,13 +204,15 @@ extension Engine {
         var kDestination = 0
         for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
             let k = a.columns
-            try packA.setArguments([
-                .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
-                .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
-                .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
-                .buffer(packedA.buffer),
-            ])
-            try enqueue(packA, global: [k, mPanels, aPackedBatches])
+            if !directA {
+                try packA.setArguments([
+                    .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
+                    .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
+                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                    .buffer(packedA.buffer),
+                ])
+                try enqueue(packA, global: [k, mPanels, aPackedBatches])
+            }
             try packB.setArguments([
                 .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
                 .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
@@ -222,7 +227,7 @@ extension Engine {
         if bias != nil { epilogueFlags |= 1 }
         if activation == .gelu { epilogueFlags |= 2 }
         if preActivation != nil { epilogueFlags |= 4 }
-        let micro = try kernels.kernel("gemm_packed", in: "gemm", options: options)
+        let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
         let global: [Int], local: [Int]?
         if let (lx, ly) = profile.localSize {
             (global, local) = ([roundUp(nPanels, lx), roundUp(mPanels, ly), batches], [lx, ly, 1])
@@ -239,6 +244,8 @@ extension Engine {
             try micro.setArguments([
                 .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
                 .int32(Int32(kBegin)), .int32(Int32(kEnd)),
+                .int32(Int32(directA ? aViews[0].tensor.offset : 0)), .int32(Int32(directA ? aViews[0].rowStride : 0)),
+                .int32(Int32(directA ? aViews[0].batchStride : 0)),
                 .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
                 .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
                 .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),

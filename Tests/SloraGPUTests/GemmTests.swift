@@ -116,6 +116,25 @@ struct GemmTests {
         }
     }
 
+    /// Single products with a plain A read it in place (DIRECT_A); the packed route must agree.
+    @Test func directAndPackedAAgree() throws {
+        let engine = try makeEngine()
+        let (m, n, k) = (67, 45, 129)
+        let a = uniformValues(m * k, seed: 20), b = uniformValues(n * k, seed: 21), bias = uniformValues(n, seed: 22)
+        var results: [[Float]] = []
+        for profile in [GemmProfile.cpu, try GemmProfile.cpu.overridden(by: "DA=0")] {
+            engine.gemmProfile = profile
+            let c = try engine.empty([m, n])
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [n, k]), into: c, transposeB: true,
+                            bias: try engine.tensor(bias, shape: [n]), activation: .gelu)
+            results.append(try c.download())
+        }
+        let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeB: true)
+        let expected = (0..<m * n).map { Reference.gelu(product[$0] + Double(bias[$0 % n])) }
+        expectClose(results[0], expected, atol: 1e-4, rtol: 1e-5, "direct A")
+        expectClose(results[1], expected, atol: 1e-4, rtol: 1e-5, "packed A")
+    }
+
     @Test func shapeErrorsNameTheOperands() throws {
         let engine = try makeEngine()
         let a = try engine.zeros([3, 5]), b = try engine.zeros([4, 7]), c = try engine.zeros([3, 7])
