@@ -5,9 +5,10 @@ import Tensors
 ///
 /// Only what the method's backward reads is kept per block: the LN2 output u2 and the GELU
 /// output h feed weight gradients of fc1 and fc2, so outside full fine-tuning all blocks share
-/// one scratch copy of each. The fc1 pre-activation (the largest saved tensor, T x m) is
-/// recomputed in the backward from the saved xMid instead of kept (one fc1 GEMM per block, about
-/// 10% of a step, for a quarter of the saved memory) outside full fine-tuning. A linear probe's
+/// one scratch copy of each. The fc1 pre-activation (the largest saved tensor, T x m) and the LN1
+/// output u1 are recomputed in the backward from the saved block input and xMid instead of kept
+/// (one fc1 GEMM and two LayerNorms per block, about 10% of a step, for a third of the saved
+/// memory) outside full fine-tuning. A linear probe's
 /// backward never enters the blocks, so all blocks share one set of block tensors and the
 /// residual stream alternates between two buffers.
 final class Activations {
@@ -54,7 +55,8 @@ final class Activations {
         } else {
             xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
             let scratch = method == .full ? nil
-                : (u2: try engine.empty([t, d]), h: try engine.empty([t, config.mlpWidth]), hPre: try engine.empty([t, config.mlpWidth]))
+                : (u1: try engine.empty([t, d]), u2: try engine.empty([t, d]), h: try engine.empty([t, config.mlpWidth]),
+                   hPre: try engine.empty([t, config.mlpWidth]))
             blocks = try (0..<config.layers).map { _ in
                 try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch, scratch: scratch)
             }
@@ -80,14 +82,15 @@ final class BlockActivations {
     let u2: Tensor, mean2: Tensor, rstd2: Tensor      // LN2
     let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU
 
-    /// The fc1 pre-activation is in a shared scratch buffer and must be recomputed for the backward.
-    let recomputeMLP: Bool
+    /// u1 and the fc1 pre-activation are in shared scratch buffers and must be recomputed for the
+    /// backward (cheap: two LayerNorms and one GEMM per block).
+    let recompute: Bool
 
-    /// `scratch`: shared u2, h and pre-activation buffers when the backward does not keep them.
+    /// `scratch`: shared u1, u2, h and pre-activation buffers when the backward does not keep them.
     init(engine: Engine, config: ViTConfig, method: FineTuningMethod, tokens t: Int, batch: Int,
-         scratch: (u2: Tensor, h: Tensor, hPre: Tensor)?) throws {
+         scratch: (u1: Tensor, u2: Tensor, h: Tensor, hPre: Tensor)?) throws {
         let d = config.width, m = config.mlpWidth
-        u1 = try engine.empty([t, d])
+        u1 = try scratch?.u1 ?? engine.empty([t, d])
         mean1 = try engine.empty([t])
         rstd1 = try engine.empty([t])
         switch method {
@@ -109,6 +112,6 @@ final class BlockActivations {
         rstd2 = try engine.empty([t])
         hPre = try scratch?.hPre ?? engine.empty([t, m])
         h = try scratch?.h ?? engine.empty([t, m])
-        recomputeMLP = scratch != nil && method != .probe
+        recompute = scratch != nil && method != .probe
     }
 }

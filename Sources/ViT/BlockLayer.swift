@@ -92,14 +92,18 @@ struct BlockLayer {
         let d = config.width, m = config.mlpWidth, rows = x.shape[0]
         let s = method.scale
 
-        // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
-        if saved.recomputeMLP {
-            // u2 and the pre-activation live in scratch shared by all blocks: redo them from the
-            // saved xMid (the same kernels on the same inputs give the forward's values exactly).
+        if saved.recompute {
+            // u1, u2 and the pre-activation live in scratch shared by all blocks: redo them from
+            // the saved block input and xMid (the same kernels on the same inputs give the
+            // forward's values exactly).
+            try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
+                                        eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
             try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
                                         eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
             try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.hPre, transposeB: true, bias: p.tensor(name("fc1.bias")))
         }
+
+        // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
         let dh = try engine.empty([rows, m])
         try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh)
         try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
