@@ -15,10 +15,14 @@ public enum CurvePlot {
             }
         }
         let width = 420.0, height = 260.0
+        // Both panels share the training run's step axis.
+        let steps = (losses + accuracies).map(\.0)
+        let axis = (steps.min() ?? 0)...(steps.max() ?? 1)
         func panel(_ points: [(Double, Double)], x: Double, title: String, color: String, fixedRange: ClosedRange<Double>?) -> String {
             var svg = "<g transform=\"translate(\(x),0)\"><rect x=\"50\" y=\"30\" width=\"\(width - 70)\" height=\"\(height - 70)\" fill=\"none\" stroke=\"#888\"/>"
             svg += "<text x=\"\(width / 2)\" y=\"20\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\">\(title)</text>"
-            guard let firstStep = points.first?.0, let lastStep = points.last?.0 else { return svg + "</g>" }
+            guard !points.isEmpty else { return svg + "</g>" }
+            let (firstStep, lastStep) = (axis.lowerBound, axis.upperBound)
             let values = points.map(\.1)
             let range = fixedRange ?? (values.min()!...max(values.max()!, values.min()! + 1e-9))
             let stepSpan = max(lastStep - firstStep, 1)
@@ -26,7 +30,12 @@ public enum CurvePlot {
             func py(_ value: Double) -> Double { 30 + (1 - (value - range.lowerBound) / (range.upperBound - range.lowerBound)) * (height - 70) }
             let path = points.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
             svg += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\" points=\"\(path)\"/>"
-            if points.count == 1 { svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>", px(firstStep), py(values[0]), color) }
+            for point in points where points.count <= 20 {
+                svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>", px(point.0), py(point.1), color)
+                if points.count == 1 {
+                    svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-family=\"sans-serif\" font-size=\"11\">%.4f</text>", px(point.0) - 6, py(point.1) + 4, point.1)
+                }
+            }
             for (value, label) in [(range.lowerBound, range.lowerBound), (range.upperBound, range.upperBound)] {
                 svg += String(format: "<text x=\"45\" y=\"%.1f\" text-anchor=\"end\" font-family=\"sans-serif\" font-size=\"11\">%.3g</text>", py(value) + 4, label)
             }
