@@ -57,6 +57,14 @@ public final class CommandQueue: @unchecked Sendable {
         return Event(handle: event!)
     }
 
+    /// Copies host memory into the buffer and waits: `source` may be freed on return.
+    public func writeAndWait(_ buffer: Buffer, offsetBytes: Int, from source: UnsafeRawBufferPointer) throws {
+        guard source.count > 0 else { return }
+        try check(clEnqueueWriteBuffer(handle, buffer.handle, cl_bool(CL_TRUE), offsetBytes, source.count,
+                                       source.baseAddress, 0, nil, nil),
+                  "clEnqueueWriteBuffer(\(source.count) bytes at \(offsetBytes), blocking)")
+    }
+
     @discardableResult
     public func copy(from source: Buffer, offsetBytes sourceOffset: Int, to destination: Buffer,
                      offsetBytes destinationOffset: Int, byteCount: Int) throws -> Event {

@@ -127,6 +127,16 @@ public struct Tensor {
         }
     }
 
+    /// Copies `values` into the tensor and waits, without a staging copy: for loading large
+    /// weights, where a second host copy of every tensor would double the loading peak.
+    public func uploadAndWait<Element: DeviceElement>(_ values: [Element]) throws {
+        try expect(Element.dtype, "upload")
+        guard values.count == count else {
+            throw TensorError.countMismatch(operation: "upload", expected: count, actual: values.count)
+        }
+        try values.withUnsafeBytes { try engine.queue.writeAndWait(buffer, offsetBytes: byteOffset, from: $0) }
+    }
+
     func expect(_ expected: DType, _ operation: String) throws {
         guard dtype == expected else {
             throw TensorError.dtypeMismatch(operation: operation, expected: expected, actual: dtype)

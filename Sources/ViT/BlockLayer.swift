@@ -29,6 +29,24 @@ struct BlockLayer {
     }
 
     func forward(_ engine: Engine, _ p: ViTParameters, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
+        try projectQKV(engine, p, input: x, saved)
+        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
+        try engine.attentionForward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
+                                    output: saved.attention, lse: saved.lse)
+        try projectOutput(engine, p, input: x, saved)
+        try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
+                                    eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
+        // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
+        try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.h, transposeB: true, bias: p.tensor(name("fc1.bias")),
+                        activation: .gelu, preActivation: saved.recompute ? nil : saved.hPre)
+        try engine.copy(saved.xMid, into: output)
+        try engine.gemm(saved.h, p.tensor(name("fc2.weight")), into: output, transposeB: true, beta: 1, bias: p.tensor(name("fc2.bias")))
+    }
+
+    /// u1 = LN1(x) and qkv = adapted projection of u1 (+ the method's low-rank intermediates).
+    /// The backward calls it again to rebuild u1 and qkv: the same kernels on the same inputs
+    /// give the forward's values bit for bit.
+    private func projectQKV(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations) throws {
         let d = config.width
         try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
                                     eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
@@ -59,11 +77,10 @@ struct BlockLayer {
         case .full, .probe:
             try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
         }
+    }
 
-        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
-        try engine.attentionForward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
-                                    output: saved.attention, lse: saved.lse)
-
+    /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
+    private func projectOutput(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations) throws {
         try engine.copy(x, into: saved.xMid)
         try engine.gemm(saved.attention, p.tensor(name("proj.weight")), into: saved.xMid, transposeB: true, beta: 1,
                         bias: p.tensor(name("proj.bias")))
@@ -72,13 +89,6 @@ struct BlockLayer {
             try engine.gemm(saved.attention, p.tensor(name("lora.o.A")), into: t, transposeB: true)
             try engine.gemm(t, p.tensor(name("lora.o.B")), into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
         }
-
-        try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
-                                    eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
-        try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.h, transposeB: true, bias: p.tensor(name("fc1.bias")),
-                        activation: .gelu, preActivation: saved.hPre)
-        try engine.copy(saved.xMid, into: output)
-        try engine.gemm(saved.h, p.tensor(name("fc2.weight")), into: output, transposeB: true, beta: 1, bias: p.tensor(name("fc2.bias")))
     }
 
     /// dW += dY^T X and db += column sums of dY, when the layer trains.
@@ -93,11 +103,11 @@ struct BlockLayer {
         let s = method.scale
 
         if saved.recompute {
-            // u1, u2 and the pre-activation live in scratch shared by all blocks: redo them from
-            // the saved block input and xMid (the same kernels on the same inputs give the
-            // forward's values exactly).
-            try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
-                                        eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
+            // Everything but the block input, the attention output and lse lives in scratch shared
+            // by all blocks: rebuild u1, qkv, xMid, u2 and the fc1 pre-activation with the
+            // forward's own kernels (bit-identical values).
+            try projectQKV(engine, p, input: x, saved)
+            try projectOutput(engine, p, input: x, saved)
             try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
                                         eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
             try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.hPre, transposeB: true, bias: p.tensor(name("fc1.bias")))
@@ -106,6 +116,9 @@ struct BlockLayer {
         // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
         let dh = try engine.empty([rows, m])
         try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh)
+        // With recompute, h's buffer holds the pre-activation by now; only full fine-tuning
+        // (which keeps h) trains fc2.
+        precondition(!saved.recompute || p.gradient(name("fc2.weight")) == nil, "fc2 trains but h was not kept")
         try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
         try engine.geluBackward(dh, preActivation: saved.hPre, into: dh)
         try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)

@@ -102,7 +102,10 @@ public final class ViTParameters {
     public let trainableNames: [String]
 
     /// `values` holds every spec's host values under its internal name.
-    public init(engine: Engine, specs: [ParameterSpec], values: [String: [Float]]) throws {
+    /// Consumes `values`: each frozen tensor's host copy is dropped as soon as it is on the
+    /// device, so loading peaks near one copy of the weights rather than two (pass a temporary
+    /// or `consume` a local, or the caller's reference keeps every array alive).
+    public init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]]) throws {
         self.engine = engine
         self.specs = specs
         let trainable = specs.filter(\.trainable)
@@ -113,7 +116,7 @@ public final class ViTParameters {
         var groups: [UInt8] = []
         groups.reserveCapacity(total)
         for spec in specs {
-            guard let host = values[spec.name] else { throw ConfigError("no values for parameter '\(spec.name)'") }
+            guard let host = values.removeValue(forKey: spec.name) else { throw ConfigError("no values for parameter '\(spec.name)'") }
             guard host.count == spec.count else {
                 throw ConfigError("parameter '\(spec.name)' needs \(spec.count) values for \(spec.shape), got \(host.count)")
             }
@@ -122,7 +125,9 @@ public final class ViTParameters {
                 let group: ParameterGroup = spec.isUpProjection ? .upProjection : spec.decays ? .decay : .noDecay
                 groups += [UInt8](repeating: group.rawValue, count: spec.count)
             } else {
-                tensors[spec.name] = try engine.tensor(host, shape: spec.shape)
+                let tensor = try engine.empty(spec.shape)
+                try tensor.uploadAndWait(host)
+                tensors[spec.name] = tensor
             }
         }
         slab = try engine.tensor(slabValues, shape: [total])

@@ -72,13 +72,15 @@ func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuni
     try method.validate(width: config.width)
     let specs = ParameterTable.specs(config, method)
     var values = initialValues(for: specs, width: config.width, seed: seed)
-    for (name, value) in backbone { values[name] = value }
+    // Consumed so that ViTParameters holds the only reference to each host array and can free
+    // it once uploaded.
+    values.merge(consume backbone) { $1 }
     if let adapter {
         guard adapter.config.width == config.width, adapter.config.layers == config.layers, adapter.config.classes == classes else {
             throw ValidationError("the adapter was trained for a \(adapter.config.width)-wide, \(adapter.config.layers)-layer model with \(adapter.config.classes) classes; --model gives \(config.width), \(config.layers), \(classes)")
         }
         for (name, value) in adapter.values { values[name] = value }
     }
-    let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
+    let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values)
     return (try ViTModel(engine: engine, config: config, method: method, parameters: parameters), source)
 }
