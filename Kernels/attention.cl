@@ -283,3 +283,286 @@ __kernel void attention_backward_dkv_block(__global const float *q, const int q_
         for (int l = 0; l < QB && t0 + l < N; ++l) ROW(dv, dv_offset, ld_d, b, N, t0 + l, h)[c] = lanes[l];
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Tiled variants for CPUs, shaped like the GEMM micro-kernel: a work-item owns MQ queries (MK
+// keys in dkv) and computes their scores against KW = 16 keys (queries) at a time as vertical
+// FMAs of one K^T (Q^T) vector by MQ broadcasts, then accumulates the rows of V, K (dO, Q) into
+// MQ x (DH / VW) vector accumulators. Everything a work-item keeps fits in the 32 vector
+// registers of AVX-512, which the block variants above (DH vectors of QB lanes each, spilled to
+// the stack on every FMA) did not. The score operands are read transposed and zero-padded to
+// NP = KW * ceil(N / KW) columns from [B, H, DH, NP] copies written by attention_transpose.
+// Same math, layouts, lse and delta as the kernels above. Global (ceil(N / MQ), H, B).
+#ifndef MQ
+#define MQ 4
+#endif
+#ifndef MK
+#define MK 2
+#endif
+#ifndef VW
+#define VW 16
+#endif
+#define KW 16
+#define ODV (DH / VW)
+#define floatV QCAT(float, VW)
+#define vloadV QCAT(vload, VW)
+#define vstoreV QCAT(vstore, VW)
+
+inline float horizontal_max(const float16 x)
+{
+    const float8 a = fmax(x.lo, x.hi);
+    const float4 b = fmax(a.lo, a.hi);
+    const float2 c = fmax(b.lo, b.hi);
+    return fmax(c.x, c.y);
+}
+
+inline float horizontal_sum(const float16 x)
+{
+    const float8 a = x.lo + x.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+// t[((b * H + h) * DH + c) * NP + n] = x[row (b, n)][h * DH + c] for n < N, 0 up to NP.
+// One work-item per KW-token tile: its KW rows stay in L1 while it writes each feature's KW
+// tokens as one vector (a work-item per token wrote one float per cache line). Global
+// (NP / KW, H, B).
+__kernel void attention_transpose(__global const float *x, const int x_offset, const int ld,
+                                  __global float *t, const int t_offset, const int N, const int NP, const int H)
+{
+    const int n0 = get_global_id(0) * KW, h = get_global_id(1), b = get_global_id(2);
+    __global float *tile = t + t_offset + (size_t)(b * H + h) * DH * NP + n0;
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int16 valid = lane < (int16)(N - n0);
+    const __global float *rows[KW];
+#pragma unroll
+    for (int l = 0; l < KW; ++l) rows[l] = ROW(x, x_offset, ld, b, N, min(n0 + l, N - 1), h);
+    for (int c = 0; c < DH; ++c) {
+        float lanes[KW];
+#pragma unroll
+        for (int l = 0; l < KW; ++l) lanes[l] = rows[l][c];
+        vstore16(select((float16)(0.0f), vload16(0, lanes), valid), 0, tile + c * NP);
+    }
+}
+
+// Rows past N re-read row N - 1; their results are never stored.
+#define LOAD_ROWS(dst, rows, base, offset, ld, first, scale_by)                              \
+    for (int r = 0; r < rows; ++r) {                                                         \
+        const __global float *source = ROW(base, offset, ld, b, N, min(first + r, N - 1), h); \
+        for (int c = 0; c < DH; ++c) dst[r][c] = source[c] * (scale_by);                     \
+    }
+
+__kernel void attention_forward_tiled(__global const float *q, const int q_offset,
+                                      __global const float *kt, const int kt_offset,
+                                      __global const float *v, const int v_offset, const int ld_qkv,
+                                      __global float *o, const int o_offset, const int ld_o,
+                                      __global float *lse, const int lse_offset,
+                                      const int N, const int NP, const int H, const float scale)
+{
+    const int i0 = get_global_id(0) * MQ, h = get_global_id(1), b = get_global_id(2);
+    if (i0 >= N) return;
+    float qs[MQ][DH];
+    LOAD_ROWS(qs, MQ, q, q_offset, ld_qkv, i0, scale)
+    floatV acc[MQ][ODV];
+    float running_max[MQ], running_sum[MQ], p_tile[MQ][KW];
+    #pragma unroll
+    for (int r = 0; r < MQ; ++r) {
+        running_max[r] = -INFINITY;
+        running_sum[r] = 0.0f;
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) acc[r][x] = (floatV)(0.0f);
+    }
+    const int16 lane = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __global float *kt_head = kt + kt_offset + (size_t)(b * H + h) * DH * NP;
+
+    for (int j0 = 0; j0 < N; j0 += KW) {
+        float16 s[MQ];
+        #pragma unroll
+        for (int r = 0; r < MQ; ++r) s[r] = (float16)(0.0f);
+        for (int c = 0; c < DH; ++c) {
+            const float16 key = vload16(0, kt_head + c * NP + j0);
+            #pragma unroll
+            for (int r = 0; r < MQ; ++r) s[r] = fma((float16)(qs[r][c]), key, s[r]);
+        }
+        const int count = min(KW, N - j0);
+        #pragma unroll
+        for (int r = 0; r < MQ; ++r) {
+            // Padding keys must not enter the max or the sum.
+            if (count < KW) s[r] = select(s[r], (float16)(-INFINITY), lane >= (int16)(count));
+            const float new_max = fmax(running_max[r], horizontal_max(s[r]));
+            const float correction = exp(running_max[r] - new_max);  // 0 on the first block
+            const float16 p = exp(s[r] - new_max);
+            running_sum[r] = running_sum[r] * correction + horizontal_sum(p);
+            running_max[r] = new_max;
+            #pragma unroll
+            for (int x = 0; x < ODV; ++x) acc[r][x] *= correction;
+            vstore16(p, 0, p_tile[r]);
+        }
+        for (int jj = 0; jj < count; ++jj) {
+            const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, j0 + jj, h);
+            #pragma unroll
+            for (int x = 0; x < ODV; ++x) {
+                const floatV value = vloadV(x, v_row);
+                #pragma unroll
+                for (int r = 0; r < MQ; ++r) acc[r][x] = fma((floatV)(p_tile[r][jj]), value, acc[r][x]);
+            }
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < MQ && i0 + r < N; ++r) {
+        const float inverse = 1.0f / running_sum[r];
+        __global float *o_row = ROW(o, o_offset, ld_o, b, N, i0 + r, h);
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) vstoreV(acc[r][x] * inverse, x, o_row);
+        lse[lse_offset + (b * H + h) * N + i0 + r] = running_max[r] + log(running_sum[r]);
+    }
+}
+
+// kt, vt: K^T and V^T as written by attention_transpose.
+__kernel void attention_backward_dq_tiled(__global const float *q, const int q_offset,
+                                          __global const float *k, const int k_offset, const int ld_qkv,
+                                          __global const float *kt, const int kt_offset, __global const float *vt, const int vt_offset,
+                                          __global const float *d_o, const int d_o_offset, const int ld_o,
+                                          __global const float *lse, const int lse_offset,
+                                          __global const float *delta, const int delta_offset,
+                                          __global float *dq, const int dq_offset, const int ld_d,
+                                          const int N, const int NP, const int H, const float scale)
+{
+    const int i0 = get_global_id(0) * MQ, h = get_global_id(1), b = get_global_id(2);
+    if (i0 >= N) return;
+    float qs[MQ][DH], dos[MQ][DH], lse_r[MQ], delta_r[MQ], ds_tile[MQ][KW];
+    LOAD_ROWS(qs, MQ, q, q_offset, ld_qkv, i0, scale)
+    LOAD_ROWS(dos, MQ, d_o, d_o_offset, ld_o, i0, 1.0f)
+    floatV acc[MQ][ODV];
+    #pragma unroll
+    for (int r = 0; r < MQ; ++r) {
+        const int row = (b * H + h) * N + min(i0 + r, N - 1);
+        lse_r[r] = lse[lse_offset + row];
+        delta_r[r] = delta[delta_offset + row];
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) acc[r][x] = (floatV)(0.0f);
+    }
+    const __global float *kt_head = kt + kt_offset + (size_t)(b * H + h) * DH * NP;
+    const __global float *vt_head = vt + vt_offset + (size_t)(b * H + h) * DH * NP;
+
+    for (int j0 = 0; j0 < N; j0 += KW) {
+        float16 s[MQ], dp[MQ];
+        #pragma unroll
+        for (int r = 0; r < MQ; ++r) { s[r] = (float16)(0.0f); dp[r] = (float16)(0.0f); }
+        for (int c = 0; c < DH; ++c) {
+            const float16 key = vload16(0, kt_head + c * NP + j0), value = vload16(0, vt_head + c * NP + j0);
+            #pragma unroll
+            for (int r = 0; r < MQ; ++r) {
+                s[r] = fma((float16)(qs[r][c]), key, s[r]);
+                dp[r] = fma((float16)(dos[r][c]), value, dp[r]);
+            }
+        }
+        // Lanes of padding keys are computed but never read below.
+        #pragma unroll
+        for (int r = 0; r < MQ; ++r) vstore16(exp(s[r] - lse_r[r]) * (dp[r] - delta_r[r]), 0, ds_tile[r]);
+        const int count = min(KW, N - j0);
+        for (int jj = 0; jj < count; ++jj) {
+            const __global float *k_row = ROW(k, k_offset, ld_qkv, b, N, j0 + jj, h);
+            #pragma unroll
+            for (int x = 0; x < ODV; ++x) {
+                const floatV key = vloadV(x, k_row);
+                #pragma unroll
+                for (int r = 0; r < MQ; ++r) acc[r][x] = fma((floatV)(ds_tile[r][jj]), key, acc[r][x]);
+            }
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < MQ && i0 + r < N; ++r) {
+        __global float *dq_row = ROW(dq, dq_offset, ld_d, b, N, i0 + r, h);
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) vstoreV(acc[r][x] * scale, x, dq_row);
+    }
+}
+
+// Lanes are queries: qt, dot are Q^T and dO^T from attention_transpose; a work-item owns MK
+// keys. Global (ceil(N / MK), H, B).
+__kernel void attention_backward_dkv_tiled(__global const float *q, const int q_offset,
+                                           __global const float *k, const int k_offset,
+                                           __global const float *v, const int v_offset, const int ld_qkv,
+                                           __global const float *qt, const int qt_offset, __global const float *dot, const int dot_offset,
+                                           __global const float *d_o, const int d_o_offset, const int ld_o,
+                                           __global const float *lse, const int lse_offset,
+                                           __global const float *delta, const int delta_offset,
+                                           __global float *dk, const int dk_offset,
+                                           __global float *dv, const int dv_offset, const int ld_d,
+                                           const int N, const int NP, const int H, const float scale)
+{
+    const int j0 = get_global_id(0) * MK, h = get_global_id(1), b = get_global_id(2);
+    if (j0 >= N) return;
+    float ks[MK][DH], vs[MK][DH], p_tile[MK][KW], ds_tile[MK][KW];
+    LOAD_ROWS(ks, MK, k, k_offset, ld_qkv, j0, scale)
+    LOAD_ROWS(vs, MK, v, v_offset, ld_qkv, j0, 1.0f)
+    floatV dk_acc[MK][ODV], dv_acc[MK][ODV];
+    #pragma unroll
+    for (int r = 0; r < MK; ++r)
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) { dk_acc[r][x] = (floatV)(0.0f); dv_acc[r][x] = (floatV)(0.0f); }
+    const __global float *qt_head = qt + qt_offset + (size_t)(b * H + h) * DH * NP;
+    const __global float *dot_head = dot + dot_offset + (size_t)(b * H + h) * DH * NP;
+    const __global float *lse_head = lse + lse_offset + (b * H + h) * N;
+    const __global float *delta_head = delta + delta_offset + (b * H + h) * N;
+
+    for (int i0 = 0; i0 < N; i0 += KW) {
+        const int count = min(KW, N - i0);
+        float16 lse_q, delta_q;
+        if (count == KW) {
+            lse_q = vload16(0, lse_head + i0);
+            delta_q = vload16(0, delta_head + i0);
+        } else {
+            // Padding queries get lse = +inf, so their probabilities are exactly 0.
+            float lanes_lse[KW], lanes_delta[KW];
+            for (int l = 0; l < KW; ++l) {
+                lanes_lse[l] = l < count ? lse_head[i0 + l] : INFINITY;
+                lanes_delta[l] = l < count ? delta_head[i0 + l] : 0.0f;
+            }
+            lse_q = vload16(0, lanes_lse);
+            delta_q = vload16(0, lanes_delta);
+        }
+        float16 s[MK], dp[MK];
+        #pragma unroll
+        for (int r = 0; r < MK; ++r) { s[r] = (float16)(0.0f); dp[r] = (float16)(0.0f); }
+        for (int c = 0; c < DH; ++c) {
+            const float16 query = vload16(0, qt_head + c * NP + i0), gradient = vload16(0, dot_head + c * NP + i0);
+            #pragma unroll
+            for (int r = 0; r < MK; ++r) {
+                s[r] = fma((float16)(ks[r][c]), query, s[r]);
+                dp[r] = fma((float16)(vs[r][c]), gradient, dp[r]);
+            }
+        }
+        #pragma unroll
+        for (int r = 0; r < MK; ++r) {
+            const float16 p = exp(s[r] - lse_q);
+            vstore16(p, 0, p_tile[r]);
+            vstore16(p * (dp[r] - delta_q), 0, ds_tile[r]);
+        }
+        for (int ii = 0; ii < count; ++ii) {
+            const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, i0 + ii, h);
+            const __global float *do_row = ROW(d_o, d_o_offset, ld_o, b, N, i0 + ii, h);
+            #pragma unroll
+            for (int x = 0; x < ODV; ++x) {
+                const floatV query = vloadV(x, q_row), gradient = vloadV(x, do_row);
+                #pragma unroll
+                for (int r = 0; r < MK; ++r) {
+                    dv_acc[r][x] = fma((floatV)(p_tile[r][ii]), gradient, dv_acc[r][x]);
+                    dk_acc[r][x] = fma((floatV)(ds_tile[r][ii]), query, dk_acc[r][x]);
+                }
+            }
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < MK && j0 + r < N; ++r) {
+        __global float *dk_row = ROW(dk, dk_offset, ld_d, b, N, j0 + r, h);
+        __global float *dv_row = ROW(dv, dv_offset, ld_d, b, N, j0 + r, h);
+        #pragma unroll
+        for (int x = 0; x < ODV; ++x) {
+            vstoreV(dk_acc[r][x] * scale, x, dk_row);
+            vstoreV(dv_acc[r][x], x, dv_row);
+        }
+    }
+}

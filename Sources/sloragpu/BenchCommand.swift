@@ -104,11 +104,12 @@ struct GemmBench: ParsableCommand {
 struct AttentionBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention",
-        abstract: "Attention forward + backward time for ViT-S (batch 32, 6 heads of 64) at N = 65 and 257 tokens.",
+        abstract: "Attention forward + backward time: ViT-S (batch 32, 6 heads of 64) at N = 65 and 257 tokens, ViT-B/16 at 224 px (batch 8, 12 heads, N = 197).",
         discussion: """
             FLOP counts are the standard ones: forward 4 B H N^2 dh (QK^T and PV), backward 8 B H N^2 dh \
             (dV, dP, dQ, dK); the flash backward also recomputes the scores, which is not counted. The \
-            same run measures a 1024^3 GEMM as the device's practical ceiling.
+            same run measures a 1024^3 GEMM as the device's practical ceiling, and on a CPU the block \
+            kernels as the reference for the tiled ones (the CPU default).
             """
     )
 
@@ -127,8 +128,10 @@ struct AttentionBench: ParsableCommand {
         }
         let ceiling = 2 * pow(1024.0, 3) / gemmSeconds / 1e9
         print(String(format: "device: %@   GEMM 1024^3 ceiling: %.1f GFLOP/s", engine.device.name, ceiling))
-        for tokens in [65, 257] {
-            let shape = AttentionShape(batch: 32, tokens: tokens, heads: 6, headDimension: 64)
+        let defaultPath = engine.attentionPath
+        let paths = defaultPath == .block(rows: 16) || defaultPath == .rowPerItem ? [defaultPath] : [defaultPath, .block(rows: 16)]
+        for (batch, tokens, headCount) in [(32, 65, 6), (32, 257, 6), (8, 197, 12)] {
+            let shape = AttentionShape(batch: batch, tokens: tokens, heads: headCount, headDimension: 64)
             let rows = shape.batch * tokens, width = shape.width
             let qkv = try engine.empty([rows, 3 * width]), dqkv = try engine.empty([rows, 3 * width])
             try qkv.upload(benchValues(qkv.count, seed: 4))
@@ -138,20 +141,32 @@ struct AttentionBench: ParsableCommand {
                 HeadLayout(try tensor.view(offset: part * width, shape: [tensor.count - part * width]), rowStride: 3 * width)
             }
             let o = try engine.empty([rows, width]), lse = try engine.empty([shape.batch, shape.heads, tokens])
-            let forward = try measure(minSeconds: minSeconds) {
-                try engine.attentionForward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse)
-                try engine.synchronize()
+            var times: [(forward: Double, backward: Double)] = []
+            for path in paths {
+                engine.attentionPath = path
+                let forward = try measure(minSeconds: minSeconds) {
+                    try engine.attentionForward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse)
+                    try engine.synchronize()
+                }
+                let backward = try measure(minSeconds: minSeconds) {
+                    try engine.attentionBackward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse,
+                                                 dOutput: dO, dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+                    try engine.synchronize()
+                }
+                times.append((forward, backward))
+                let unit = Double(shape.batch * shape.heads) * Double(tokens * tokens) * Double(shape.headDimension)
+                let (forwardRate, backwardRate) = (4 * unit / forward / 1e9, 8 * unit / backward / 1e9)
+                print(String(format: "B=%2d H=%2d N=%4d %@  forward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)   backward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)",
+                             batch, headCount, tokens, "\(path)".padding(toLength: 30, withPad: " ", startingAt: 0), forward * 1e3, forwardRate,
+                             forwardRate / ceiling, backward * 1e3, backwardRate, backwardRate / ceiling))
             }
-            let backward = try measure(minSeconds: minSeconds) {
-                try engine.attentionBackward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse,
-                                             dOutput: dO, dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
-                try engine.synchronize()
+            if times.count == 2 {
+                print(String(format: "    %@ against %@: forward %.2fx, backward %.2fx, both %.2fx", "\(paths[0])", "\(paths[1])",
+                             times[1].forward / times[0].forward, times[1].backward / times[0].backward,
+                             (times[1].forward + times[1].backward) / (times[0].forward + times[0].backward)))
             }
-            let unit = Double(shape.batch * shape.heads) * Double(tokens * tokens) * Double(shape.headDimension)
-            let (forwardRate, backwardRate) = (4 * unit / forward / 1e9, 8 * unit / backward / 1e9)
-            print(String(format: "N=%4d  forward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)   backward %8.3f ms  %6.1f GFLOP/s (%.2f of GEMM)",
-                         tokens, forward * 1e3, forwardRate, forwardRate / ceiling, backward * 1e3, backwardRate, backwardRate / ceiling))
         }
+        engine.attentionPath = defaultPath
     }
 }
 

@@ -15,9 +15,11 @@ struct AttentionTests {
     /// The qkv GEMM's output [B*N, 3W] read in place, as the model does.
     static let cases = [Case(batch: 2, tokens: 1, heads: 2, headDimension: 32), Case(batch: 2, tokens: 65, heads: 3, headDimension: 32),
                         Case(batch: 1, tokens: 197, heads: 2, headDimension: 64), Case(batch: 1, tokens: 37, heads: 1, headDimension: 128),
-                        Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32)]
+                        Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32), Case(batch: 2, tokens: 17, heads: 2, headDimension: 40),
+                        Case(batch: 1, tokens: 50, heads: 2, headDimension: 20), Case(batch: 1, tokens: 9, heads: 1, headDimension: 6)]
 
-    @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8)])
+    @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8), .tiled(queries: 4, keys: 4),
+                             .tiled(queries: 3, keys: 3)])
     func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
         let engine = try makeEngine()
         engine.attentionPath = path
