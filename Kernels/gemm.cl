@@ -12,7 +12,8 @@
 //   2. gemm_packed: one work-item owns an MR x NR register tile (MR x NV vectors of VW floats),
 //      streams its two panels over k (one vector load of B, MR broadcasts of A per k and
 //      vector), and applies the epilogue: alpha, beta*C, bias (per column), optional copy of
-//      the pre-activation, exact-erf GELU; edges are stored scalar.
+//      the pre-activation, exact-erf GELU, or a product with GELU' of a given pre-activation;
+//      edges are stored scalar.
 //
 // Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
 // DIRECT_A: for a single product whose op(A) is a plain row-major matrix, the micro-kernel reads
@@ -42,6 +43,9 @@
 #define EPILOGUE_BIAS 1
 #define EPILOGUE_GELU 2
 #define EPILOGUE_PRE 4
+// Multiplies by GELU'(pre), pre read with C's layout: the fc2 backward's dh = (dy W2) * GELU'(h_pre)
+// in the GEMM's store instead of another pass over [T, m].
+#define EPILOGUE_GELU_GRAD 8
 
 // Packing: one work-item copies one k-row of one panel (MR values of A, NR values of B).
 // Consecutive work-items take consecutive k, so both storage orders read cache-friendly
@@ -87,6 +91,14 @@ __kernel void pack_b(__global const float *B, const int b_offset, const int b_ro
 
 inline float gelu_scalar(const float x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
 inline floatV gelu_vector(const floatV x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }
+inline float gelu_grad_scalar(const float x)
+{
+    return 0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * (0.39894228040143268f * exp(-0.5f * x * x));
+}
+inline floatV gelu_grad_vector(const floatV x)
+{
+    return 0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * (0.39894228040143268f * exp(-0.5f * x * x));
+}
 
 // gemm_packed: global (n_panels, m_panels, batches), padded up to the local size.
 // Reduces over packed k in [k_begin, k_end): the launcher splits long reductions into blocks
@@ -156,6 +168,7 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
                 if (flags & EPILOGUE_BIAS) value += vloadV(0, bias + bias_offset + column);
                 if (flags & EPILOGUE_PRE) vstoreV(value, 0, pre + pre_base + row * ldc + column);
                 if (flags & EPILOGUE_GELU) value = gelu_vector(value);
+                if (flags & EPILOGUE_GELU_GRAD) value *= gelu_grad_vector(vloadV(0, pre + pre_base + row * ldc + column));
                 vstoreV(value, 0, c_row);
             } else {
                 float lane[VW];
@@ -166,6 +179,7 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
                     if (flags & EPILOGUE_BIAS) x += bias[bias_offset + column + j];
                     if (flags & EPILOGUE_PRE) pre[pre_base + row * ldc + column + j] = x;
                     if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
+                    if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_base + row * ldc + column + j]);
                     c_row[j] = x;
                 }
             }

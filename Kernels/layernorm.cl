@@ -83,3 +83,68 @@ __kernel void layernorm_backward_params(__global const float *dy, const int dy_o
         dbeta[dbeta_offset + column] = beta_sum;
     }
 }
+
+// The same two row kernels for widths that are a multiple of 16, along the row in float16
+// vectors. The scalar ones above leave the vectorising to the driver, which on PoCL's CPU
+// device puts 16 rows in the lanes and gathers every element (about 5 GB/s).
+inline float sum16(const float16 x)
+{
+    const float8 a = x.lo + x.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+__kernel void layernorm_forward_vec(__global const float *x, const int x_offset,
+                                    __global const float *gamma, const int gamma_offset,
+                                    __global const float *beta, const int beta_offset,
+                                    __global float *y, const int y_offset,
+                                    __global float *mean_out, const int mean_offset,
+                                    __global float *rstd_out, const int rstd_offset,
+                                    const int R, const int D, const float eps)
+{
+    const int row = get_global_id(0);
+    if (row >= R) return;
+    const __global float *xr = x + x_offset + row * D;
+    const int vectors = D / 16;
+    float16 sum = (float16)(0.0f);
+    for (int v = 0; v < vectors; ++v) sum += vload16(v, xr);
+    const float mean = sum16(sum) / D;
+    float16 squares = (float16)(0.0f);
+    for (int v = 0; v < vectors; ++v) { const float16 c = vload16(v, xr) - mean; squares = fma(c, c, squares); }
+    const float rstd = 1.0f / sqrt(sum16(squares) / D + eps);
+    __global float *yr = y + y_offset + row * D;
+    for (int v = 0; v < vectors; ++v)
+        vstore16((vload16(v, xr) - mean) * rstd * vload16(v, gamma + gamma_offset) + vload16(v, beta + beta_offset), v, yr);
+    mean_out[mean_offset + row] = mean;
+    rstd_out[rstd_offset + row] = rstd;
+}
+
+__kernel void layernorm_backward_input_vec(__global const float *dy, const int dy_offset,
+                                           __global const float *x, const int x_offset,
+                                           __global const float *gamma, const int gamma_offset,
+                                           __global const float *mean_in, const int mean_offset,
+                                           __global const float *rstd_in, const int rstd_offset,
+                                           __global float *dx, const int dx_offset,
+                                           const int R, const int D, const int accumulate)
+{
+    const int row = get_global_id(0);
+    if (row >= R) return;
+    const __global float *dyr = dy + dy_offset + row * D;
+    const __global float *xr = x + x_offset + row * D;
+    const float mean = mean_in[mean_offset + row], rstd = rstd_in[rstd_offset + row];
+    const int vectors = D / 16;
+    float16 g_sum = (float16)(0.0f), gx_sum = (float16)(0.0f);
+    for (int v = 0; v < vectors; ++v) {
+        const float16 g = vload16(v, dyr) * vload16(v, gamma + gamma_offset);
+        g_sum += g;
+        gx_sum = fma(g, (vload16(v, xr) - mean) * rstd, gx_sum);
+    }
+    const float g_mean = sum16(g_sum) / D, gx_mean = sum16(gx_sum) / D;
+    __global float *dxr = dx + dx_offset + row * D;
+    for (int v = 0; v < vectors; ++v) {
+        const float16 xhat = (vload16(v, xr) - mean) * rstd;
+        const float16 value = rstd * (vload16(v, dyr) * vload16(v, gamma + gamma_offset) - g_mean - xhat * gx_mean);
+        vstore16(accumulate ? vload16(v, dxr) + value : value, v, dxr);
+    }
+}

@@ -118,11 +118,13 @@ private struct MatrixView {
 
 extension Engine {
     /// C = act(alpha * op(A) op(B) + beta * C + bias). With beta = 0, C is not read.
+    /// `geluGradientOf`: C = (alpha op(A) op(B) + beta C + bias) * GELU'(that tensor), which has
+    /// C's shape (the backward through a GELU, fused into the GEMM that produces its gradient).
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
                      alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .none,
-                     preActivation: Tensor? = nil) throws {
-        try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: c,
-                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation)
+                     preActivation: Tensor? = nil, geluGradientOf geluInput: Tensor? = nil) throws {
+        try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: .tensor(c),
+                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation, geluGradientOf: geluInput)
     }
 
     /// C = act(alpha * sum_t scale_t op(A_t) op(B_t) + beta * C + bias), as ONE reduction of
@@ -135,7 +137,7 @@ extension Engine {
     /// C may be a strided matrix (e.g. columns of a wider tensor); `preActivation` then has
     /// C's layout too.
     public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
-                     activation: Activation = .none, preActivation: Tensor? = nil) throws {
+                     activation: Activation = .none, preActivation: Tensor? = nil, geluGradientOf geluInput: Tensor? = nil) throws {
         let operation = "gemm"
         guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
         let output = try MatrixView(cOperand, transposed: false, name: "C")
@@ -162,17 +164,22 @@ extension Engine {
         if let bias, bias.shape != [n] {
             throw TensorError.shapeMismatch(operation: operation, details: "bias must be [\(n)], got \(bias.shape)")
         }
-        if let preActivation {
+        if geluInput != nil, preActivation != nil || activation != .none {
+            throw TensorError.shapeMismatch(operation: operation, details: "geluGradientOf excludes an activation and a preActivation output")
+        }
+        // Both read or write through the kernel's one pre-activation pointer, with C's layout.
+        let preTensor = preActivation ?? geluInput
+        if let preTensor {
             let fits: Bool
             switch cOperand {
-            case .tensor(let plain): fits = preActivation.shape == plain.shape
-            case .strided: fits = (m - 1) * output.rowStride + n <= preActivation.count
+            case .tensor(let plain): fits = preTensor.shape == plain.shape
+            case .strided: fits = (m - 1) * output.rowStride + n <= preTensor.count
             }
             guard fits else {
-                throw TensorError.shapeMismatch(operation: operation, details: "preActivation \(preActivation.shape) does not have C's layout")
+                throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "geluGradientOf") \(preTensor.shape) does not have C's layout")
             }
         }
-        let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preActivation.map { [$0] } ?? [])
+        let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
         for tensor in tensors {
             guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
             try tensor.expect(.float32, operation)
@@ -227,6 +234,7 @@ extension Engine {
         if bias != nil { epilogueFlags |= 1 }
         if activation == .gelu { epilogueFlags |= 2 }
         if preActivation != nil { epilogueFlags |= 4 }
+        if geluInput != nil { epilogueFlags |= 8 }
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
         let global: [Int], local: [Int]?
         if let (lx, ly) = profile.localSize {
@@ -251,7 +259,7 @@ extension Engine {
                 .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),
                 .float(alpha), .float(isFirst ? beta : 1),
                 .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(isLast ? epilogueFlags : 0),
-                .buffer((preActivation ?? c).buffer), .int32(Int32((preActivation ?? c).offset)),
+                .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset)),
             ])
             try enqueue(micro, global: global, local: local)
             kBegin = kEnd

@@ -12,7 +12,7 @@ extension Engine {
         try expectShape(operation, "y", y, x.shape)
         for (name, tensor) in [("gamma", gamma), ("beta", beta)] { try expectShape(operation, name, tensor, [width]) }
         for (name, tensor) in [("mean", mean), ("rstd", rstd)] { try expectShape(operation, name, tensor, [rows]) }
-        try launch("layernorm_forward", in: "layernorm", global: [rows],
+        try launch("layernorm_forward" + rowKernelSuffix(width), in: "layernorm", global: [rows],
             x, gamma, beta, y, mean, rstd, rows, width, eps)
     }
 
@@ -28,7 +28,7 @@ extension Engine {
         try expectShape(operation, "dx", dx, x.shape)
         try expectShape(operation, "gamma", gamma, [width])
         for (name, tensor) in [("mean", mean), ("rstd", rstd)] { try expectShape(operation, name, tensor, [rows]) }
-        try launch("layernorm_backward_input", in: "layernorm", global: [rows],
+        try launch("layernorm_backward_input" + rowKernelSuffix(width), in: "layernorm", global: [rows],
             dy, x, gamma, mean, rstd, dx, rows, width, accumulate)
         guard dGamma != nil || dBeta != nil else { return }
         guard let dGamma, let dBeta else {
@@ -40,6 +40,9 @@ extension Engine {
         try launch("layernorm_backward_params", in: "layernorm", global: [width],
             dy, x, mean, rstd, dGamma, dBeta, rows, width, accumulateParameters)
     }
+
+    /// Rows of a multiple of 16 go through the kernels vectorised along the row.
+    private func rowKernelSuffix(_ width: Int) -> String { width % 16 == 0 ? "_vec" : "" }
 
     /// [..., D] as R rows of width D.
     func rowsAndWidth(_ operation: String, _ x: Tensor) throws -> (Int, Int) {

@@ -114,13 +114,12 @@ struct BlockLayer {
         }
 
         // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
-        let dh = try engine.empty([rows, m])
-        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh)
         // With recompute, h's buffer holds the pre-activation by now; only full fine-tuning
         // (which keeps h) trains fc2.
         precondition(!saved.recompute || p.gradient(name("fc2.weight")) == nil, "fc2 trains but h was not kept")
         try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
-        try engine.geluBackward(dh, preActivation: saved.hPre, into: dh)
+        let dh = try engine.empty([rows, m])                                   // (dx W2) * GELU'(hPre)
+        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, geluGradientOf: saved.hPre)
         try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)
         let du = try engine.empty([rows, d])
         try engine.gemm(dh, p.tensor(name("fc1.weight")), into: du)

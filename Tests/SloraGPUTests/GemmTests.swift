@@ -56,6 +56,28 @@ struct GemmTests {
         expectClose(try out.download(), expected, atol: 1e-4, rtol: 1e-5, "output")
     }
 
+    /// The fused GELU backward: C = (alpha A B + beta C) * GELU'(pre), over full and edge
+    /// vectors (n = 53) and over several k-blocks (the product must be complete before the
+    /// multiply).
+    @Test(arguments: [24, 700])
+    func geluGradientEpilogue(k: Int) throws {
+        let engine = try makeEngine()
+        if k > 256 { engine.gemmProfile.kBlock = 256 }
+        let (m, n) = (37, 53)
+        let a = uniformValues(m * k, seed: 7), b = uniformValues(k * n, seed: 8)
+        let pre = uniformValues(m * n, seed: 9, scale: 3), c0 = uniformValues(m * n, seed: 10)
+        let c = try engine.tensor(c0, shape: [m, n])
+        try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c, alpha: 0.5, beta: 0.25,
+                        geluGradientOf: try engine.tensor(pre, shape: [m, n]))
+        let product = Reference.matmul(a, b, m: m, n: n, k: k)
+        let expected = (0..<m * n).map { (0.5 * product[$0] + 0.25 * Double(c0[$0])) * Reference.geluDerivative(Double(pre[$0])) }
+        expectClose(try c.download(), expected, atol: Self.tolerance(k: k) * 1.2, rtol: 1e-5, "gemm * GELU'(pre), k \(k)")
+        #expect(throws: TensorError.self) {
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c,
+                            activation: .gelu, geluGradientOf: try engine.tensor(pre, shape: [m, n]))
+        }
+    }
+
     @Test func batchedWithSharedAndBatchedOperands() throws {
         let engine = try makeEngine()
         let (batch, m, n, k) = (3, 19, 21, 11)

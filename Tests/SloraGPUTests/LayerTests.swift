@@ -8,7 +8,7 @@ private func dot(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) {
 
 @Suite("Layer kernels")
 struct LayerTests {
-    @Test(arguments: [(1, 8), (3, 17), (65, 384), (197, 31)])
+    @Test(arguments: [(1, 8), (3, 17), (65, 384), (197, 31), (2, 16), (9, 768)])
     func layerNormForwardAndBackward(rows: Int, width: Int) throws {
         let engine = try makeEngine()
         let eps: Float = 1e-6
