@@ -13,6 +13,12 @@ public final class ViTModel {
     private let head: HeadLayer
     private var saved: Activations?
 
+    /// Recompute block intermediates in the backward (default) or keep them; changing it
+    /// drops the current activations.
+    public var activationMemory: ActivationMemory = .recompute {
+        didSet { if activationMemory != oldValue { saved = nil } }
+    }
+
     /// `fusedSerial: false` runs Serial LoRA through the unfused reference path (cross-checks).
     public init(engine: Engine, config: ViTConfig, method: FineTuningMethod, parameters: ViTParameters, fusedSerial: Bool = true) throws {
         try config.validate()
@@ -34,7 +40,10 @@ public final class ViTModel {
             throw TensorError.shapeMismatch(operation: "ViTModel.forward", details: "images must be [B, \(expected.map(String.init).joined(separator: ", "))], got \(images.shape)")
         }
         let batch = images.shape[0]
-        if saved?.batch != batch { saved = try Activations(engine: engine, config: config, method: method, batch: batch) }
+        if saved?.batch != batch {
+            saved = nil  // the old batch size's buffers go back to the pool first
+            saved = try Activations(engine: engine, config: config, method: method, batch: batch, memory: activationMemory)
+        }
         let saved = saved!
         try embedding.forward(engine, parameters, images: images, saved)
         for (index, block) in blocks.enumerated() {

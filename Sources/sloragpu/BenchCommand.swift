@@ -195,6 +195,8 @@ struct TrainBench: ParsableCommand {
     var steps = 5
     @Option(help: "Untimed warm-up steps.")
     var warmup = 2
+    @Option(help: "recompute (default) or keep block intermediates for the backward.")
+    var activations: ActivationMemory = .recompute
     @Flag(help: "Print device time per kernel over the timed steps.")
     var profile = false
     @Flag(help: "One JSON object instead of text.")
@@ -215,6 +217,7 @@ struct TrainBench: ParsableCommand {
             return values
         }())
         let network = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)
+        network.activationMemory = activations
         let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
         let images = try engine.tensor(generator.uniform(batch * 3 * imageSize * imageSize, bound: 2), shape: [batch, 3, imageSize, imageSize])
         let labels = try engine.tensor((0..<batch).map { Int32($0 % 10) }, shape: [batch])
@@ -240,14 +243,14 @@ struct TrainBench: ParsableCommand {
         let activationBytes = network.savedActivationBytes, optimizerBytes = 2 * 4 * parameters.trainableCount
         if json {
             let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
-                                         "rank": rank, "trainable": parameters.trainableCount, "step_seconds": seconds,
+                                         "rank": rank, "activations": activations.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
                                          "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
                                          "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
                                          "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
-            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
-                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, seconds * 1e3,
+            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
+                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activations.rawValue, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
             print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
                          Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, firstStep, compiled,

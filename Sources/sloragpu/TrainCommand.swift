@@ -74,6 +74,8 @@ struct TrainCommand: ParsableCommand {
         var initAdapter: String?
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
+        @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 20% faster steps for about 3x the saved activations. Full fine-tuning always keeps.")
+        var activations: ActivationMemory = .recompute
     }
 
     @OptionGroup var runOptions: RunOptions
@@ -112,6 +114,7 @@ struct TrainCommand: ParsableCommand {
         }
         let (model, source) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
                                              seed: options.seed, adapter: initial)
+        model.activationMemory = options.activations
 
         var training = TrainingOptions()
         guard let optimizerKind = TrainingOptions.OptimizerKind(rawValue: options.optimizer) else {
@@ -234,3 +237,5 @@ final class ProgressPrinter {
         return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
     }
 }
+
+extension ActivationMemory: ExpressibleByArgument {}

@@ -11,7 +11,8 @@ let parityFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
 struct ParityCase: Sendable, CustomTestStringConvertible {
     var naming: CheckpointNaming
     var method: String
-    var testDescription: String { "\(naming.rawValue) \(method)" }
+    var activations = ActivationMemory.recompute
+    var testDescription: String { "\(naming.rawValue) \(method)" + (activations == .recompute ? "" : " (activations: \(activations))") }
 }
 
 /// A model built from a fixture checkpoint in `naming` plus the method's initial adapter file.
@@ -44,7 +45,12 @@ func fixtureBatch(_ engine: Engine) throws -> (images: Tensor, labels: Tensor) {
 
 @Suite("Parity with PyTorch")
 struct ParityTests {
-    static let cases = CheckpointNaming.allCases.flatMap { naming in ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0) } }
+    /// Serial LoRA and LoRA run with both activation plans (full fine-tuning and the probe
+    /// have one).
+    static let cases = CheckpointNaming.allCases.flatMap { naming in
+        ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0) }
+            + ["serial", "lora"].map { ParityCase(naming: naming, method: $0, activations: .keep) }
+    }
 
     // Tolerances (fp32 against PyTorch fp32): logits and loss atol 2e-5 + rtol 1e-4;
     // gradients atol 2e-5 + rtol 1e-3 (relative error around 1e-5 on typical entries);
@@ -53,6 +59,7 @@ struct ParityTests {
     func logitsLossGradientsAndThreeAdamWSteps(_ c: ParityCase) throws {
         let engine = try makeEngine()
         let (model, adapter) = try fixtureModel(engine, naming: c.naming, method: c.method)
+        model.activationMemory = c.activations
         let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/expected.safetensors"))
         let (images, labels) = try fixtureBatch(engine)
 
