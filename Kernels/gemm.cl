@@ -186,3 +186,124 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Skinny products: C = alpha op(A) op(B) + beta C with at most 16 columns (NS, a define), the
+// adapters' low-rank GEMMs (u A^T, W B, G C, G^T t, W^T P, and u^T g for dA^T). The panel
+// kernel above spends a 32-column tile on them (a quarter used at r = 8) and packs op(A) when
+// it is transposed (all of G for G^T t); these read both operands in place.
+// C[i][j] is at c + i * c_rs + j * c_cs (so a transposed C serves C^T = op(B)^T op(A)^T).
+#ifndef NS
+#define NS 16
+#endif
+#ifndef RS
+#define RS 8
+#endif
+#ifndef LV
+#define LV 2
+#endif
+
+// Rows variant, for an op(A) with contiguous rows (A[i][k] at a + i * a_rs + k): RS rows per
+// work-item, one 16-lane vector of columns per row. Bp holds op(B) as K rows of 16 (zero past
+// NS), written by pack_small_b. Global (ceil(M / RS)).
+__kernel void pack_small_b(__global const float *B, const int b_offset, const int b_rs, const int b_cs,
+                           const int K, __global float *Bp, const int bp_offset)
+{
+    const int k = get_global_id(0);
+    if (k >= K) return;
+    for (int j = 0; j < 16; ++j) Bp[bp_offset + k * 16 + j] = j < NS ? B[b_offset + k * b_rs + j * b_cs] : 0.0f;
+}
+
+__kernel void gemm_small_rows(__global const float *A, const int a_offset, const int a_rs,
+                              __global const float *Bp, const int bp_offset, const int M, const int K,
+                              __global float *C, const int c_offset, const int c_rs, const int c_cs,
+                              const float alpha, const float beta)
+{
+    const int i0 = get_global_id(0) * RS;
+    if (i0 >= M) return;
+    const __global float *rows[RS];
+    float16 acc[RS];
+#pragma unroll
+    for (int r = 0; r < RS; ++r) {
+        rows[r] = A + a_offset + min(i0 + r, M - 1) * a_rs;
+        acc[r] = (float16)(0.0f);
+    }
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+        const float16 b = vload16(k, Bp + bp_offset);
+#pragma unroll
+        for (int r = 0; r < RS; ++r) acc[r] = fma((float16)(rows[r][k]), b, acc[r]);
+    }
+    float lanes[16];
+#pragma unroll
+    for (int r = 0; r < RS; ++r) {
+        if (i0 + r >= M) break;
+        vstore16(acc[r], 0, lanes);
+        for (int j = 0; j < NS; ++j) {
+            __global float *c = C + c_offset + (i0 + r) * c_rs + j * c_cs;
+            *c = beta != 0.0f ? alpha * lanes[j] + beta * *c : alpha * lanes[j];
+        }
+    }
+}
+
+// Lanes variant, for an op(A) with contiguous columns (A[i][k] at a + k * a_cs + i, i.e. a
+// transposed operand): 16 * LV rows per work-item in the lanes of LV vectors, LV * NS
+// accumulators, op(B) read as broadcasts (B[k][j] at b + k * b_rs + j * b_cs).
+// Global (ceil(M / (16 * LV))).
+__kernel void gemm_small_lanes(__global const float *A, const int a_offset, const int a_cs,
+                               __global const float *B, const int b_offset, const int b_rs, const int b_cs,
+                               const int M, const int K,
+                               __global float *C, const int c_offset, const int c_rs, const int c_cs,
+                               const float alpha, const float beta)
+{
+    const int i0 = get_global_id(0) * 16 * LV;
+    if (i0 >= M) return;
+    float16 acc[LV][NS];
+#pragma unroll
+    for (int v = 0; v < LV; ++v)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) acc[v][j] = (float16)(0.0f);
+    const __global float *a = A + a_offset + i0;
+    const __global float *b = B + b_offset;
+    if (i0 + 16 * LV <= M) {
+        for (int k = 0; k < K; ++k) {
+            float16 column[LV];
+#pragma unroll
+            for (int v = 0; v < LV; ++v) column[v] = vload16(v, a + k * a_cs);
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+                const float16 weight = (float16)(b[k * b_rs + j * b_cs]);
+#pragma unroll
+                for (int v = 0; v < LV; ++v) acc[v][j] = fma(column[v], weight, acc[v][j]);
+            }
+        }
+    } else {
+        // The last rows: lanes past M re-read row M - 1 and are never stored.
+        for (int k = 0; k < K; ++k) {
+            float16 column[LV];
+#pragma unroll
+            for (int v = 0; v < LV; ++v) {
+                float padded[16];
+                for (int l = 0; l < 16; ++l) padded[l] = a[k * a_cs + min(16 * v + l, M - 1 - i0)];
+                column[v] = vload16(0, padded);
+            }
+#pragma unroll
+            for (int j = 0; j < NS; ++j) {
+                const float16 weight = (float16)(b[k * b_rs + j * b_cs]);
+#pragma unroll
+                for (int v = 0; v < LV; ++v) acc[v][j] = fma(column[v], weight, acc[v][j]);
+            }
+        }
+    }
+    float lanes[16];
+#pragma unroll
+    for (int v = 0; v < LV; ++v)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+            vstore16(acc[v][j], 0, lanes);
+            for (int l = 0; l < 16 && i0 + 16 * v + l < M; ++l) {
+                __global float *c = C + c_offset + (i0 + 16 * v + l) * c_rs + j * c_cs;
+                *c = beta != 0.0f ? alpha * lanes[l] + beta * *c : alpha * lanes[l];
+            }
+        }
+}

@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--method", default="serial")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--activations", default="recompute", help="sloragpu's activation plan: recompute or keep")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -78,13 +79,15 @@ def main():
               "--method", args.method, "--rank", str(args.rank), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     ours, theirs = [], []
     for _ in range(args.rounds):
-        ours.append(json.loads(subprocess.run([args.binary, "bench", "train", "--json"] + common, check=True, capture_output=True, text=True).stdout))
+        ours.append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations] + common,
+                                              check=True, capture_output=True, text=True).stdout))
         env = dict(os.environ, OMP_NUM_THREADS="2")
         theirs.append(json.loads(subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker"] + common, check=True,
                                                 capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]))
     best = lambda runs: max(runs, key=lambda r: r["images_per_second"])
     a, b = best(ours), best(theirs)
-    print(f"config: {args.model}/{args.patch} at {args.image_size} px, batch {args.batch}, {args.method} r={args.rank}")
+    print(f"config: {args.model}/{args.patch} at {args.image_size} px, batch {args.batch}, {args.method} r={args.rank}, "
+          f"sloragpu activations: {args.activations}")
     print(f"sloragpu: {a['images_per_second']:.2f} images/s, peak RSS {a['peak_rss_bytes'] / 1e6:.0f} MB ({a['trainable']} trainable)")
     print(f"PyTorch:  {b['images_per_second']:.2f} images/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB ({b['trainable']} trainable)")
     print(f"ratio (sloragpu / PyTorch): throughput {a['images_per_second'] / b['images_per_second']:.2f}x, "

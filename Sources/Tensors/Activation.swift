@@ -7,7 +7,7 @@ extension Engine {
     public func geluForward(_ x: Tensor, into y: Tensor) throws {
         try checkOperands("geluForward", [x, y])
         try expectShape("geluForward", "y", y, x.shape)
-        try launch("gelu_forward", in: "activation", global: [(x.count + 15) / 16],
+        try launch("gelu_forward", in: "activation", global: [(x.count + 15) / 16], work: .floats(2 * x.count),
             x, y, x.count)
     }
 
@@ -16,7 +16,7 @@ extension Engine {
         try checkOperands("geluBackward", [x, dy, dx])
         try expectShape("geluBackward", "dy", dy, x.shape)
         try expectShape("geluBackward", "dx", dx, x.shape)
-        try launch("gelu_backward", in: "activation", global: [(x.count + 15) / 16],
+        try launch("gelu_backward", in: "activation", global: [(x.count + 15) / 16], work: .floats(3 * x.count),
             x, dy, dx, x.count)
     }
 }

@@ -25,6 +25,12 @@ public struct AttentionShape: Sendable, Equatable {
     }
 
     public var width: Int { heads * headDimension }
+
+    /// The FLOPs of `count` N x N x dh products per (batch, head): the forward computes 2 (S, PV),
+    /// the dq kernel 3 (S, dP, dQ), the dkv kernel 4 (S, dP, dV, dK), recomputation included.
+    func products(_ count: Int) -> KernelWork {
+        KernelWork(flops: 2 * Double(count) * Double(batch * heads) * Double(tokens) * Double(tokens) * Double(headDimension))
+    }
     public var scale: Float { 1 / Float(headDimension).squareRoot() }
 }
 
@@ -110,12 +116,13 @@ extension Engine {
         if case .tiled = path {
             let kt = try transposedHeads(k, shape, options: options)
             try launch("attention_forward_tiled", in: "attention", options: options, global: path.global(shape), local: path.local,
+                       work: shape.products(2),
                        q.tensor, kt, v.tensor, q.rowStride, o, shape.width, lse,
                        shape.tokens, paddedTokens(shape), shape.heads, shape.scale)
             return
         }
         try launch("attention_forward" + path.kernelSuffix, in: "attention", options: options,
-                   global: path.global(shape), local: path.local,
+                   global: path.global(shape), local: path.local, work: shape.products(2),
                    q.tensor, k.tensor, v.tensor, q.rowStride, o, shape.width, lse, shape.tokens, shape.heads, shape.scale)
     }
 
@@ -127,6 +134,7 @@ extension Engine {
         let padded = paddedTokens(shape)
         let t = try empty([shape.batch * shape.heads * shape.headDimension * padded])
         try launch("attention_transpose", in: "attention", options: options, global: [padded / tiledLanes, shape.heads, shape.batch],
+                   work: .floats(shape.batch * shape.heads * shape.headDimension * (shape.tokens + padded)),
                    x.tensor, x.rowStride, t, shape.tokens, padded, shape.heads)
         return t
     }
@@ -150,24 +158,29 @@ extension Engine {
         let global = path.global(shape)
         let delta = try empty([shape.batch, shape.heads, shape.tokens])
         try launch("attention_backward_delta", in: "attention", options: options, global: [shape.tokens, shape.heads, shape.batch],
+                   work: .floats(2 * rows * shape.width),
                    dO, o, shape.width, delta, shape.tokens, shape.heads)
         if case .tiled = path {
             let padded = paddedTokens(shape)
             let dOLayout = HeadLayout(dO, rowStride: shape.width)
             let kt = try transposedHeads(k, shape, options: options), vt = try transposedHeads(v, shape, options: options)
             try launch("attention_backward_dq_tiled", in: "attention", options: options, global: global, local: path.local,
+                       work: shape.products(3),
                        q.tensor, k.tensor, q.rowStride, kt, vt, dO, shape.width, lse, delta,
                        dq.tensor, dq.rowStride, shape.tokens, padded, shape.heads, shape.scale)
             let qt = try transposedHeads(q, shape, options: options), dOt = try transposedHeads(dOLayout, shape, options: options)
             try launch("attention_backward_dkv_tiled", in: "attention", options: options, global: path.keyGlobal(shape), local: path.local,
+                       work: shape.products(4),
                        q.tensor, k.tensor, v.tensor, q.rowStride, qt, dOt, dO, shape.width, lse, delta,
                        dk.tensor, dv.tensor, dk.rowStride, shape.tokens, padded, shape.heads, shape.scale)
             return
         }
         try launch("attention_backward_dq" + path.kernelSuffix, in: "attention", options: options, global: global, local: path.local,
+                   work: shape.products(3),
                    q.tensor, k.tensor, v.tensor, q.rowStride, dO, shape.width, lse, delta,
                    dq.tensor, dq.rowStride, shape.tokens, shape.heads, shape.scale)
         try launch("attention_backward_dkv" + path.kernelSuffix, in: "attention", options: options, global: global, local: path.local,
+                   work: shape.products(4),
                    q.tensor, k.tensor, v.tensor, q.rowStride, dO, shape.width, lse, delta,
                    dk.tensor, dv.tensor, dk.rowStride, shape.tokens, shape.heads, shape.scale)
     }

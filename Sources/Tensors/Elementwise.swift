@@ -6,14 +6,14 @@ import CLRuntime
 extension Engine {
     public func fill(_ tensor: Tensor, with value: Float) throws {
         try checkElementwise("fill", [tensor])
-        try launchElementwise("fill_f32", count: tensor.count,
+        try launchElementwise("fill_f32", count: tensor.count, operands: 1,
                               [.buffer(tensor.buffer), .int32(Int32(tensor.offset)), .int32(Int32(tensor.count)), .float(value)])
     }
 
     /// out = a + b
     public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) throws {
         try checkElementwise("add", [a, b, out])
-        try launchElementwise("add_f32", count: out.count, [
+        try launchElementwise("add_f32", count: out.count, operands: 3, [
             .buffer(a.buffer), .int32(Int32(a.offset)),
             .buffer(b.buffer), .int32(Int32(b.offset)),
             .buffer(out.buffer), .int32(Int32(out.offset)), .int32(Int32(out.count)),
@@ -29,7 +29,7 @@ extension Engine {
     /// out = alpha * x; `out` may be `x` itself.
     public func scale(_ x: Tensor, by alpha: Float, into out: Tensor) throws {
         try checkElementwise("scale", [x, out])
-        try launchElementwise("scale_f32", count: out.count, [
+        try launchElementwise("scale_f32", count: out.count, operands: 2, [
             .buffer(x.buffer), .int32(Int32(x.offset)),
             .buffer(out.buffer), .int32(Int32(out.offset)), .int32(Int32(out.count)), .float(alpha),
         ])
@@ -38,7 +38,7 @@ extension Engine {
     /// destination = source (same shape; the ranges must not overlap).
     public func copy(_ source: Tensor, into destination: Tensor) throws {
         try checkElementwise("copy", [source, destination])
-        try launchElementwise("copy_f32", count: destination.count, [
+        try launchElementwise("copy_f32", count: destination.count, operands: 2, [
             .buffer(source.buffer), .int32(Int32(source.offset)),
             .buffer(destination.buffer), .int32(Int32(destination.offset)), .int32(Int32(destination.count)),
         ])
@@ -51,6 +51,7 @@ extension Engine {
             throw TensorError.shapeMismatch(operation: "copy2D", details: "\(source.rows)x\(source.columns) into \(destination.rows)x\(destination.columns)")
         }
         try launch("copy_2d", in: "elementwise", global: [source.columns, source.rows],
+                   work: .floats((accumulate ? 3 : 2) * source.rows * source.columns),
                    source.tensor, source.rowStride, destination.tensor, destination.rowStride,
                    source.rows, source.columns, alpha, accumulate)
     }
@@ -64,10 +65,11 @@ extension Engine {
         }
     }
 
-    private func launchElementwise(_ kernelName: String, count: Int, _ arguments: [KernelArgument]) throws {
+    /// `operands`: tensors of `count` values read or written.
+    private func launchElementwise(_ kernelName: String, count: Int, operands: Int, _ arguments: [KernelArgument]) throws {
         let kernel = try kernels.kernel(kernelName, in: "elementwise")
         try kernel.setArguments(arguments)
-        try enqueue(kernel, global: [count])
+        try enqueue(kernel, global: [count], work: .floats(operands * count))
     }
 }
 
@@ -91,10 +93,10 @@ extension Engine {
     }
 
     func launch(_ kernelName: String, in program: String, options: String = "", global: [Int], local: [Int]? = nil,
-                _ arguments: any KernelArgumentsConvertible...) throws {
+                work: KernelWork = KernelWork(), _ arguments: any KernelArgumentsConvertible...) throws {
         let kernel = try kernels.kernel(kernelName, in: program, options: options)
         try kernel.setArguments(arguments.flatMap(\.kernelArguments))
-        try enqueue(kernel, global: global, local: local)
+        try enqueue(kernel, global: global, local: local, work: work)
     }
 }
 

@@ -17,7 +17,7 @@ extension Engine {
         let patchCount = (height / patchSize) * (width / patchSize)
         try checkOperands(operation, [images, patches])
         try expectShape(operation, "patches", patches, [batch * patchCount, channels * patchSize * patchSize])
-        try launch("im2col_patches", in: "embedding", global: [patches.count],
+        try launch("im2col_patches", in: "embedding", global: [patches.count], work: .floats(2 * patches.count),
             images, patches, batch, channels, height, width, patchSize)
     }
 

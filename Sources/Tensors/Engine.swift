@@ -49,6 +49,8 @@ public final class Engine {
     public var attentionPath: AttentionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).
     public var profiler: KernelProfiler?
+    /// The label `withProfileScope` puts in front of kernel names.
+    public internal(set) var profileScope: String?
 
     public init(device: Device, configuration: EngineConfiguration = .fromEnvironment()) throws {
         self.device = device

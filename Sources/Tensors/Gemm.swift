@@ -114,6 +114,14 @@ private struct MatrixView {
     }
 
     let isBatched: Bool
+
+    /// The same storage seen as op(X)^T.
+    var transposed: MatrixView {
+        var view = self
+        (view.rows, view.columns) = (columns, rows)
+        (view.rowStride, view.columnStride) = (columnStride, rowStride)
+        return view
+    }
 }
 
 extension Engine {
@@ -189,6 +197,10 @@ extension Engine {
         }
 
         let profile = gemmProfile
+        if profile.skinny, terms.count == 1, batches == 1, bias == nil, activation == .none, preActivation == nil, geluInput == nil,
+           try skinnyGemm(aViews[0], bViews[0], scale: terms[0].scale, into: output, alpha: alpha, beta: beta) {
+            return
+        }
         let options = profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
@@ -218,7 +230,7 @@ extension Engine {
                     .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                     .buffer(packedA.buffer),
                 ])
-                try enqueue(packA, global: [k, mPanels, aPackedBatches])
+                try enqueue(packA, global: [k, mPanels, aPackedBatches], work: .floats(2 * k * mPanels * mr * aPackedBatches))
             }
             try packB.setArguments([
                 .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
@@ -226,7 +238,7 @@ extension Engine {
                 .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                 .buffer(packedB.buffer),
             ])
-            try enqueue(packB, global: [k, nPanels, bPackedBatches])
+            try enqueue(packB, global: [k, nPanels, bPackedBatches], work: .floats(2 * k * nPanels * nr * bPackedBatches))
             kDestination += k
         }
 
@@ -261,10 +273,47 @@ extension Engine {
                 .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(isLast ? epilogueFlags : 0),
                 .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset)),
             ])
-            try enqueue(micro, global: global, local: local)
+            try enqueue(micro, global: global, local: local,
+                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
             kBegin = kEnd
         }
     }
 }
 
 func roundUp(_ value: Int, _ multiple: Int) -> Int { (value + multiple - 1) / multiple * multiple }
+
+extension Engine {
+    /// C = alpha scale op(A) op(B) + beta C through the skinny kernels when C has at most 16
+    /// columns, or at most 16 rows (then as C^T = op(B)^T op(A)^T with C^T's strides), and
+    /// the operand whose rows become C's rows has unit stride along k or along those rows.
+    /// Returns false, having launched nothing, when the shape or layout does not fit.
+    fileprivate func skinnyGemm(_ a: MatrixView, _ b: MatrixView, scale: Float, into c: MatrixView,
+                                alpha: Float, beta: Float) throws -> Bool {
+        let limit = 16
+        var (a, b) = (a, b)
+        var (cRowStride, cColumnStride) = (c.rowStride, c.columnStride)
+        if b.columns > limit {
+            guard a.rows <= limit else { return false }
+            (a, b) = (b.transposed, a.transposed)
+            (cRowStride, cColumnStride) = (cColumnStride, cRowStride)
+        }
+        let (m, n, k) = (a.rows, b.columns, a.columns)
+        let options = "-DNS=\(n)"
+        let work = KernelWork(flops: 2 * Double(m) * Double(n) * Double(k))
+        if a.columnStride == 1 {
+            let packed = try empty([k * 16])
+            try launch("pack_small_b", in: "gemm", options: options, global: [k], work: .floats(k * (n + 16)),
+                       b.tensor, b.rowStride, b.columnStride, k, packed)
+            try launch("gemm_small_rows", in: "gemm", options: options, global: [(m + 7) / 8], work: work,
+                       a.tensor, a.rowStride, packed, m, k, c.tensor, cRowStride, cColumnStride, alpha * scale, beta)
+            return true
+        }
+        if a.rowStride == 1 {
+            try launch("gemm_small_lanes", in: "gemm", options: options, global: [(m + 31) / 32], work: work,
+                       a.tensor, a.columnStride, b.tensor, b.rowStride, b.columnStride, m, k,
+                       c.tensor, cRowStride, cColumnStride, alpha * scale, beta)
+            return true
+        }
+        return false
+    }
+}

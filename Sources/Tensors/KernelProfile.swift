@@ -19,10 +19,14 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var localSize: (Int, Int)?
     /// Read a plain A in place instead of packing it (single products only).
     public var directA = true
+    /// Route single products with at most 16 columns (or rows, computing C^T) to the skinny
+    /// kernels, which read both operands in place.
+    public var skinny = true
 
     public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
         a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
-            && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.directA == b.directA && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
+            && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.directA == b.directA && a.skinny == b.skinny
+            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
     }
 
     public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
@@ -30,11 +34,16 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
 
     public var description: String {
-        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0")
+        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
     public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, kBlock: 0, localSize: nil)
-    public static let gpu = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, kBlock: 0, localSize: (16, 8))
+    /// The skinny kernels give a GPU too few work-items (one per 16 rows): panels there.
+    public static let gpu = {
+        var profile = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, kBlock: 0, localSize: (16, 8))
+        profile.skinny = false
+        return profile
+    }()
 
     public static func forDevice(_ device: Device, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmProfile {
         let base = device.type.contains(.gpu) ? gpu : cpu
@@ -42,13 +51,13 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         return try base.overridden(by: override)
     }
 
-    /// Applies `KEY=VALUE,...` (keys MR, VW, NV, UK, KC, LX, LY, DA = 0 or 1) on top of this profile, for tuning.
+    /// Applies `KEY=VALUE,...` (keys MR, VW, NV, UK, KC, LX, LY, DA and SK = 0 or 1) on top of this profile, for tuning.
     public func overridden(by text: String) throws -> GemmProfile {
         var profile = self
         var local = localSize ?? (0, 0)
         for item in text.split(separator: ",") {
             let parts = item.split(separator: "=")
-            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (parts[0].uppercased() == "DA" && value == 0) else {
+            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK"].contains(parts[0].uppercased()) && value == 0) else {
                 throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
             }
             switch parts[0].uppercased() {
@@ -60,9 +69,10 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
             case "UK": profile.kUnroll = value
             case "KC": profile.kBlock = value
             case "DA": profile.directA = value != 0
+            case "SK": profile.skinny = value != 0
             case "LX": local.0 = value
             case "LY": local.1 = value
-            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA)")
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK)")
             }
         }
         profile.localSize = local.0 > 0 && local.1 > 0 ? local : nil

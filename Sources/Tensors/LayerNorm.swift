@@ -12,7 +12,7 @@ extension Engine {
         try expectShape(operation, "y", y, x.shape)
         for (name, tensor) in [("gamma", gamma), ("beta", beta)] { try expectShape(operation, name, tensor, [width]) }
         for (name, tensor) in [("mean", mean), ("rstd", rstd)] { try expectShape(operation, name, tensor, [rows]) }
-        try launch("layernorm_forward" + rowKernelSuffix(width), in: "layernorm", global: [rows],
+        try launch("layernorm_forward" + rowKernelSuffix(width), in: "layernorm", global: [rows], work: .floats(2 * x.count),
             x, gamma, beta, y, mean, rstd, rows, width, eps)
     }
 
@@ -29,6 +29,7 @@ extension Engine {
         try expectShape(operation, "gamma", gamma, [width])
         for (name, tensor) in [("mean", mean), ("rstd", rstd)] { try expectShape(operation, name, tensor, [rows]) }
         try launch("layernorm_backward_input" + rowKernelSuffix(width), in: "layernorm", global: [rows],
+                   work: .floats((accumulate ? 4 : 3) * x.count),
             dy, x, gamma, mean, rstd, dx, rows, width, accumulate)
         guard dGamma != nil || dBeta != nil else { return }
         guard let dGamma, let dBeta else {
@@ -37,7 +38,7 @@ extension Engine {
         try checkOperands(operation, [dGamma, dBeta])
         try expectShape(operation, "dGamma", dGamma, [width])
         try expectShape(operation, "dBeta", dBeta, [width])
-        try launch("layernorm_backward_params", in: "layernorm", global: [width],
+        try launch("layernorm_backward_params", in: "layernorm", global: [width], work: .floats(2 * x.count),
             dy, x, mean, rstd, dGamma, dBeta, rows, width, accumulateParameters)
     }
 

@@ -41,7 +41,7 @@ extension Engine {
         guard step >= 1 else { throw TensorError.shapeMismatch(operation: operation, details: "step must be >= 1, got \(step)") }
         let bias1 = 1 - Float(Double(settings.beta1).power(step))
         let bias2 = 1 - Float(Double(settings.beta2).power(step))
-        try launch("adamw_step", in: "optimizer", global: [parameters.count],
+        try launch("adamw_step", in: "optimizer", global: [parameters.count], work: .floats(7 * parameters.count),
                    KernelArgument.buffer(parameters.buffer), KernelArgument.buffer(gradients.buffer),
                    KernelArgument.buffer(m.buffer), KernelArgument.buffer(v.buffer),
                    KernelArgument.buffer(groups.ids.buffer), KernelArgument.buffer(groups.learningRateScale.buffer),
@@ -54,7 +54,7 @@ extension Engine {
     public func sgdStep(parameters: Tensor, gradients: Tensor, momentum: Tensor, groups: ParameterGroups,
                         gradientScale: Tensor, learningRate: Float, momentumFactor: Float, weightDecay: Float) throws {
         try checkSlab("sgdStep", parameters, [gradients, momentum], groups, gradientScale)
-        try launch("sgd_step", in: "optimizer", global: [parameters.count],
+        try launch("sgd_step", in: "optimizer", global: [parameters.count], work: .floats(5 * parameters.count),
                    KernelArgument.buffer(parameters.buffer), KernelArgument.buffer(gradients.buffer),
                    KernelArgument.buffer(momentum.buffer), KernelArgument.buffer(groups.ids.buffer),
                    KernelArgument.buffer(groups.learningRateScale.buffer), KernelArgument.buffer(groups.decay.buffer),

@@ -44,9 +44,11 @@ struct BlockLayer {
     }
 
     /// u1 = LN1(x) and qkv = adapted projection of u1 (+ the method's low-rank intermediates).
-    /// The backward calls it again to rebuild u1 and qkv: the same kernels on the same inputs
-    /// give the forward's values bit for bit.
-    private func projectQKV(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations) throws {
+    /// The backward calls it again (`rebuilding`) to rebuild u1 and qkv: the same kernels on the
+    /// same inputs give the forward's values bit for bit; the low-rank intermediates (t, C) are
+    /// kept per block, so those are not recomputed.
+    private func projectQKV(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations,
+                            rebuilding: Bool = false) throws {
         let d = config.width
         try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
                                     eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
@@ -54,10 +56,16 @@ struct BlockLayer {
         switch method {
         case .serial(_, _) where fusedSerial:
             let t = saved.lowRank["serial"]!, c = saved.serialC!
-            try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
-            try engine.gemm(wqkv, p.tensor(name("serial.B")), into: c)
-            try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
-                            into: saved.qkv, bias: bqkv)
+            if !rebuilding {
+                try engine.withProfileScope(ProfileScope.adapter) {
+                    try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
+                    try engine.gemm(wqkv, p.tensor(name("serial.B")), into: c)
+                }
+            }
+            try engine.withProfileScope(ProfileScope.fusedQKV) {
+                try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
+                                into: saved.qkv, bias: bqkv)
+            }
         case .serial(_, _):
             let t = saved.lowRank["serial"]!
             try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
@@ -67,12 +75,14 @@ struct BlockLayer {
             try engine.gemm(z, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
         case .lora(_, _, let targets):
             try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
-            for target in targets {
-                guard let part = target.qkvIndex else { continue }
-                let t = saved.lowRank[target.rawValue]!
-                try engine.gemm(saved.u1, p.tensor(name("lora.\(target.rawValue).A")), into: t, transposeB: true)
-                try engine.gemm(sum: [GemmTerm(t, p.tensor(name("lora.\(target.rawValue).B")), transposeB: true)],
-                                into: .strided(try .columns(part * d, d, of: saved.qkv)), alpha: method.scale, beta: 1)
+            try engine.withProfileScope(ProfileScope.adapter) {
+                for target in targets {
+                    guard let part = target.qkvIndex else { continue }
+                    let t = saved.lowRank[target.rawValue]!
+                    if !rebuilding { try engine.gemm(saved.u1, p.tensor(name("lora.\(target.rawValue).A")), into: t, transposeB: true) }
+                    try engine.gemm(sum: [GemmTerm(t, p.tensor(name("lora.\(target.rawValue).B")), transposeB: true)],
+                                    into: .strided(try .columns(part * d, d, of: saved.qkv)), alpha: method.scale, beta: 1)
+                }
             }
         case .full, .probe:
             try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
@@ -80,14 +90,17 @@ struct BlockLayer {
     }
 
     /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
-    private func projectOutput(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations) throws {
+    private func projectOutput(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations,
+                               rebuilding: Bool = false) throws {
         try engine.copy(x, into: saved.xMid)
         try engine.gemm(saved.attention, p.tensor(name("proj.weight")), into: saved.xMid, transposeB: true, beta: 1,
                         bias: p.tensor(name("proj.bias")))
         if case .lora(_, _, let targets) = method, targets.contains(.o) {
             let t = saved.lowRank["o"]!
-            try engine.gemm(saved.attention, p.tensor(name("lora.o.A")), into: t, transposeB: true)
-            try engine.gemm(t, p.tensor(name("lora.o.B")), into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
+            try engine.withProfileScope(ProfileScope.adapter) {
+                if !rebuilding { try engine.gemm(saved.attention, p.tensor(name("lora.o.A")), into: t, transposeB: true) }
+                try engine.gemm(t, p.tensor(name("lora.o.B")), into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
+            }
         }
     }
 
@@ -106,8 +119,8 @@ struct BlockLayer {
             // Everything but the block input, the attention output and lse lives in scratch shared
             // by all blocks: rebuild u1, qkv, xMid, u2 and the fc1 pre-activation with the
             // forward's own kernels (bit-identical values).
-            try projectQKV(engine, p, input: x, saved)
-            try projectOutput(engine, p, input: x, saved)
+            try projectQKV(engine, p, input: x, saved, rebuilding: true)
+            try projectOutput(engine, p, input: x, saved, rebuilding: true)
             try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
                                         eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
             try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.hPre, transposeB: true, bias: p.tensor(name("fc1.bias")))
@@ -134,9 +147,11 @@ struct BlockLayer {
         if case .lora(_, _, let targets) = method, targets.contains(.o) {
             let a = p.tensor(name("lora.o.A")), b = p.tensor(name("lora.o.B")), t = saved.lowRank["o"]!
             let g = try engine.empty([rows, a.shape[0]])
-            try engine.gemm(dx, b, into: g)                                                           // g = dx B      [T, r]
-            try engine.gemm(dx, t, into: p.gradient(name("lora.o.B"))!, transposeA: true, alpha: s, beta: 1)  // dB += s dx^T t
-            try engine.gemm(g, saved.attention, into: p.gradient(name("lora.o.A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T a
+            try engine.withProfileScope(ProfileScope.adapter) {
+                try engine.gemm(dx, b, into: g)                                                       // g = dx B      [T, r]
+                try engine.gemm(dx, t, into: p.gradient(name("lora.o.B"))!, transposeA: true, alpha: s, beta: 1)  // dB += s dx^T t
+                try engine.gemm(g, saved.attention, into: p.gradient(name("lora.o.A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T a
+            }
             attentionTerms.append(GemmTerm(g, a, scale: s))                                           // da += s g A
         }
         try engine.gemm(sum: attentionTerms, into: dAttention)
@@ -169,11 +184,13 @@ struct BlockLayer {
         case .serial(let rank, _):
             let a = p.tensor(name("serial.A")), t = saved.lowRank["serial"]!
             let g = try engine.empty([rows, rank])
-            try engine.gemm(dqkv, saved.serialC!, into: g)                                             // g = G C        [T, r]
-            try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)  // dA += s g^T u
             let projected = try engine.empty([3 * d, rank])
-            try engine.gemm(dqkv, t, into: projected, transposeA: true)                                // P = G^T t      [3d, r]
-            try engine.gemm(wqkv, projected, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1) // dB += s W^T P
+            try engine.withProfileScope(ProfileScope.adapter) {
+                try engine.gemm(dqkv, saved.serialC!, into: g)                                         // g = G C        [T, r]
+                try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)  // dA += s g^T u
+                try engine.gemm(dqkv, t, into: projected, transposeA: true)                            // P = G^T t      [3d, r]
+                try engine.gemm(wqkv, projected, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1) // dB += s W^T P
+            }
             inputTerms.append(GemmTerm(g, a, scale: s))                                                // du += s g A
         case .lora(let rank, _, let targets):
             for target in targets {
@@ -181,19 +198,35 @@ struct BlockLayer {
                 let key = target.rawValue
                 let gx = GemmOperand.strided(try .columns(part * d, d, of: dqkv))                     // G_x [T, d]
                 let g = try engine.empty([rows, rank])
-                try engine.gemm(sum: [GemmTerm(gx, .tensor(p.tensor(name("lora.\(key).B"))))], into: .tensor(g))  // g = G_x B
-                try engine.gemm(sum: [GemmTerm(gx, .tensor(saved.lowRank[key]!), transposeA: true)],
-                                into: .tensor(p.gradient(name("lora.\(key).B"))!), alpha: s, beta: 1)               // dB += s G_x^T t
-                try engine.gemm(g, saved.u1, into: p.gradient(name("lora.\(key).A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T u
+                try engine.withProfileScope(ProfileScope.adapter) {
+                    try engine.gemm(sum: [GemmTerm(gx, .tensor(p.tensor(name("lora.\(key).B"))))], into: .tensor(g))  // g = G_x B
+                    try engine.gemm(sum: [GemmTerm(gx, .tensor(saved.lowRank[key]!), transposeA: true)],
+                                    into: .tensor(p.gradient(name("lora.\(key).B"))!), alpha: s, beta: 1)           // dB += s G_x^T t
+                    try engine.gemm(g, saved.u1, into: p.gradient(name("lora.\(key).A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T u
+                }
                 inputTerms.append(GemmTerm(g, p.tensor(name("lora.\(key).A")), scale: s))               // du += s g A
             }
         case .full, .probe:
             break
         }
         try linearWeightGradients(engine, p, "qkv", dY: dqkv, x: saved.u1)
-        try engine.gemm(sum: inputTerms, into: du)
+        // With the adapters' terms this is one reduction over 3d + (number of adapters) r.
+        try engine.withProfileScope(inputTerms.count > 1 ? ProfileScope.fusedInput : nil) {
+            try engine.gemm(sum: inputTerms, into: du)
+        }
         try engine.layerNormBackward(du, x: x, gamma: p.tensor(name("norm1.weight")), mean: saved.mean1, rstd: saved.rstd1,
                                      dx: dx, accumulate: true, dGamma: p.gradient(name("norm1.weight")),
                                      dBeta: p.gradient(name("norm1.bias")), accumulateParameters: true)
     }
+}
+
+/// Labels for `Engine.withProfileScope`, so that `bench train --profile` can tell what the
+/// adapters cost: their own launches, and the GEMMs that reduce over the frozen K plus theirs.
+public enum ProfileScope {
+    /// Launches that exist only because of the adapters (low-rank GEMMs; gradients of A, B).
+    public static let adapter = "adapter"
+    /// The Serial LoRA qkv GEMM over K = d + r ([u1 | s t] [W | C]^T).
+    public static let fusedQKV = "qkv+adapter"
+    /// The input-gradient GEMM over K = 3d + (adapters) r.
+    public static let fusedInput = "dqkv+adapter"
 }

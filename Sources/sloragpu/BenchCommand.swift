@@ -120,13 +120,7 @@ struct AttentionBench: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let square = try engine.empty([1024, 1024]), product = try engine.empty([1024, 1024])
-        try square.upload(benchValues(square.count, seed: 3))
-        let gemmSeconds = try measure(minSeconds: minSeconds) {
-            try engine.gemm(square, square, into: product)
-            try engine.synchronize()
-        }
-        let ceiling = 2 * pow(1024.0, 3) / gemmSeconds / 1e9
+        let ceiling = try DeviceCeilings.measure(engine, minSeconds: minSeconds).gemmFlops / 1e9
         print(String(format: "device: %@   GEMM 1024^3 ceiling: %.1f GFLOP/s", engine.device.name, ceiling))
         let defaultPath = engine.attentionPath
         let paths = defaultPath == .block(rows: 16) || defaultPath == .rowPerItem ? [defaultPath] : [defaultPath, .block(rows: 16)]
@@ -257,13 +251,67 @@ struct TrainBench: ParsableCommand {
                          engine.kernels.buildRecords.count - compiled))
         }
         if profile {
-            let entries = try profiler.summary()
-            let total = entries.reduce(0) { $0 + $1.seconds }
-            for entry in entries {
-                print(String(format: "  %-32@ %6d launches %9.2f ms/step %5.1f%%", entry.kernel, entry.launches,
-                             entry.seconds * 1e3 / Double(steps), 100 * entry.seconds / total))
-            }
+            engine.profiler = nil
+            let ceilings = try DeviceCeilings.measure(engine)
+            try printProfile(try profiler.summary(), ceilings: ceilings, steps: steps, method: fineTuning, width: config.width)
         }
+    }
+
+    /// Per kernel: launches, device time, share, and the rate against the ceilings (FLOP-counted
+    /// kernels in GFLOP/s against the GEMM, the others in GB/s against a copy); then what the
+    /// adapters cost: their own launches (scope "adapter"), the optimizer, and their share r / K
+    /// of the GEMMs that reduce over the frozen K and theirs in one pass.
+    private func printProfile(_ entries: [KernelProfiler.Entry], ceilings: DeviceCeilings, steps: Int,
+                              method: FineTuningMethod, width: Int) throws {
+        let total = entries.reduce(0) { $0 + $1.seconds }
+        print(String(format: "  ceilings measured in this run: GEMM 1024^3 %.1f GFLOP/s, copy %.1f GB/s", ceilings.gemmFlops / 1e9,
+                     ceilings.copyBytes / 1e9))
+        for entry in entries {
+            var rate = ""
+            if entry.work.flops > 0 {
+                let flops = entry.work.flops / entry.seconds
+                rate = String(format: "%7.1f GFLOP/s (%.2f of GEMM)", flops / 1e9, flops / ceilings.gemmFlops)
+            } else if entry.work.bytes > 0 {
+                let bytes = entry.work.bytes / entry.seconds
+                rate = String(format: "%7.1f GB/s    (%.2f of copy)", bytes / 1e9, bytes / ceilings.copyBytes)
+            }
+            print(String(format: "  %@ %5d launches %9.2f ms/step %5.1f%%  %@", entry.kernel.padding(toLength: 40, withPad: " ", startingAt: 0), entry.launches,
+                         entry.seconds * 1e3 / Double(steps), 100 * entry.seconds / total, rate))
+        }
+        guard let rank = method.rank else { return }
+        func seconds(_ matches: (String) -> Bool) -> Double { entries.filter { matches($0.kernel) }.reduce(0) { $0 + $1.seconds } }
+        let own = seconds { $0.hasPrefix(ProfileScope.adapter + "/") }
+        let optimizer = seconds { $0 == "adamw_step" }
+        let adapters = Double(method.name == "serial" ? 1 : 3)  // LoRA: q, k, v enter the input gradient's reduction
+        let extraK = adapters * Double(rank)
+        let fused = seconds { $0.hasPrefix(ProfileScope.fusedQKV + "/") } * Double(rank) / Double(width + rank)
+            + seconds { $0.hasPrefix(ProfileScope.fusedInput + "/") } * extraK / (Double(3 * width) + extraK)
+        let share = own + optimizer + fused
+        print(String(format: "  adapter share of the step: %.1f ms/step = %.1f%% (own launches %.1f ms, optimizer %.2f ms, its K-share of the fused GEMMs %.1f ms)",
+                     share * 1e3 / Double(steps), 100 * share / total, own * 1e3 / Double(steps), optimizer * 1e3 / Double(steps),
+                     fused * 1e3 / Double(steps)))
+    }
+}
+
+/// The device's practical ceilings, measured in the same run as what is compared with them.
+struct DeviceCeilings {
+    var gemmFlops: Double   // FLOP/s of a 1024^3 GEMM
+    var copyBytes: Double   // bytes/s read + written by a 64 MiB copy
+
+    static func measure(_ engine: Engine, minSeconds: Double = 0.3) throws -> DeviceCeilings {
+        let square = try engine.empty([1024, 1024]), product = try engine.empty([1024, 1024])
+        try square.upload(benchValues(square.count, seed: 3))
+        let gemmSeconds = try sloragpu.measure(minSeconds: minSeconds) {
+            try engine.gemm(square, square, into: product)
+            try engine.synchronize()
+        }
+        let count = 16 << 20
+        let source = try engine.zeros([count]), destination = try engine.empty([count])
+        let copySeconds = try sloragpu.measure(minSeconds: minSeconds) {
+            try engine.copy(source, into: destination)
+            try engine.synchronize()
+        }
+        return DeviceCeilings(gemmFlops: 2 * pow(1024.0, 3) / gemmSeconds, copyBytes: 8 * Double(count) / copySeconds)
     }
 }
 

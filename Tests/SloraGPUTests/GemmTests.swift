@@ -33,6 +33,53 @@ struct GemmTests {
                     "gemm \(transposeA ? "T" : "N")\(transposeB ? "T" : "N") \(shape.testDescription)")
     }
 
+    /// Products with at most 16 columns (or rows) take the skinny kernels (the adapters'
+    /// low-rank GEMMs); every transpose, both kernels, the C^T route, partial row blocks, and
+    /// the panel path (SK=0) on the same inputs.
+    static let skinnyShapes = [Case(m: 100, n: 8, k: 37), Case(m: 8, n: 100, k: 37), Case(m: 33, n: 16, k: 5),
+                               Case(m: 16, n: 1, k: 70), Case(m: 2, n: 300, k: 9)]
+
+    @Test(arguments: skinnyShapes, [0, 1, 2, 3])
+    func skinnyProductsMatchTheReferenceAndThePanels(shape: Case, variant: Int) throws {
+        let (transposeA, transposeB) = Self.transposes[variant]
+        let (m, n, k) = (shape.m, shape.n, shape.k)
+        let a = uniformValues(m * k, seed: 11), b = uniformValues(k * n, seed: 12), c0 = uniformValues(m * n, seed: 13)
+        let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+        let expected: [Double] = (0..<m * n).map { index in
+            let scaled: Double = -1.5 * product[index]
+            return scaled + 0.5 * Double(c0[index])
+        }
+        var results: [[Float]] = []
+        for skinny in [true, false] {
+            let engine = try makeEngine()
+            engine.gemmProfile.skinny = skinny
+            let c = try engine.tensor(c0, shape: [m, n])
+            try engine.gemm(try engine.tensor(a, shape: transposeA ? [k, m] : [m, k]), try engine.tensor(b, shape: transposeB ? [n, k] : [k, n]),
+                            into: c, transposeA: transposeA, transposeB: transposeB, alpha: -1.5, beta: 0.5)
+            results.append(try c.download())
+            expectClose(results.last!, expected, atol: Self.tolerance(k: k) * 1.5, rtol: 1e-5,
+                        "\(skinny ? "skinny" : "panel") gemm \(transposeA ? "T" : "N")\(transposeB ? "T" : "N") \(shape.testDescription)")
+        }
+    }
+
+    /// The LoRA adapters' form: a strided operand (columns of a qkv-like tensor) in a skinny product.
+    @Test func skinnyProductOfStridedColumns() throws {
+        let engine = try makeEngine()
+        let (rows, width, rank) = (50, 24, 4)
+        let wide = uniformValues(rows * 3 * width, seed: 14), bValues = uniformValues(width * rank, seed: 15)
+        let wideTensor = try engine.tensor(wide, shape: [rows, 3 * width])
+        let g = try engine.empty([rows, rank])
+        try engine.gemm(sum: [GemmTerm(.strided(try .columns(width, width, of: wideTensor)), .tensor(try engine.tensor(bValues, shape: [width, rank])))],
+                        into: .tensor(g))
+        var middle: [Float] = []
+        for row in 0..<rows {
+            let start = row * 3 * width + width
+            middle += wide[start..<start + width]
+        }
+        expectClose(try g.download(), Reference.matmul(middle, bValues, m: rows, n: rank, k: width), atol: Self.tolerance(k: width), rtol: 1e-5,
+                    "skinny gemm of strided columns")
+    }
+
     @Test func betaZeroNeverReadsC() throws {
         let engine = try makeEngine()
         let c = try engine.tensor([Float](repeating: .nan, count: 6), shape: [2, 3])
