@@ -4,35 +4,36 @@
 // Np = (H / P) * (W / P) patches in row-major grid order.
 // tokens x [B, 1 + Np, D]: token 0 is cls + pos[0], token 1 + p is patch_out[b, p] + pos[1 + p].
 
-// One work-item per element of patches.
+// One work-item per (patch, channel, kernel row): P contiguous pixels, so the index
+// arithmetic (integer division, which CPUs cannot vectorise) is paid once per P values.
+// Global (B * Np * Ch * P).
 __kernel void im2col_patches(__global const float *images, const int images_offset,
                              __global float *patches, const int patches_offset,
                              const int B, const int Ch, const int H, const int W, const int P)
 {
     const int grid_w = W / P, patches_per_image = (H / P) * grid_w;
-    const int columns = Ch * P * P;
     const int i = get_global_id(0);
-    if (i >= B * patches_per_image * columns) return;
-    const int column = i % columns, row = i / columns;
+    if (i >= B * patches_per_image * Ch * P) return;
+    const int ky = i % P, rest = i / P;
+    const int ch = rest % Ch, row = rest / Ch;
     const int b = row / patches_per_image, p = row % patches_per_image;
-    const int ch = column / (P * P), ky = (column / P) % P, kx = column % P;
-    const int y = (p / grid_w) * P + ky, x = (p % grid_w) * P + kx;
-    patches[patches_offset + i] = images[images_offset + ((b * Ch + ch) * H + y) * W + x];
+    const int y = (p / grid_w) * P + ky, x0 = (p % grid_w) * P;
+    const __global float *source = images + images_offset + ((b * Ch + ch) * H + y) * W + x0;
+    __global float *destination = patches + patches_offset + (row * Ch + ch) * P * P + ky * P;
+    for (int kx = 0; kx < P; ++kx) destination[kx] = source[kx];
 }
 
-// One work-item per element of x.
+// Global (D, N, B): one work-item per element of x, indexed without divisions.
 __kernel void tokens_forward(__global const float *patch_out, const int patch_offset,
                              __global const float *cls, const int cls_offset,
                              __global const float *pos, const int pos_offset,
                              __global float *x, const int x_offset,
                              const int B, const int Np, const int D)
 {
-    const int i = get_global_id(0);
+    const int c = get_global_id(0), t = get_global_id(1), b = get_global_id(2);
     const int N = Np + 1;
-    if (i >= B * N * D) return;
-    const int c = i % D, t = (i / D) % N, b = i / (N * D);
     const float base = t == 0 ? cls[cls_offset + c] : patch_out[patch_offset + (b * Np + t - 1) * D + c];
-    x[x_offset + i] = base + pos[pos_offset + t * D + c];
+    x[x_offset + (b * N + t) * D + c] = base + pos[pos_offset + t * D + c];
 }
 
 // d_patch_out[b, p] = dx[b, 1 + p]. One work-item per element of d_patch_out.

@@ -17,7 +17,7 @@ extension Engine {
         let patchCount = (height / patchSize) * (width / patchSize)
         try checkOperands(operation, [images, patches])
         try expectShape(operation, "patches", patches, [batch * patchCount, channels * patchSize * patchSize])
-        try launch("im2col_patches", in: "embedding", global: [patches.count], work: .floats(2 * patches.count),
+        try launch("im2col_patches", in: "embedding", global: [patches.count / patchSize], work: .floats(2 * patches.count),
             images, patches, batch, channels, height, width, patchSize)
     }
 
@@ -28,7 +28,7 @@ extension Engine {
         try expectShape(operation, "cls", cls, [width])
         try expectShape(operation, "pos", pos, [patchCount + 1, width])
         try expectShape(operation, "tokens", tokens, [batch * (patchCount + 1), width])
-        try launch("tokens_forward", in: "embedding", global: [tokens.count],
+        try launch("tokens_forward", in: "embedding", global: [width, patchCount + 1, batch], work: .floats(3 * tokens.count),
             patchOut, cls, pos, tokens, batch, patchCount, width)
     }
 
