@@ -235,16 +235,19 @@ struct TrainBench: ParsableCommand {
         let imagesPerSecond = Double(batch) / seconds
         let peak = peakResidentBytes()
         let activationBytes = network.savedActivationBytes, optimizerBytes = 2 * 4 * parameters.trainableCount
+        // The plan only applies between the two extremes: full fine-tuning keeps everything, a
+        // probe's backward never enters the blocks.
+        let activationPlan = fineTuning == .full ? "keep (full fine-tuning)" : fineTuning == .probe ? "none (probe)" : activations.rawValue
         if json {
             let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
-                                         "rank": rank, "activations": activations.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
+                                         "rank": rank, "activations": activationPlan, "trainable": parameters.trainableCount, "step_seconds": seconds,
                                          "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
                                          "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
                                          "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
-                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activations.rawValue, seconds * 1e3,
+                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
             print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
                          Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, firstStep, compiled,
