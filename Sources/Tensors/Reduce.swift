@@ -15,12 +15,14 @@ extension Engine {
 
     private func reduce(_ x: Tensor, squares: Bool, scale: Float) throws -> Tensor {
         try checkOperands("reduce", [x])
-        // Enough partial sums to keep every compute unit busy, few enough to finish in one item.
-        let partialCount = min(x.count, 1024)
+        // Enough partial sums to keep every compute unit busy, few enough to finish in one item;
+        // each over a contiguous chunk of whole vectors.
+        let chunk = roundUp((x.count + 1023) / 1024, 16)
+        let partialCount = (x.count + chunk - 1) / chunk
         let partial = try empty([partialCount])
         let out = try empty([1])
-        try launch("reduce_partial", in: "reduce", global: [partialCount],
-            x, x.count, KernelArgument.buffer(partial.buffer), squares)
+        try launch("reduce_partial", in: "reduce", global: [partialCount], work: .floats(x.count),
+            x, x.count, KernelArgument.buffer(partial.buffer), squares, chunk)
         try launch("reduce_final", in: "reduce", global: [1],
             KernelArgument.buffer(partial.buffer), partialCount, out, scale)
         return out

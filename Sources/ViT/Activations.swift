@@ -7,8 +7,8 @@ import Tensors
 /// keeps only its input (xs), the attention output a [T, d] and lse [B, H, N]: 2d floats per
 /// token instead of 10d + 4m. The backward rebuilds u1, qkv, xMid, u2 and the fc1
 /// pre-activation in scratch shared by all blocks, rerunning the forward's kernels (the qkv,
-/// proj and fc1 GEMMs and two LayerNorms per block, about 15% of a step; the attention itself
-/// is never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB saved instead of 437 MB.
+/// proj and fc1 GEMMs and two LayerNorms per block, about 20% of a ViT-S step; the attention
+/// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB saved instead of 437 MB.
 /// `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid and the pre-activation
 /// (11d floats per token) and nothing is recomputed; only u2 and h, which no backward of these
 /// methods reads, stay shared. Full fine-tuning keeps everything its weight gradients read. A linear probe's
@@ -142,9 +142,9 @@ struct BlockScratch {
 /// What the forward keeps for the backward outside full fine-tuning (see Activations).
 public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep their input, attention output and lse; the backward reruns the qkv, proj
-    /// and fc1 GEMMs and two LayerNorms per block (the default: 0.4-0.45x PyTorch's peak memory).
+    /// and fc1 GEMMs and two LayerNorms per block (the default: 0.35-0.45x PyTorch's peak memory).
     case recompute
-    /// Blocks keep everything the backward reads; nothing is rerun (about 20% faster steps for
-    /// about 3x the saved activations).
+    /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
+    /// 3-4x the saved activations).
     case keep
 }

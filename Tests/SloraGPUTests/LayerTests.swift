@@ -103,9 +103,10 @@ struct LayerTests {
 
     @Test func sumAndSumOfSquaresOfLongVectors() throws {
         let engine = try makeEngine()
-        for n in [1, 5, 1023, 1025, 300_001] {
+        for n in [1, 5, 16, 17, 1023, 1025, 16_385, 300_001] {
+            // A view at an odd offset, so vector loads start unaligned.
             let x = uniformValues(n, seed: UInt64(n))
-            let tensor = try engine.tensor(x, shape: [n])
+            let tensor = try engine.tensor([7] + x, shape: [n + 1]).view(offset: 1, shape: [n])
             expectClose(try engine.sum(tensor).download(), [doubles(x).reduce(0, +)], atol: 1e-4, rtol: 1e-5, "sum n=\(n)")
             expectClose(try engine.sumOfSquares(tensor).download(), [doubles(x).reduce(0) { $0 + $1 * $1 }], atol: 1e-4, rtol: 1e-5, "sum of squares n=\(n)")
         }

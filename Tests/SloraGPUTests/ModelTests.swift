@@ -259,3 +259,30 @@ struct SerialPathTests {
         }
     }
 }
+
+@Suite("Activation plans")
+struct ActivationPlanTests {
+    /// The backward's rebuild reruns the forward's own kernels on the same inputs, so the
+    /// recompute plan must give the keep plan's logits and gradients bit for bit, while keeping
+    /// fewer bytes; a probe and full fine-tuning have one plan.
+    @Test(arguments: ["serial", "lora"])
+    func recomputeGivesTheKeptGradientsExactlyWithLessMemory(method: String) throws {
+        let engine = try makeEngine()
+        let (model, _) = try fixtureModel(engine, naming: .hfViT, method: method)
+        let (images, labels) = try fixtureBatch(engine)
+        var results: [[String: [Float]]] = [], bytes: [Int] = []
+        for plan in [ActivationMemory.keep, .recompute] {
+            model.activationMemory = plan
+            try model.parameters.zeroGradients()
+            var result = ["logits": try model.forward(images).download()]
+            try model.backward(try model.loss(labels: labels).dLogits)
+            for name in model.parameters.trainableNames { result[name] = try model.parameters.gradient(name)!.download() }
+            results.append(result)
+            bytes.append(model.savedActivationBytes)
+        }
+        for (name, value) in results[0] {
+            #expect(value == results[1][name]!, "keep vs recompute: \(name) differs")
+        }
+        #expect(bytes[1] < bytes[0], "recompute keeps \(bytes[1]) bytes, keep \(bytes[0])")
+    }
+}
