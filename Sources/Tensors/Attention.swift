@@ -37,7 +37,7 @@ public struct AttentionShape: Sendable, Equatable {
 /// How attention kernels map work-items: one query (or key) row per work-item; a block of
 /// rows with one vector lane per row (vertical FMAs); or GEMM-like tiles of a few queries
 /// (keys) against 16 keys (queries) at a time from transposed copies of K, V (Q, dO), whose
-/// accumulators fit in a CPU's vector registers (the CPU default: 2.5-3x the block path).
+/// accumulators fit in a CPU's vector registers (the CPU default: 2.1-2.4x the block path).
 public enum AttentionPath: Sendable, Equatable {
     case rowPerItem
     case block(rows: Int)

@@ -13,6 +13,8 @@ import Tensors
 //   u2 = LN2(xMid); h = GELU(u2 W1^T + b1); out = xMid + h W2^T + b2
 // Backward (dx: gradient of the block output, updated in place to the gradient of its input):
 //   the same in reverse; frozen weights get no weight gradients; every gradient accumulates.
+//   Under the recompute plan (Activations.swift) it first rebuilds u1, qkv, xMid, u2 and the
+//   fc1 pre-activation from the saved input and attention output.
 struct BlockLayer {
     let config: ViTConfig
     let method: FineTuningMethod

@@ -9,7 +9,7 @@ import ViT
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Fine-tune a ViT (default: Serial LoRA on DINOv2-S/14, Fashion-MNIST at 112 px, about six minutes on 2 cores).",
+        abstract: "Fine-tune a ViT (default: Serial LoRA on DINOv2-S/14, Fashion-MNIST at 112 px, about five and a half minutes on 2 cores).",
         discussion: """
             Writes into --output: metrics.jsonl, checkpoints/last and checkpoints/best (adapter, optimizer \
             state, data position), adapter.safetensors, summary.json and curves.svg. Ctrl-C saves a \
