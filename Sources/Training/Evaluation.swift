@@ -24,7 +24,7 @@ public enum Evaluator {
         while let batch = loader.next() {
             let images = try engine.tensor(batch.images, shape: [batch.count, 3, size, size])
             let labels = try engine.tensor(batch.labels, shape: [batch.count])
-            let output = try model.forward(images)
+            let output = try model.forward(images, keepForBackward: false)
             let (loss, _) = try model.loss(labels: labels)
             let rows = try output.download()
             lossSum += Double(try loss.download()[0]) * Double(batch.count)

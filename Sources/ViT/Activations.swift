@@ -8,12 +8,13 @@ import Tensors
 /// token instead of 10d + 4m. The backward rebuilds u1, qkv, xMid, u2 and the fc1
 /// pre-activation in scratch shared by all blocks, rerunning the forward's kernels (the qkv,
 /// proj and fc1 GEMMs and two LayerNorms per block, about 20% of a ViT-S step; the attention
-/// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB saved instead of 437 MB.
-/// `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid and the pre-activation
-/// (11d floats per token) and nothing is recomputed; only u2 and h, which no backward of these
-/// methods reads, stay shared. Full fine-tuning keeps everything its weight gradients read. A linear probe's
-/// backward never enters the blocks, so all blocks share one set of block tensors and the
-/// residual stream alternates between two buffers.
+/// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB
+/// saved instead of 437 MB. `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid
+/// and the pre-activation (11d floats per token) and nothing is recomputed; only u2 and h,
+/// which no backward of these methods reads, stay shared. Full fine-tuning keeps everything its
+/// weight gradients read. A linear probe's backward never enters the blocks, and a forward for
+/// evaluation has no backward: then all blocks share one set of block tensors and the residual
+/// stream alternates between two buffers.
 final class Activations {
     let batch: Int
     let patches: Tensor     // [B * Np, C * P * P]
@@ -45,12 +46,17 @@ final class Activations {
         return total
     }
 
-    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, batch: Int, memory: ActivationMemory) throws {
+    /// Laid out for a forward only (shared block tensors, as for a probe).
+    let inference: Bool
+
+    init(engine: Engine, config: ViTConfig, method: FineTuningMethod, batch: Int, memory: ActivationMemory,
+         inference: Bool = false) throws {
         self.batch = batch
+        self.inference = inference
         let d = config.width, t = batch * config.tokens
         patches = try engine.empty([batch * config.patchCount, config.patchValues])
         patchOut = try engine.empty([batch * config.patchCount, d])
-        if method == .probe {
+        if method == .probe || inference {
             let (even, odd) = (try engine.empty([t, d]), try engine.empty([t, d]))
             xs = (0...config.layers).map { $0 % 2 == 0 ? even : odd }
             let shared = try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch,

@@ -33,16 +33,19 @@ public final class ViTModel {
     }
 
     /// images [B, C, S, S] (normalised) -> logits [B, K]. The returned tensor is reused by the
-    /// next forward of the same batch size.
-    public func forward(_ images: Tensor) throws -> Tensor {
+    /// next forward of the same batch size. `keepForBackward: false` (evaluation, prediction)
+    /// keeps nothing per block: all blocks share one set of intermediates and the residual
+    /// stream alternates between two buffers, as for a linear probe; `backward` then refuses.
+    public func forward(_ images: Tensor, keepForBackward: Bool = true) throws -> Tensor {
         let expected = [config.channels, config.imageSize, config.imageSize]
         guard images.shape.count == 4, Array(images.shape.dropFirst()) == expected else {
             throw TensorError.shapeMismatch(operation: "ViTModel.forward", details: "images must be [B, \(expected.map(String.init).joined(separator: ", "))], got \(images.shape)")
         }
         let batch = images.shape[0]
-        if saved?.batch != batch {
-            saved = nil  // the old batch size's buffers go back to the pool first
-            saved = try Activations(engine: engine, config: config, method: method, batch: batch, memory: activationMemory)
+        if saved?.batch != batch || saved?.inference != !keepForBackward {
+            saved = nil  // the old buffers go back to the pool first
+            saved = try Activations(engine: engine, config: config, method: method, batch: batch, memory: activationMemory,
+                                    inference: !keepForBackward)
         }
         let saved = saved!
         try embedding.forward(engine, parameters, images: images, saved)
@@ -64,6 +67,9 @@ public final class ViTModel {
     public func backward(_ dLogits: Tensor) throws {
         guard let saved, dLogits.shape == [saved.batch, config.classes] else {
             throw TensorError.shapeMismatch(operation: "ViTModel.backward", details: "dLogits must match the last forward's logits")
+        }
+        guard !saved.inference || method == .probe else {
+            throw TensorError.shapeMismatch(operation: "ViTModel.backward", details: "the last forward kept nothing for a backward (keepForBackward: false)")
         }
         guard let dx = try head.backward(engine, parameters, dLogits: dLogits, saved, needInputGradient: method != .probe) else { return }
         for (index, block) in blocks.enumerated().reversed() {

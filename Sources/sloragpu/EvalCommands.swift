@@ -87,7 +87,7 @@ struct PredictCommand: ParsableCommand {
             let dataset = try ImageDataset(name: path, height: height, width: width, channels: 3, classNames: ["?"], pixels: rgb, labels: [0])
             var values = [Float](repeating: 0, count: 3 * size * size)
             preprocessor.prepare(dataset, index: 0, augmentation: nil, into: &values, offset: 0)
-            let logits = try model.forward(try engine.tensor(values, shape: [1, 3, size, size])).download()
+            let logits = try model.forward(try engine.tensor(values, shape: [1, 3, size, size]), keepForBackward: false).download()
             let maximum = logits.max()!
             let exps = logits.map { exp(Double($0 - maximum)) }
             let total = exps.reduce(0, +)

@@ -286,3 +286,20 @@ struct ActivationPlanTests {
         #expect(bytes[1] < bytes[0], "recompute keeps \(bytes[1]) bytes, keep \(bytes[0])")
     }
 }
+
+extension ActivationPlanTests {
+    /// A forward for evaluation gives the training forward's logits bit for bit with far fewer
+    /// bytes, and a backward after it is refused rather than reading stale tensors.
+    @Test(arguments: ["serial", "lora", "full"])
+    func evaluationForwardKeepsNothingPerBlock(method: String) throws {
+        let engine = try makeEngine()
+        let (model, _) = try fixtureModel(engine, naming: .hfViT, method: method)
+        let (images, labels) = try fixtureBatch(engine)
+        let training = try model.forward(images).download()
+        let trainingBytes = model.savedActivationBytes
+        let evaluation = try model.forward(images, keepForBackward: false).download()
+        #expect(evaluation == training)
+        #expect(model.savedActivationBytes < trainingBytes)
+        #expect(throws: TensorError.self) { try model.backward(try model.loss(labels: labels).dLogits) }
+    }
+}
