@@ -128,12 +128,18 @@ public struct SafeTensorsFile {
     public func entry(_ name: String) -> Entry? { byName[name] }
 
     /// The tensor converted to fp32 (from F32, F16 or BF16), row-major.
+    ///
+    /// Once converted, the tensor's pages of the mapping are handed back to the kernel
+    /// (MADV_PAGEOUT: clean file pages are dropped and re-read if touched again; contents never
+    /// change). Otherwise a checkpoint being loaded sits in memory twice, mapped and converted:
+    /// 800 MB instead of 460 MB for loading a ViT-B/16 file.
     public func floats(_ name: String) throws -> [Float] {
         guard let entry = byName[name] else { throw CheckpointError(file: path, tensor: name, "not in the file") }
         let count = entry.elementCount
         let start = dataStart + entry.range.lowerBound
         return try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [Float] in
             let bytes = UnsafeRawBufferPointer(rebasing: raw[start..<start + entry.range.count])
+            defer { Self.releasePages(of: bytes) }
             switch entry.dtype {
             case .F32:
                 return (0..<count).map { Float(bitPattern: bytes.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self).littleEndian) }
@@ -145,6 +151,17 @@ public struct SafeTensorsFile {
                 throw CheckpointError(file: path, tensor: name, "dtype \(entry.dtype) cannot be read as floating point (F32, F16 and BF16 can)")
             }
         }
+    }
+
+    /// Advises the kernel that the whole pages inside `bytes` are not needed for now. Only a
+    /// hint: failure (an old kernel, memory that is not a file mapping) changes nothing.
+    private static func releasePages(of bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = UInt(max(1, sysconf(Int32(_SC_PAGESIZE))))
+        let start = UInt(bitPattern: base), end = start + UInt(bytes.count)
+        let first = (start + page - 1) / page * page, last = end / page * page
+        guard last > first, let pointer = UnsafeMutableRawPointer(bitPattern: first) else { return }
+        _ = madvise(pointer, Int(last - first), 21 /* MADV_PAGEOUT, Linux 5.4 */)
     }
 
     /// IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
