@@ -5,30 +5,43 @@ import Foundation
 /// n, rows, columns) or 0x00000801 (labels: n), then raw uint8.
 public enum IDX {
     public static func read(images imagesURL: URL, labels labelsURL: URL, name: String, classNames: [String]) throws -> ImageDataset {
-        let images = try load(imagesURL)
-        let labels = try load(labelsURL)
-        func header(_ bytes: [UInt8], _ url: URL, magic: UInt32, dimensions: Int) throws -> [Int] {
-            guard bytes.count >= 4 + 4 * dimensions else { throw DatasetError("\(url.path): too short for an IDX header") }
+        try parse(images: try load(imagesURL), imagesPath: imagesURL.path, labels: try load(labelsURL), labelsPath: labelsURL.path,
+                  name: name, classNames: classNames)
+    }
+
+    /// Parses the (already gunzipped) bytes of an images file and a labels file; the paths name
+    /// them in errors. Sizes are computed from the header with overflow checks and compared
+    /// with the bytes present before anything is copied.
+    public static func parse(images: [UInt8], imagesPath: String, labels: [UInt8], labelsPath: String,
+                             name: String, classNames: [String]) throws -> ImageDataset {
+        func header(_ bytes: [UInt8], _ path: String, magic: UInt32, dimensions: Int) throws -> [Int] {
+            guard bytes.count >= 4 + 4 * dimensions else { throw DatasetError("\(path): too short for an IDX header") }
             let read = { (offset: Int) in (0..<4).reduce(UInt32(0)) { $0 << 8 | UInt32(bytes[offset + $1]) } }
             guard read(0) == magic else {
-                throw DatasetError(String(format: "%@: magic 0x%08x, expected 0x%08x", url.path, read(0), magic))
+                throw DatasetError(String(format: "%@: magic 0x%08x, expected 0x%08x", path, read(0), magic))
             }
             return (0..<dimensions).map { Int(read(4 + 4 * $0)) }
         }
-        let imageDims = try header(images, imagesURL, magic: 0x0000_0803, dimensions: 3)
-        let labelDims = try header(labels, labelsURL, magic: 0x0000_0801, dimensions: 1)
+        let imageDims = try header(images, imagesPath, magic: 0x0000_0803, dimensions: 3)
+        let labelDims = try header(labels, labelsPath, magic: 0x0000_0801, dimensions: 1)
         let (count, rows, columns) = (imageDims[0], imageDims[1], imageDims[2])
-        guard images.count == 16 + count * rows * columns else {
-            throw DatasetError("\(imagesURL.path): \(images.count - 16) pixel bytes for \(count) images of \(rows)x\(columns) (truncated?)")
+        guard rows > 0, columns > 0 else { throw DatasetError("\(imagesPath): images of \(rows)x\(columns) pixels") }
+        let (perImage, overflow1) = rows.multipliedReportingOverflow(by: columns)
+        let (pixelBytes, overflow2) = count.multipliedReportingOverflow(by: perImage)
+        guard !overflow1, !overflow2, images.count - 16 == pixelBytes else {
+            throw DatasetError("\(imagesPath): \(images.count - 16) pixel bytes for \(count) images of \(rows)x\(columns) (truncated?)")
         }
         guard labelDims[0] == count, labels.count == 8 + count else {
-            throw DatasetError("\(labelsURL.path): \(labelDims[0]) labels for \(count) images")
+            throw DatasetError("\(labelsPath): \(labelDims[0]) labels (and \(labels.count - 8) label bytes) for \(count) images")
         }
         let labelValues = labels[8...].map { Int32($0) }
         let classes = classNames.isEmpty ? (0...Int(labelValues.max() ?? 0)).map(String.init) : classNames
         return try ImageDataset(name: name, height: rows, width: columns, channels: 1, classNames: classes,
                                 pixels: Array(images[16...]), labels: labelValues)
     }
+
+    /// Gunzipped IDX files larger than this are refused (a gzip bomb would otherwise fill memory).
+    public static let maximumDecompressedBytes = 1 << 32
 
     /// The file's bytes, gunzipped when it starts with the gzip magic.
     static func load(_ url: URL) throws -> [UInt8] {
@@ -44,6 +57,9 @@ public enum IDX {
             if read < 0 { throw DatasetError("\(url.path): corrupt gzip data") }
             if read == 0 { break }
             output += chunk[0..<Int(read)]
+            guard output.count <= maximumDecompressedBytes else {
+                throw DatasetError("\(url.path): decompresses to more than \(maximumDecompressedBytes >> 30) GiB; not an IDX file of a sensible size")
+            }
         }
         return output
     }

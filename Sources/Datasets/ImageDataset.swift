@@ -27,12 +27,19 @@ public struct ImageDataset: Sendable {
 
     public func image(_ index: Int) -> ArraySlice<UInt8> { pixels[index * imageBytes..<(index + 1) * imageBytes] }
 
-    /// The first `limit` images (all when nil or larger).
+    /// The same images under a longer (or equal) list of class names, e.g. the union of the
+    /// numbered classes of a train and a test file.
+    public func withClassNames(_ names: [String]) throws -> ImageDataset {
+        try ImageDataset(name: name, height: height, width: width, channels: channels, classNames: names, pixels: pixels, labels: labels)
+    }
+
+    /// The first `limit` images (all when nil or larger; none when negative).
     public func prefix(_ limit: Int?) -> ImageDataset {
-        guard let limit, limit < count else { return self }
+        guard let requested = limit, requested < count else { return self }
+        let kept = max(0, requested)
         var copy = self
-        copy.pixels = Array(pixels[0..<limit * imageBytes])
-        copy.labels = Array(labels[0..<limit])
+        copy.pixels = Array(pixels[0..<kept * imageBytes])
+        copy.labels = Array(labels[0..<kept])
         return copy
     }
 }

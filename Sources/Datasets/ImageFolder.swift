@@ -6,6 +6,7 @@ import Foundation
 /// `size` x `size` so the set is one array.
 public enum ImageFolder {
     public static func load(_ directory: URL, size: Int, name: String? = nil) throws -> ImageDataset {
+        guard size > 0, size <= 8192 else { throw DatasetError("\(directory.path): image size \(size) is outside 1...8192") }
         let fileManager = FileManager.default
         guard let classes = try? fileManager.contentsOfDirectory(atPath: directory.path).filter({ entry in
             var isDirectory: ObjCBool = false
@@ -30,31 +31,55 @@ public enum ImageFolder {
                                 classNames: classes, pixels: pixels, labels: labels)
     }
 
+    /// The most pixels a decoded image may have (8192 x 8192; 192 MiB as RGB). Checked from the
+    /// header, before the decoder allocates.
+    public static let maximumPixels = 8192 * 8192
+
     /// RGB bytes (HWC), width, height.
     public static func decode(_ url: URL) throws -> ([UInt8], Int, Int) {
-        guard let data = fileManager().contents(atPath: url.path) else { throw DatasetError("\(url.path): cannot read the file") }
-        let bytes = [UInt8](data)
-        if bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]) { return try decodePNG(bytes, url) }
-        if bytes.starts(with: [0xFF, 0xD8]) { return try decodeJPEG(bytes, url) }
-        throw DatasetError("\(url.path): neither PNG nor JPEG")
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw DatasetError("\(url.path): cannot read the file") }
+        return try decode([UInt8](data), path: url.path)
     }
 
-    private static func fileManager() -> FileManager { FileManager.default }
+    /// Decodes a PNG or JPEG held in `bytes`; `path` names it in errors.
+    public static func decode(_ bytes: [UInt8], path: String) throws -> ([UInt8], Int, Int) {
+        if bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]) { return try decodePNG(bytes, path) }
+        if bytes.starts(with: [0xFF, 0xD8]) { return try decodeJPEG(bytes, path) }
+        throw DatasetError("\(path): neither PNG nor JPEG")
+    }
 
-    private static func decodePNG(_ bytes: [UInt8], _ url: URL) throws -> ([UInt8], Int, Int) {
+    /// Refuses header dimensions that are zero, above `maximumPixels`, or (PNG) more than the
+    /// file's bytes can encode: deflate expands at most 1032-fold and a 1-bit image packs 8
+    /// pixels a byte, so a PNG of n bytes holds at most 8256 n pixels.
+    private static func checkDimensions(width: Int, height: Int, fileBytes: Int, isPNG: Bool, _ path: String) throws {
+        let format = isPNG ? "PNG" : "JPEG"
+        guard width > 0, height > 0 else { throw DatasetError("\(path): \(format) header says \(width)x\(height) pixels") }
+        guard width <= maximumPixels / height else {
+            throw DatasetError("\(path): \(format) header says \(width)x\(height) pixels, more than the limit of \(maximumPixels) pixels")
+        }
+        if isPNG, width * height > 8256 * fileBytes {
+            throw DatasetError("\(path): PNG header says \(width)x\(height) pixels, more than \(fileBytes) bytes of PNG can hold (damaged or hostile file)")
+        }
+    }
+
+    private static func decodePNG(_ bytes: [UInt8], _ path: String) throws -> ([UInt8], Int, Int) {
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
         guard bytes.withUnsafeBytes({ png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }) != 0 else {
-            throw DatasetError("\(url.path): invalid PNG (\(message(&image)))")
+            throw DatasetError("\(path): invalid PNG (\(message(&image)))")
         }
         image.format = UInt32(PNG_FORMAT_RGB)
         let (width, height) = (Int(image.width), Int(image.height))
+        do { try checkDimensions(width: width, height: height, fileBytes: bytes.count, isPNG: true, path) } catch {
+            png_image_free(&image)
+            throw error
+        }
         var rgb = [UInt8](repeating: 0, count: width * height * 3)
         let ok = rgb.withUnsafeMutableBytes { png_image_finish_read(&image, nil, $0.baseAddress, 0, nil) }
         guard ok != 0 else {
             let text = message(&image)
             png_image_free(&image)
-            throw DatasetError("\(url.path): invalid PNG (\(text))")
+            throw DatasetError("\(path): invalid PNG (\(text))")
         }
         return (rgb, width, height)
     }
@@ -63,22 +88,24 @@ public enum ImageFolder {
         withUnsafeBytes(of: &image.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
-    private static func decodeJPEG(_ bytes: [UInt8], _ url: URL) throws -> ([UInt8], Int, Int) {
-        guard let handle = tjInitDecompress() else { throw DatasetError("\(url.path): cannot start the JPEG decoder") }
+    private static func decodeJPEG(_ bytes: [UInt8], _ path: String) throws -> ([UInt8], Int, Int) {
+        guard let handle = tjInitDecompress() else { throw DatasetError("\(path): cannot start the JPEG decoder") }
         defer { tjDestroy(handle) }
         var width: Int32 = 0, height: Int32 = 0, subsampling: Int32 = 0, colorspace: Int32 = 0
         var source = bytes
         let error = { String(cString: tjGetErrorStr2(handle)) }
         guard source.withUnsafeMutableBufferPointer({ tjDecompressHeader3(handle, $0.baseAddress, UInt($0.count), &width, &height, &subsampling, &colorspace) }) == 0 else {
-            throw DatasetError("\(url.path): invalid JPEG (\(error()))")
+            throw DatasetError("\(path): invalid JPEG (\(error()))")
         }
+        try checkDimensions(width: Int(width), height: Int(height), fileBytes: bytes.count, isPNG: false, path)
         var rgb = [UInt8](repeating: 0, count: Int(width) * Int(height) * 3)
         let status = source.withUnsafeMutableBufferPointer { input in
             rgb.withUnsafeMutableBufferPointer { output in
-                tjDecompress2(handle, input.baseAddress, UInt(input.count), output.baseAddress, width, 0, height, Int32(TJPF_RGB.rawValue), 0)
+                tjDecompress2(handle, input.baseAddress, UInt(input.count), output.baseAddress, width, 0, height, Int32(TJPF_RGB.rawValue),
+                             TJFLAG_LIMITSCANS)  // a progressive file with thousands of scans is refused, not decoded for minutes
             }
         }
-        guard status == 0 else { throw DatasetError("\(url.path): invalid JPEG (\(error()))") }
+        guard status == 0 else { throw DatasetError("\(path): invalid JPEG (\(error()))") }
         return (rgb, Int(width), Int(height))
     }
 

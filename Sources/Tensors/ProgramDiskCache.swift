@@ -30,21 +30,27 @@ public struct ProgramDiskCache: Sendable {
         let url = fileURL(forKey: key)
         guard FileManager.default.fileExists(atPath: url.path) else { return .miss }
         guard let data = try? Data(contentsOf: url) else { return .invalid("unreadable file \(url.path)") }
-        var reader = ByteReader(bytes: [UInt8](data))
-        guard reader.take(Self.magic.count) == Self.magic else { return .invalid("bad magic in \(url.lastPathComponent)") }
-        guard let keyLength = reader.uint(bytes: 4), let keyBytes = reader.take(Int(keyLength)) else {
-            return .invalid("truncated key in \(url.lastPathComponent)")
+        return Self.parse([UInt8](data), key: key, name: url.lastPathComponent)
+    }
+
+    /// Reads one entry's bytes; every length field is checked against the bytes present (a
+    /// flipped bit in one must give `.invalid`, never a trap). `name` is used in the reason.
+    public static func parse(_ bytes: [UInt8], key: String, name: String) -> Lookup {
+        var reader = ByteReader(bytes: bytes)
+        guard reader.take(Self.magic.count) == Self.magic else { return .invalid("bad magic in \(name)") }
+        guard let keyLength = reader.uint(bytes: 4), let keyBytes = reader.take(keyLength) else {
+            return .invalid("truncated key in \(name)")
         }
         guard String(decoding: keyBytes, as: UTF8.self) == key else {
-            return .invalid("key mismatch in \(url.lastPathComponent) (stale or colliding entry)")
+            return .invalid("key mismatch in \(name) (stale or colliding entry)")
         }
         guard let binaryLength = reader.uint(bytes: 8), let checksum = reader.take(32),
-              let binary = reader.take(Int(binaryLength)), reader.isAtEnd
+              let binary = reader.take(binaryLength), reader.isAtEnd
         else {
-            return .invalid("truncated or oversized binary in \(url.lastPathComponent)")
+            return .invalid("truncated or oversized binary in \(name)")
         }
         guard SHA256.digest(binary) == checksum else {
-            return .invalid("checksum mismatch in \(url.lastPathComponent)")
+            return .invalid("checksum mismatch in \(name)")
         }
         return .hit(binary)
     }
@@ -88,6 +94,12 @@ private struct ByteReader {
         guard count >= 0, count <= bytes.count - position else { return nil }
         defer { position += count }
         return Array(bytes[position..<position + count])
+    }
+
+    /// A length read from the file: nil when it cannot be a count of bytes present.
+    mutating func take(_ count: UInt64) -> [UInt8]? {
+        guard let exact = Int(exactly: count) else { return nil }
+        return take(exact)
     }
 
     mutating func uint(bytes count: Int) -> UInt64? {

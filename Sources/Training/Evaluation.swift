@@ -22,6 +22,9 @@ public enum Evaluator {
         var confusion = [[Int]](repeating: [Int](repeating: 0, count: classes), count: classes)
         var lossSum = 0.0, count = 0
         while let batch = loader.next() {
+            if let label = batch.labels.first(where: { $0 < 0 || Int($0) >= classes }) {
+                throw EvaluationError("\(loader.dataset.name) has label \(label), but the model's head has \(classes) classes")
+            }
             let images = try engine.tensor(batch.images, shape: [batch.count, 3, size, size])
             let labels = try engine.tensor(batch.labels, shape: [batch.count])
             let output = try model.forward(images, keepForBackward: false)
@@ -36,6 +39,10 @@ public enum Evaluator {
             }
             count += batch.count
         }
+        guard count > 0 else { throw EvaluationError("\(loader.dataset.name): no images to evaluate") }
+        guard lossSum.isFinite else {
+            throw EvaluationError("the loss on \(loader.dataset.name) is \(lossSum / Double(count)): the model gives non-finite logits (damaged weights or adapter?); no accuracy is reported")
+        }
         let correct = (0..<classes).reduce(0) { $0 + confusion[$1][$1] }
         let perClass = confusion.enumerated().map { index, row in
             let total = row.reduce(0, +)
@@ -44,4 +51,9 @@ public enum Evaluator {
         return (EvaluationResult(count: count, accuracy: count == 0 ? 0 : Double(correct) / Double(count),
                                  loss: count == 0 ? 0 : lossSum / Double(count), perClassAccuracy: perClass, confusion: confusion), collected)
     }
+}
+
+public struct EvaluationError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

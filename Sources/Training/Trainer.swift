@@ -34,30 +34,47 @@ public struct TrainingOptions: Codable, Sendable, Equatable {
 
     public func validate() throws {
         func bad(_ text: String) -> TrainingError { .invalidOptions(text) }
-        guard learningRate > 0, learningRate.isFinite else { throw bad("learning rate must be positive, got \(learningRate)") }
+        // Written so that NaN fails every check: a comparison with NaN is false.
+        guard learningRate > 0, learningRate.isFinite else { throw bad("learning rate must be positive and finite, got \(learningRate)") }
         guard batchSize > 0 else { throw bad("batch size must be positive, got \(batchSize)") }
-        guard steps > 0 else { throw bad("steps must be positive, got \(steps)") }
+        guard steps > 0, steps <= Self.maximumSteps else { throw bad("steps must be in 1...\(Self.maximumSteps), got \(steps)") }
         guard warmupSteps >= 0, warmupSteps < steps else { throw bad("warm-up (\(warmupSteps)) must be below the number of steps (\(steps))") }
         guard accumulation > 0 else { throw bad("gradient accumulation must be at least 1") }
-        guard loraPlusRatio > 0 else { throw bad("LoRA+ ratio must be positive") }
-        guard weightDecay >= 0 else { throw bad("weight decay must not be negative") }
-        guard (0..<1).contains(labelSmoothing) else { throw bad("label smoothing must be in [0, 1)") }
-        if let maxGradientNorm { guard maxGradientNorm > 0 else { throw bad("max gradient norm must be positive") } }
+        guard loraPlusRatio > 0, loraPlusRatio.isFinite else { throw bad("LoRA+ ratio must be positive and finite, got \(loraPlusRatio)") }
+        guard weightDecay >= 0, weightDecay.isFinite else { throw bad("weight decay must be finite and not negative, got \(weightDecay)") }
+        guard momentum >= 0, momentum < 1 else { throw bad("momentum must be in [0, 1), got \(momentum)") }
+        guard (0..<1).contains(labelSmoothing) else { throw bad("label smoothing must be in [0, 1), got \(labelSmoothing)") }
+        if let maxGradientNorm {
+            guard maxGradientNorm > 0, maxGradientNorm.isFinite else { throw bad("max gradient norm must be positive and finite, got \(maxGradientNorm)") }
+        }
+        guard evaluationInterval >= 0, checkpointInterval >= 0 else {
+            throw bad("evaluation and checkpoint intervals must not be negative, got \(evaluationInterval) and \(checkpointInterval)")
+        }
     }
+
+    /// More optimizer steps than this is a typo (a billion ViT-S steps is 800 years here).
+    public static let maximumSteps = 1_000_000_000
 }
 
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case invalidOptions(String)
-    case nonFiniteLoss(step: Int, loss: Float, checkpoint: String?)
-    case interrupted(step: Int, checkpoint: String)
+    /// `firstUpdate`: no update had been applied in this process yet, so the weights as loaded
+    /// (or the data), not the learning rate, made the loss non-finite.
+    case nonFiniteLoss(step: Int, loss: Float, checkpoint: String?, firstUpdate: Bool)
+    /// `output`: the run's directory, which `train --resume` takes.
+    case interrupted(step: Int, checkpoint: String, output: String)
 
     public var description: String {
         switch self {
         case .invalidOptions(let text): "invalid training options: \(text)"
-        case .nonFiniteLoss(let step, let loss, let checkpoint):
-            "the loss became \(loss) at step \(step); stopped without updating. " + (checkpoint.map { "The last good checkpoint is \($0)." } ?? "No checkpoint was written yet.") + " Try a lower learning rate."
-        case .interrupted(let step, let checkpoint):
-            "interrupted after step \(step); saved \(checkpoint). Resume with --resume \(checkpoint)"
+        case .nonFiniteLoss(let step, let loss, let checkpoint, let firstUpdate):
+            "the loss became \(loss) at step \(step); stopped without updating. "
+                + (checkpoint.map { "The last good checkpoint is \($0)." } ?? "No checkpoint was written yet.")
+                + (firstUpdate
+                    ? " No update had been applied yet, so the learning rate is not the cause: the weights, the adapter or the images give non-finite values."
+                    : " Try a lower learning rate.")
+        case .interrupted(let step, let checkpoint, let output):
+            "interrupted after step \(step); saved \(checkpoint). Resume with --resume \(output)"
         }
     }
 }
@@ -134,6 +151,15 @@ public final class Trainer {
         let preprocessor = Preprocessor(outputSize: model.config.imageSize, mean: model.config.mean, std: model.config.std)
         trainLoader = try BatchLoader(dataset: train, preprocessor: preprocessor, batchSize: options.batchSize, shuffle: options.shuffle,
                                       augment: options.augment, seed: options.seed, repeats: true, position: state.position)
+        if resume != nil {
+            let file = output.appendingPathComponent("checkpoints/last/state.json").path
+            guard state.step <= options.steps else {
+                throw CheckpointError(file: file, "step \(state.step) is past this run's \(options.steps) steps")
+            }
+            guard state.position.batch < trainLoader.batchesPerEpoch else {
+                throw CheckpointError(file: file, "data position batch \(state.position.batch) is past the \(trainLoader.batchesPerEpoch) batches of an epoch")
+            }
+        }
         let batchSize = options.batchSize
         makeTestLoader = {
             try BatchLoader(dataset: test, preprocessor: preprocessor, batchSize: batchSize, shuffle: false, augment: false, seed: 0, repeats: false)
@@ -158,6 +184,7 @@ public final class Trainer {
 
         let engine = model.engine, config = model.config
         let parameters = model.parameters
+        let firstStep = state.step
         while state.step < options.steps {
             let stepStarted = Date()
             try parameters.zeroGradients()
@@ -174,12 +201,15 @@ public final class Trainer {
                 lossSum += try loss.download()[0]
                 images += batch.count
             }
+            // A repeating loader always has a batch (checked at init); a step without images
+            // would "train" on nothing with loss 0.
+            guard images > 0 else { throw TrainingError.invalidOptions("the training data gave no batch at step \(state.step + 1)") }
             let loss = lossSum / Float(options.accumulation)
             let step = state.step + 1
             guard loss.isFinite else {
                 // Nothing of this step reached the parameters; the last checkpoint on disk is good.
                 let saved = FileManager.default.fileExists(atPath: lastCheckpoint.path) ? lastCheckpoint.path : nil
-                throw TrainingError.nonFiniteLoss(step: step, loss: loss, checkpoint: saved)
+                throw TrainingError.nonFiniteLoss(step: step, loss: loss, checkpoint: saved, firstUpdate: state.step == firstStep)
             }
             let rate = schedule.rate(step: step)
             try optimizer.update(learningRate: rate)
@@ -202,7 +232,7 @@ public final class Trainer {
             }
             if stopRequested.load(ordering: .relaxed) {
                 try save(to: lastCheckpoint, step: step, report)
-                throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path)
+                throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path, output: output.path)
             }
             if saveNow { try save(to: lastCheckpoint, step: step, report) }
         }

@@ -9,14 +9,26 @@ import ViT
 ///   adapter.safetensors   trainable tensors + head (AdapterFile format)
 ///   optimizer.safetensors optimizer state slabs
 ///   state.json            TrainingState
-/// A new checkpoint is written to `NAME.tmp/`, then swapped in by renames, so `NAME/` is always
-/// a complete checkpoint (or, between the two renames, `NAME.old/` is).
+/// A new checkpoint is written to `NAME.tmp/` (state.json last), then swapped in by renames:
+/// `NAME/` -> `NAME.old/`, `NAME.tmp/` -> `NAME/`. A directory holding state.json is complete,
+/// so after a kill at any moment one of the three is; `recover` renames it back to `NAME/`
+/// before anything is resumed or overwritten, so no sequence of kills loses the run.
 public struct TrainingState: Codable, Sendable, Equatable {
     public var step: Int
     public var position: LoaderPosition
     public var bestAccuracy: Double?
     public var bestStep: Int?
     public var seed: UInt64
+
+    /// Ranges that hold for any state a run writes; what depends on the run (the step count,
+    /// the batches per epoch) is checked by the Trainer.
+    public func validate(file: String) throws {
+        func bad(_ problem: String) -> CheckpointError { CheckpointError(file: file, problem) }
+        guard step >= 0 else { throw bad("step \(step) is negative") }
+        guard position.epoch >= 0, position.batch >= 0 else { throw bad("data position (epoch \(position.epoch), batch \(position.batch)) is negative") }
+        if let bestStep { guard (0...step).contains(bestStep) else { throw bad("bestStep \(bestStep) is outside 0...\(step)") } }
+        if let bestAccuracy { guard (0...1).contains(bestAccuracy) else { throw bad("bestAccuracy \(bestAccuracy) is outside [0, 1]") } }
+    }
 }
 
 public enum TrainingCheckpoint {
@@ -24,6 +36,8 @@ public enum TrainingCheckpoint {
                             optimizer: SlabOptimizer) throws {
         let fileManager = FileManager.default
         let temporary = directory.appendingPathExtension("tmp"), old = directory.appendingPathExtension("old")
+        // A complete NAME.tmp or NAME.old left by a kill may be the only checkpoint there is.
+        try recover(directory)
         try? fileManager.removeItem(at: temporary)
         try fileManager.createDirectory(at: temporary, withIntermediateDirectories: true)
         try AdapterFile.save(adapter, to: temporary.appendingPathComponent("adapter.safetensors"))
@@ -39,21 +53,41 @@ public enum TrainingCheckpoint {
         try? fileManager.removeItem(at: old)
     }
 
-    /// The checkpoint at `directory` (or its `.old` twin if a swap was interrupted).
-    public static func resolve(_ directory: URL) throws -> URL {
+    static func isComplete(_ directory: URL) -> Bool {
+        FileManager.default.fileExists(atPath: directory.appendingPathComponent("state.json").path)
+    }
+
+    /// When `directory` is absent after an interrupted save, renames the newest complete twin
+    /// into its place: `NAME.tmp` (the checkpoint being swapped in), else `NAME.old` (the one
+    /// being swapped out). Never deletes anything.
+    public static func recover(_ directory: URL) throws {
         let fileManager = FileManager.default
-        for candidate in [directory, directory.appendingPathExtension("old")]
-        where fileManager.fileExists(atPath: candidate.appendingPathComponent("state.json").path) {
-            return candidate
+        guard !fileManager.fileExists(atPath: directory.path) else { return }
+        for candidate in [directory.appendingPathExtension("tmp"), directory.appendingPathExtension("old")] where isComplete(candidate) {
+            do { try fileManager.moveItem(at: candidate, to: directory) } catch {
+                throw CheckpointError(file: candidate.path, "cannot move this complete checkpoint back to \(directory.lastPathComponent): \((error as NSError).localizedDescription)")
+            }
+            return
         }
-        throw CheckpointError(file: directory.path, "no checkpoint here (expected state.json, adapter.safetensors, optimizer.safetensors)")
+    }
+
+    /// The checkpoint at `directory`, recovered first if a save was interrupted.
+    public static func resolve(_ directory: URL) throws -> URL {
+        try recover(directory)
+        guard isComplete(directory) else {
+            throw CheckpointError(file: directory.path, "no checkpoint here (expected state.json, adapter.safetensors, optimizer.safetensors)")
+        }
+        return directory
     }
 
     public static func loadState(_ directory: URL) throws -> TrainingState {
         let url = directory.appendingPathComponent("state.json")
-        do { return try JSONDecoder().decode(TrainingState.self, from: try Data(contentsOf: url)) } catch {
+        let state: TrainingState
+        do { state = try JSONDecoder().decode(TrainingState.self, from: try Data(contentsOf: url)) } catch {
             throw CheckpointError(file: url.path, "unreadable training state: \(error)")
         }
+        try state.validate(file: url.path)
+        return state
     }
 
     public static func restoreOptimizer(_ optimizer: SlabOptimizer, from directory: URL, step: Int) throws {

@@ -81,15 +81,27 @@ public enum AdapterFile {
     }
 
     public static func load(_ url: URL) throws -> Contents {
-        let file = try SafeTensorsFile(contentsOf: url)
-        let fail = { (problem: String) in CheckpointError(file: url.path, problem) }
+        try load(try SafeTensorsFile(contentsOf: url))
+    }
+
+    /// Validates the metadata whole (format, method, rank, alpha, config, class names) and
+    /// every tensor (present, of its shape, finite) before returning anything.
+    public static func load(_ file: SafeTensorsFile) throws -> Contents {
+        let fail = { (problem: String) in CheckpointError(file: file.path, problem) }
         guard file.metadata["format"] == format else { throw fail("not a sloragpu adapter file (metadata format is \(file.metadata["format"] ?? "missing"))") }
         guard let configText = file.metadata["config"], let config = try? JSONDecoder().decode(ViTConfig.self, from: Data(configText.utf8)) else {
             throw fail("metadata 'config' is missing or not a ViT config")
         }
-        let classNames = (file.metadata["class_names"]).flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) } ?? []
+        var classNames: [String] = []
+        if let text = file.metadata["class_names"] {
+            guard let names = try? JSONDecoder().decode([String].self, from: Data(text.utf8)) else {
+                throw fail("metadata 'class_names' is not a JSON list of strings")
+            }
+            classNames = names
+        }
         let method: FineTuningMethod
         let rank = file.metadata["rank"].flatMap(Int.init), alpha = file.metadata["alpha"].flatMap(Float.init)
+        if let alpha, !alpha.isFinite { throw fail("metadata 'alpha' is \(alpha); it must be a finite number") }
         switch file.metadata["method"] {
         case "serial":
             guard let rank, let alpha else { throw fail("serial adapter without rank/alpha metadata") }
@@ -105,8 +117,13 @@ public enum AdapterFile {
         case "probe": method = .probe
         default: throw fail("unknown method '\(file.metadata["method"] ?? "missing")'")
         }
-        try method.validate(width: config.width)
-        try config.validate()
+        do {
+            try config.validate()
+            try method.validate(width: config.width)
+        } catch let error as ConfigError { throw fail("metadata: \(error.description)") }
+        guard classNames.isEmpty || classNames.count == config.classes else {
+            throw fail("metadata names \(classNames.count) classes but the head has \(config.classes)")
+        }
 
         var values: [String: [Float]] = [:]
         if method == .full {
@@ -121,7 +138,7 @@ public enum AdapterFile {
                 expected.insert(name)
                 guard let entry = file.entry(name) else { problems.append("missing \(name)"); continue }
                 guard entry.shape == spec.shape else { problems.append("\(name) is \(entry.shape), expected \(spec.shape)"); continue }
-                values[spec.name] = try file.floats(name)
+                values[spec.name] = try file.finiteFloats(name)
             }
             let unexpected = file.names.filter { !expected.contains($0) }
             if !unexpected.isEmpty { problems.append("unexpected " + unexpected.sorted().joined(separator: ", ")) }

@@ -58,7 +58,10 @@ public struct CheckpointReader {
             // LayerScale: lambda * (W x + b) = (diag(lambda) W) x + lambda b, exactly.
             if let (scale1, scale2) = block.layerScale {
                 let lambda1 = try reader.read(scale1, shape: [d]), lambda2 = try reader.read(scale2, shape: [d])
-                for row in 0..<d {
+                // A missing or mis-shaped tensor reads as empty and is reported by finish().
+                let complete = lambda1.count == d && lambda2.count == d && projWeight.count == d * d && fc2Weight.count == d * m
+                    && projBias.count == d && fc2Bias.count == d
+                for row in 0..<(complete ? d : 0) {
                     for column in 0..<d { projWeight[row * d + column] *= lambda1[row] }
                     for column in 0..<m { fc2Weight[row * m + column] *= lambda2[row] }
                     projBias[row] *= lambda1[row]
@@ -165,17 +168,20 @@ private struct KeyReader {
 
     init(file: SafeTensorsFile) { self.file = file }
 
+    /// The tensor's values, or an empty array when it is missing or mis-shaped (recorded for
+    /// finish(); nothing is allocated from a shape the file does not back). Non-finite values
+    /// are an error at once: a frozen NaN would otherwise surface as a NaN loss much later.
     mutating func read(_ key: String, shape: [Int]) throws -> [Float] {
         used.insert(key)
         guard let entry = file.entry(key) else {
             missing.append(key)
-            return [Float](repeating: 0, count: shape.reduce(1, *))
+            return []
         }
         guard entry.shape == shape else {
             misShaped.append("\(key) is \(entry.shape), expected \(shape)")
-            return [Float](repeating: 0, count: shape.reduce(1, *))
+            return []
         }
-        return try file.floats(key)
+        return try file.finiteFloats(key)
     }
 
     mutating func ignore(_ key: String) { used.insert(key) }
@@ -197,6 +203,9 @@ private struct KeyReader {
 public enum PositionEmbedding {
     /// stored [1, tokens, d] (cls first) -> [(1 + grid^2) * d].
     public static func resize(_ stored: [Float], tokens: Int, width d: Int, toGrid grid: Int, file: String, tensor: String) throws -> [Float] {
+        guard tokens >= 2, stored.count == tokens * d else {
+            throw CheckpointError(file: file, tensor: tensor, "\(tokens) positions: expected the cls entry and at least one patch position")
+        }
         let sourceGrid = Int(Double(tokens - 1).squareRoot().rounded())
         guard sourceGrid * sourceGrid == tokens - 1 else {
             throw CheckpointError(file: file, tensor: tensor, "\(tokens) positions are not 1 + a square grid")

@@ -61,13 +61,20 @@ public struct SafeTensorsFile {
     public var names: [String] { entries.map(\.name) }
 
     public init(contentsOf url: URL) throws {
-        path = url.path
-        let fail = { (problem: String) in CheckpointError(file: url.path, problem) }
+        let data: Data
         do {
             data = try Data(contentsOf: url, options: .alwaysMapped)
         } catch {
-            throw fail("cannot read file: \((error as NSError).localizedDescription)")
+            throw CheckpointError(file: url.path, "cannot read file: \((error as NSError).localizedDescription)")
         }
+        try self.init(data: data, path: url.path)
+    }
+
+    /// Parses a whole safetensors file held in `data`; `path` names it in errors.
+    public init(data: Data, path: String) throws {
+        self.path = path
+        self.data = data
+        let fail = { (problem: String) in CheckpointError(file: path, problem) }
         guard data.count >= 8 else { throw fail("file is \(data.count) bytes, too short for a safetensors header length") }
         let headerLength = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
         guard headerLength <= UInt64(data.count - 8) else {
@@ -81,6 +88,10 @@ public struct SafeTensorsFile {
             throw fail("header is not valid JSON")
         }
         guard let header = json as? [String: Any] else { throw fail("header is not a JSON object") }
+        // JSONSerialization keeps the last of two equal keys; the reference reader refuses them.
+        if let duplicate = JSONObjectKeys.firstDuplicate(in: data.subdata(in: 8..<dataStart)) {
+            throw fail("the header names '\(duplicate)' twice")
+        }
 
         var metadata: [String: String] = [:]
         if let raw = header["__metadata__"] {
@@ -94,7 +105,7 @@ public struct SafeTensorsFile {
         let dataSize = data.count - dataStart
         var entries: [Entry] = []
         for (name, raw) in header where name != "__metadata__" {
-            let bad = { (problem: String) in CheckpointError(file: url.path, tensor: name, problem) }
+            let bad = { (problem: String) in CheckpointError(file: path, tensor: name, problem) }
             guard let info = raw as? [String: Any] else { throw bad("header entry is not an object") }
             guard let dtypeName = info["dtype"] as? String else { throw bad("missing dtype") }
             guard let dtype = SafeTensorsDType(rawValue: dtypeName) else { throw bad("unknown dtype '\(dtypeName)'") }
@@ -119,7 +130,7 @@ public struct SafeTensorsFile {
         }
         entries.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
         for (previous, next) in zip(entries, entries.dropFirst()) where next.range.lowerBound < previous.range.upperBound {
-            throw CheckpointError(file: url.path, tensor: next.name, "data overlaps tensor '\(previous.name)'")
+            throw CheckpointError(file: path, tensor: next.name, "data overlaps tensor '\(previous.name)'")
         }
         self.entries = entries
         byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.name, $0) })
@@ -151,6 +162,18 @@ public struct SafeTensorsFile {
                 throw CheckpointError(file: path, tensor: name, "dtype \(entry.dtype) cannot be read as floating point (F32, F16 and BF16 can)")
             }
         }
+    }
+
+    /// `floats(name)`, refusing NaN and infinities with the tensor, the index and the value named:
+    /// frozen weights and adapters are read through this, so that a damaged file is reported at
+    /// load instead of as a NaN loss later.
+    public func finiteFloats(_ name: String) throws -> [Float] {
+        let values = try floats(name)
+        if let index = values.firstIndex(where: { !$0.isFinite }) {
+            let count = values.lazy.filter { !$0.isFinite }.count
+            throw CheckpointError(file: path, tensor: name, "holds \(count) non-finite value\(count == 1 ? "" : "s") (the first, \(values[index]), at flat index \(index))")
+        }
+        return values
     }
 
     /// Advises the kernel that the whole pages inside `bytes` are not needed for now. Only a
@@ -232,5 +255,95 @@ public func writeAtomically(_ data: Data, to url: URL) throws {
     } catch {
         try? FileManager.default.removeItem(at: temporary)
         throw error
+    }
+}
+
+/// The keys of JSON objects as written in the text, for what JSONSerialization hides: a key
+/// given twice. Scans the top-level object and every object nested in it.
+enum JSONObjectKeys {
+    /// The first key that appears twice in one object (after unescaping), or nil. Text that is
+    /// not well-formed JSON gives nil: the caller has already parsed it.
+    static func firstDuplicate(in data: Data) -> String? {
+        struct Container {
+            let isObject: Bool
+            var expectingKey: Bool
+            var keys: Set<String> = []
+        }
+        let bytes = [UInt8](data)
+        var position = 0
+        var open: [Container] = []
+        while position < bytes.count {
+            switch bytes[position] {
+            case UInt8(ascii: "{"):
+                open.append(Container(isObject: true, expectingKey: true))
+                position += 1
+            case UInt8(ascii: "["):
+                open.append(Container(isObject: false, expectingKey: false))
+                position += 1
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                _ = open.popLast()
+                position += 1
+            case UInt8(ascii: ","):
+                if let last = open.indices.last, open[last].isObject { open[last].expectingKey = true }
+                position += 1
+            case UInt8(ascii: "\""):
+                guard let (text, end) = string(bytes, from: position) else { return nil }
+                position = end
+                if let last = open.indices.last, open[last].expectingKey {
+                    if open[last].keys.contains(text) { return text }
+                    open[last].keys.insert(text)
+                    open[last].expectingKey = false
+                }
+            default:
+                position += 1
+            }
+        }
+        return nil
+    }
+
+    /// The unescaped string starting at the quote at `start`, and the index after its closing quote.
+    private static func string(_ bytes: [UInt8], from start: Int) -> (String, Int)? {
+        var index = start + 1
+        var scalars = String.UnicodeScalarView()
+        var raw: [UInt8] = []
+        func flush() {
+            scalars.append(contentsOf: String(decoding: raw, as: UTF8.self).unicodeScalars)
+            raw.removeAll()
+        }
+        func hex4(_ at: Int) -> UInt32? {
+            guard at + 4 <= bytes.count, let text = String(bytes: bytes[at..<at + 4], encoding: .ascii) else { return nil }
+            return UInt32(text, radix: 16)
+        }
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                flush()
+                return (String(scalars), index + 1)
+            }
+            if byte == UInt8(ascii: "\\") {
+                guard index + 1 < bytes.count else { return nil }
+                let escaped = bytes[index + 1]
+                let simple: [UInt8: UInt8] = [UInt8(ascii: "n"): 0x0A, UInt8(ascii: "t"): 0x09, UInt8(ascii: "r"): 0x0D,
+                                              UInt8(ascii: "b"): 0x08, UInt8(ascii: "f"): 0x0C]
+                if escaped == UInt8(ascii: "u") {
+                    guard var code = hex4(index + 2) else { return nil }
+                    index += 6
+                    if (0xD800..<0xDC00).contains(code), index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"),
+                       bytes[index + 1] == UInt8(ascii: "u"), let low = hex4(index + 2), (0xDC00..<0xE000).contains(low) {
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                        index += 6
+                    }
+                    flush()
+                    scalars.append(Unicode.Scalar(code) ?? "\u{FFFD}")
+                    continue
+                }
+                raw.append(simple[escaped] ?? escaped)
+                index += 2
+                continue
+            }
+            raw.append(byte)
+            index += 1
+        }
+        return nil
     }
 }

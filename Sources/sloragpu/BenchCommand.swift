@@ -61,6 +61,8 @@ struct GemmBench: ParsableCommand {
     @Flag(help: "Also print device time per kernel (packing vs. the micro-kernel) for each shape.")
     var profile = false
 
+    func validate() throws { try validateMinSeconds(minSeconds) }
+
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
         if !json { print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)") }
@@ -117,6 +119,8 @@ struct AttentionBench: ParsableCommand {
 
     @Option(help: "Minimum measuring time per case, in seconds.")
     var minSeconds = 0.5
+
+    func validate() throws { try validateMinSeconds(minSeconds) }
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
@@ -195,6 +199,17 @@ struct TrainBench: ParsableCommand {
     var profile = false
     @Flag(help: "One JSON object instead of text.")
     var json = false
+
+    func validate() throws {
+        guard steps >= 1, steps <= 1_000_000 else { throw ValidationError("--steps must be in 1...1000000, got \(steps)") }
+        guard warmup >= 0, warmup <= 1_000_000 else { throw ValidationError("--warmup must be in 0...1000000, got \(warmup)") }
+        guard batch >= 1 else { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        guard rank >= 1 else { throw ValidationError("--rank must be at least 1, got \(rank)") }
+        guard (1...ViTConfig.Limits.imageSize).contains(imageSize) else {
+            throw ValidationError("--image-size must be in 1...\(ViTConfig.Limits.imageSize), got \(imageSize)")
+        }
+        guard (1...imageSize).contains(patch) else { throw ValidationError("--patch must be in 1...\(imageSize), got \(patch)") }
+    }
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
@@ -373,4 +388,8 @@ func measure(minSeconds: Double, _ body: () throws -> Void) throws -> Double {
         runs += 1
     }
     return best
+}
+
+func validateMinSeconds(_ seconds: Double) throws {
+    guard seconds >= 0, seconds <= 3600 else { throw ValidationError("--min-seconds must be in [0, 3600], got \(seconds)") }
 }

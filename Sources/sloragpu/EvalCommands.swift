@@ -24,11 +24,17 @@ struct EvalCommand: ParsableCommand {
     var dumpLogits: String?
     @OptionGroup var deviceOption: DeviceOption
 
+    func validate() throws {
+        guard batch >= 1 else { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        if let testLimit, testLimit < 1 { throw ValidationError("--test-limit must be at least 1, got \(testLimit)") }
+    }
+
     func run() throws {
         let contents = try AdapterFile.load(URL(fileURLWithPath: adapter))
         let engine = try Engine(deviceSpec: deviceOption.device)
         let (_, testSet) = try loadData(data, imageSize: contents.config.imageSize, seed: 0)
         let test = testSet.prefix(testLimit)
+        try checkClasses(of: contents, adapterPath: adapter, against: test)
         let (model, _) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0, adapter: contents)
         let loader = try BatchLoader(dataset: test, preprocessor: Preprocessor(outputSize: model.config.imageSize, mean: model.config.mean, std: model.config.std),
                                      batchSize: batch, shuffle: false, augment: false, seed: 0, repeats: false)
@@ -37,7 +43,7 @@ struct EvalCommand: ParsableCommand {
         print(String(format: "accuracy %.4f, loss %.4f on %d images (%@)", result.accuracy, result.loss, result.count, test.name))
         print("per-class accuracy:")
         for (index, accuracy) in result.perClassAccuracy.enumerated() {
-            print(String(format: "  %-14@ %.4f", index < names.count ? names[index] : "class \(index)", accuracy))
+            print(String(format: "  %-14@ %.4f", index < names.count ? displayName(names[index]) : "class \(index)", accuracy))
         }
         print("confusion matrix (rows: true class, columns: predicted):")
         for row in result.confusion { print("  " + row.map { String(format: "%5d", $0) }.joined(separator: " ")) }
@@ -45,6 +51,19 @@ struct EvalCommand: ParsableCommand {
             try writeAtomically(npy(logits, rows: result.count, columns: model.config.classes), to: URL(fileURLWithPath: dumpLogits))
             print("logits: \(dumpLogits)")
         }
+    }
+}
+
+/// The adapter's head must score the data's classes: the same number (else a label indexes
+/// past the head), and the same names unless the data only numbers its classes (IDX files).
+func checkClasses(of adapter: AdapterFile.Contents, adapterPath: String, against data: ImageDataset) throws {
+    let numbered = data.classNames == (0..<data.classNames.count).map(String.init)
+    guard adapter.config.classes == data.classNames.count,
+          adapter.classNames.isEmpty || numbered || adapter.classNames == data.classNames else {
+        throw ValidationError("""
+            \(adapterPath) was trained on \(adapter.config.classes) classes (\(displayList(adapter.classNames))), \
+            but \(displayName(data.name)) has \(data.classNames.count) (\(displayList(data.classNames)))
+            """)
     }
 }
 
@@ -75,8 +94,12 @@ struct PredictCommand: ParsableCommand {
     var images: [String]
     @OptionGroup var deviceOption: DeviceOption
 
-    func run() throws {
+    func validate() throws {
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
+        guard top >= 1 else { throw ValidationError("--top must be at least 1, got \(top)") }
+    }
+
+    func run() throws {
         let contents = try AdapterFile.load(URL(fileURLWithPath: adapter))
         let engine = try Engine(deviceSpec: deviceOption.device)
         let (model, _) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0, adapter: contents)
@@ -92,9 +115,12 @@ struct PredictCommand: ParsableCommand {
             let exps = logits.map { exp(Double($0 - maximum)) }
             let total = exps.reduce(0, +)
             let ranked = (0..<classes).sorted { exps[$0] > exps[$1] }.prefix(top)
-            print(path)
+            guard logits.allSatisfy(\.isFinite) else {
+                throw ValidationError("\(displayName(path)): the model gives non-finite logits (damaged weights or adapter?)")
+            }
+            print(displayName(path))
             for index in ranked {
-                let name = index < contents.classNames.count ? contents.classNames[index] : "class \(index)"
+                let name = index < contents.classNames.count ? displayName(contents.classNames[index]) : "class \(index)"
                 print(String(format: "  %-16@ %.4f", name, exps[index] / total))
             }
         }

@@ -16,6 +16,12 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Image size in pixels, a multiple of the patch size (default 112, or the adapter's).")
     var imageSize: Int?
 
+    func validate() throws {
+        if let imageSize, !(1...ViTConfig.Limits.imageSize).contains(imageSize) {
+            throw ValidationError("--image-size must be in 1...\(ViTConfig.Limits.imageSize), got \(imageSize)")
+        }
+    }
+
     /// The configuration and backbone values (head included when the checkpoint's fits).
     func load(classes: Int, defaultImageSize: Int = 112) throws -> (config: ViTConfig, values: [String: [Float]], source: String) {
         let imageSize = self.imageSize ?? defaultImageSize
@@ -48,7 +54,11 @@ func loadData(_ spec: String, imageSize: Int, seed: UInt64) throws -> (ImageData
     }
     if spec.hasPrefix("idx:") {
         let directory = URL(fileURLWithPath: String(spec.dropFirst(4)))
-        return (try FashionMNIST.load(split: "train", from: directory), try FashionMNIST.load(split: "test", from: directory))
+        let train = try FashionMNIST.load(split: "train", from: directory), test = try FashionMNIST.load(split: "test", from: directory)
+        // Classes are numbered up to each file's largest label: a test file without the last
+        // class still has the train file's classes.
+        let longer = train.classNames.count >= test.classNames.count ? train.classNames : test.classNames
+        return (try train.withClassNames(longer), try test.withClassNames(longer))
     }
     if spec.hasPrefix("folder:") {
         let directory = URL(fileURLWithPath: String(spec.dropFirst(7)))

@@ -2,6 +2,7 @@ import ArgumentParser
 import Datasets
 import Dispatch
 import Foundation
+import Synchronization
 import Tensors
 import Training
 import ViT
@@ -76,12 +77,49 @@ struct TrainCommand: ParsableCommand {
         var output: String?
         @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 25% more images/s for 3-4x the saved activations. Full fine-tuning always keeps.")
         var activations: ActivationMemory = .recompute
+
+        /// Ranges before any arithmetic: every later size, loop and division relies on these.
+        /// NaN fails each comparison, so it is refused everywhere.
+        func validate() throws {
+            func positive(_ value: Int?, _ flag: String) throws {
+                if let value, value < 1 { throw ValidationError("\(flag) must be at least 1, got \(value)") }
+            }
+            func notNegative(_ value: Int?, _ flag: String) throws {
+                if let value, value < 0 { throw ValidationError("\(flag) must not be negative, got \(value)") }
+            }
+            try positive(batch, "--batch")
+            try positive(accumulation, "--accumulation")
+            try positive(steps, "--steps")
+            try positive(trainLimit, "--train-limit")
+            try positive(testLimit, "--test-limit")
+            try notNegative(warmup, "--warmup")
+            try notNegative(evalInterval, "--eval-interval")
+            try notNegative(checkpointInterval, "--checkpoint-interval")
+            if let steps, steps > TrainingOptions.maximumSteps { throw ValidationError("--steps \(steps) is more than \(TrainingOptions.maximumSteps)") }
+            if let epochs {
+                guard epochs > 0, epochs <= 1_000_000 else { throw ValidationError("--epochs must be in (0, 1000000], got \(epochs)") }
+                if steps != nil { throw ValidationError("give --steps or --epochs, not both") }
+            }
+            if let alpha, !alpha.isFinite { throw ValidationError("--alpha must be finite, got \(alpha)") }
+            guard learningRate > 0, learningRate.isFinite else { throw ValidationError("--lr must be positive and finite, got \(learningRate)") }
+            guard loraPlusRatio > 0, loraPlusRatio.isFinite else { throw ValidationError("--lora-plus-ratio must be positive and finite, got \(loraPlusRatio)") }
+            guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be finite and not negative, got \(weightDecay)") }
+            guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
+            guard maxGradNorm >= 0, maxGradNorm.isFinite else { throw ValidationError("--max-grad-norm must be finite and not negative (0 turns clipping off), got \(maxGradNorm)") }
+            guard labelSmoothing >= 0, labelSmoothing < 1 else { throw ValidationError("--label-smoothing must be in [0, 1), got \(labelSmoothing)") }
+        }
     }
 
     @OptionGroup var runOptions: RunOptions
     @OptionGroup var deviceOption: DeviceOption
     @Option(help: ArgumentHelp("Continue the run in this output directory from its last checkpoint (its run.json decides every other option).", valueName: "dir"))
     var resume: String?
+    @Flag(help: "Replace the run that --output already holds (its checkpoints, metrics, adapter and summary) instead of refusing.")
+    var overwrite = false
+
+    func validate() throws {
+        if resume != nil && overwrite { throw ValidationError("--resume continues a run and --overwrite replaces it: give one") }
+    }
 
     func run() throws {
         var options = runOptions
@@ -93,11 +131,16 @@ struct TrainCommand: ParsableCommand {
                   let saved = try? JSONDecoder().decode([String].self, from: data) else {
                 throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
             }
-            options = try RunOptions.parse(saved)
+            do { options = try RunOptions.parse(saved) } catch {
+                throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
+            }
             options.output = directory.path
             resumeCheckpoint = directory.appendingPathComponent("checkpoints/last")
         }
         let output = URL(fileURLWithPath: options.output ?? "runs/\(options.method)")
+        // Taken before anything is read from or written to the directory, and held to the end.
+        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
+        defer { withExtendedLifetime(runDirectory) {} }
         let targets = try parseTargets(options.targets)
         let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
 
@@ -105,13 +148,14 @@ struct TrainCommand: ParsableCommand {
         var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
         train = train.prefix(options.trainLimit)
         test = test.prefix(options.testLimit)
-        guard train.classNames.count == test.classNames.count else {
-            throw ValidationError("train and test sets have different classes (\(train.classNames.count) and \(test.classNames.count))")
+        guard train.classNames == test.classNames else {
+            throw ValidationError("the train and test sets have different classes (\(train.classNames.count): \(displayList(train.classNames)); \(test.classNames.count): \(displayList(test.classNames))); accuracy would be scored by position")
         }
         let initial = try options.initAdapter.map { try AdapterFile.load(URL(fileURLWithPath: $0)) }
         if let initial, initial.method != method {
             throw ValidationError("--init-adapter holds \(initial.method), but this run trains \(method)")
         }
+        if let initial, let path = options.initAdapter { try checkClasses(of: initial, adapterPath: path, against: train) }
         let (model, source) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
                                              seed: options.seed, adapter: initial)
         model.activationMemory = options.activations
@@ -128,8 +172,12 @@ struct TrainCommand: ParsableCommand {
         training.batchSize = options.batch
         training.accumulation = options.accumulation
         if let epochs = options.epochs {
-            guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
-            training.steps = max(1, Int((epochs * Double(train.count) / Double(options.batch * options.accumulation)).rounded(.down)))
+            // Both factors are bounded by validate(), so the quotient is finite.
+            let steps = (epochs * Double(train.count) / (Double(options.batch) * Double(options.accumulation))).rounded(.down)
+            guard steps <= Double(TrainingOptions.maximumSteps) else {
+                throw ValidationError("--epochs \(epochs) over \(train.count) images is \(steps) steps, more than \(TrainingOptions.maximumSteps)")
+            }
+            training.steps = max(1, Int(steps))
         } else {
             training.steps = options.steps ?? 300
         }
@@ -145,7 +193,7 @@ struct TrainCommand: ParsableCommand {
         let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
                                   classNames: train.classNames, resume: resumeCheckpoint)
         if resume == nil {
-            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+            try runDirectory.prepareForFreshRun()
             // The run's own arguments (after `train`), minus --device: a resume may use another device.
             var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
             if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
@@ -161,15 +209,21 @@ struct TrainCommand: ParsableCommand {
         if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
         fflush(nil)
 
-        // Ctrl-C: finish the step, save, exit.
-        signal(SIGINT, SIG_IGN)
-        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-        interrupt.setEventHandler {
-            FileHandle.standardError.write(Data("\ninterrupt: saving a checkpoint at the end of this step...\n".utf8))
-            trainer.requestStop()
+        // Ctrl-C, and SIGTERM (what schedulers and `docker stop` send): finish the step, save, exit.
+        let received = Mutex<Int32>(0)
+        let signalSources = [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                received.withLock { $0 = number }
+                let name = number == SIGINT ? "interrupt" : "SIGTERM"
+                FileHandle.standardError.write(Data("\n\(name): saving a checkpoint at the end of this step...\n".utf8))
+                trainer.requestStop()
+            }
+            source.resume()
+            return source
         }
-        interrupt.resume()
-        defer { interrupt.cancel() }
+        defer { for source in signalSources { source.cancel() } }
 
         let progress = ProgressPrinter(total: training.steps)
         do {
@@ -182,9 +236,10 @@ struct TrainCommand: ParsableCommand {
             print("curves:   \(output.appendingPathComponent("curves.svg").path); metrics: \(output.appendingPathComponent("metrics.jsonl").path)")
         } catch let error as TrainingError {
             progress.finish()
-            if case .interrupted = error {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
-                throw ExitCode(130)
+            if case .interrupted(let step, let checkpoint, let directory) = error {
+                let command = [CommandLine.arguments.first ?? "sloragpu", "train", "--resume", directory].map(shellQuoted).joined(separator: " ")
+                FileHandle.standardError.write(Data("interrupted after step \(step); saved \(checkpoint).\nResume with: \(command)\n".utf8))
+                throw ExitCode(128 + received.withLock { $0 == 0 ? SIGINT : $0 })
             }
             throw error
         }

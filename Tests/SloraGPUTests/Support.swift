@@ -34,6 +34,8 @@ func sampleValues(_ count: Int, seed: UInt64 = 1) -> [Float] {
 
 struct CommandResult {
     var status: Int32
+    /// The process died of a signal (a Swift trap is SIGILL or SIGTRAP), not an exit.
+    var signaled = false
     var standardOutput: String
     var standardError: String
 }
@@ -72,7 +74,7 @@ func runSloragpu(_ arguments: [String], environment overrides: [String: String] 
     let outputData = output.fileHandleForReading.readDataToEndOfFile()
     let errorData = error.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus,
+    return CommandResult(status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
                          standardOutput: String(decoding: outputData, as: UTF8.self),
                          standardError: String(decoding: errorData, as: UTF8.self))
 }

@@ -71,7 +71,7 @@ struct TrainingTests {
         let error = #expect(throws: TrainingError.self) {
             try interrupted.run { event in if case .step(5, _, _, _, _, _) = event { interrupted.requestStop() } }
         }
-        guard case .interrupted(let step, _) = error else { Issue.record("expected an interruption, got \(String(describing: error))"); return }
+        guard case .interrupted(let step, _, _) = error else { Issue.record("expected an interruption, got \(String(describing: error))"); return }
         #expect(step == 5)
 
         // A fresh process would start from scratch: new model, new trainer, resumed.
@@ -94,7 +94,7 @@ struct TrainingTests {
         settings.momentum = 0
         let trainer = try Trainer(model: model, train: train, test: train, options: settings, output: try makeTemporaryDirectory(), classNames: train.classNames)
         let error = #expect(throws: TrainingError.self) { try trainer.run() }
-        guard case .nonFiniteLoss(let step, _, _) = error else { Issue.record("expected a non-finite loss, got \(String(describing: error))"); return }
+        guard case .nonFiniteLoss(let step, _, _, _) = error else { Issue.record("expected a non-finite loss, got \(String(describing: error))"); return }
         #expect(step > 1)
         #expect(error!.description.contains("at step \(step)"))
     }
