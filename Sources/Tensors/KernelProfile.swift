@@ -60,6 +60,12 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
             guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK"].contains(parts[0].uppercased()) && value == 0) else {
                 throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
             }
+            // Upper bounds keep a typo from building a kernel with a million-register tile or
+            // launch sizes that overflow.
+            let limits = ["MR": 64, "NV": 16, "UK": 64, "KC": 1 << 20, "LX": 1024, "LY": 1024]
+            if let limit = limits[parts[0].uppercased()], value > limit {
+                throw KernelProfileError.invalid(text, reason: "\(parts[0]) must be at most \(limit), got \(value)")
+            }
             switch parts[0].uppercased() {
             case "MR": profile.rowsPerItem = value
             case "VW":
