@@ -134,18 +134,7 @@ struct TrainingCLITests {
 
     @Test func ctrlCSavesACheckpointAndResumeFinishesTheRun() throws {
         let output = try makeTemporaryDirectory()
-        let process = Process()
-        process.executableURL = try sloragpuExecutable()
-        process.arguments = ["train"] + common + ["--steps", "400", "--output", output.path]
-        let errorPipe = Pipe()
-        process.standardError = errorPipe
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let metrics = output.appendingPathComponent("metrics.jsonl")
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count < 2 {
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        let (process, errorPipe) = try startTrainingUntilTwoSteps(common + ["--steps", "400"], output: output)
         process.interrupt()
         let stderr = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()

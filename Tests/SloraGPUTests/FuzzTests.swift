@@ -1,4 +1,4 @@
-import Datasets
+@testable import Datasets
 import Foundation
 import Testing
 @testable import Tensors
@@ -14,17 +14,11 @@ let fuzzIterations = ProcessInfo.processInfo.environment["SLORAGPU_FUZZ_ITERATIO
 /// integers, inserted, deleted and duplicated ranges, truncation, and for text formats JSON
 /// tokens spliced in. `focus` is the prefix most mutations land in (a header).
 struct Mutator {
-    var state: UInt64
+    var random: SplitMix
 
-    init(seed: UInt64) { state = seed }
+    init(seed: UInt64) { random = SplitMix(seed: seed) }
 
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    mutating func next() -> UInt64 { random.next() }
 
     mutating func below(_ bound: Int) -> Int { bound <= 1 ? 0 : Int(next() % UInt64(bound)) }
 

@@ -526,18 +526,7 @@ struct HostileCommandLineTests {
 
     @Test func sigtermSavesLikeCtrlCAndPrintsTheCommandThatResumes() throws {
         let output = try makeTemporaryDirectory()
-        let process = Process()
-        process.executableURL = try sloragpuExecutable()
-        process.arguments = ["train"] + common + ["--steps", "100000", "--output", output.path]
-        let errorPipe = Pipe()
-        process.standardError = errorPipe
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let metrics = output.appendingPathComponent("metrics.jsonl")
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count < 2 {
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        let (process, errorPipe) = try startTrainingUntilTwoSteps(common + ["--steps", "100000"], output: output)
         process.terminate()  // SIGTERM
         let stderr = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()

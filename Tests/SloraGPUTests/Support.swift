@@ -79,6 +79,24 @@ func runSloragpu(_ arguments: [String], environment overrides: [String: String] 
                          standardError: String(decoding: errorData, as: UTF8.self))
 }
 
+/// Starts `sloragpu train ARGUMENTS --output OUTPUT` and returns once two steps are in its
+/// metrics (or two minutes have passed), with its standard error.
+func startTrainingUntilTwoSteps(_ arguments: [String], output: URL) throws -> (Process, Pipe) {
+    let process = Process()
+    process.executableURL = try sloragpuExecutable()
+    process.arguments = ["train"] + arguments + ["--output", output.path]
+    let errorPipe = Pipe()
+    process.standardError = errorPipe
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let metrics = output.appendingPathComponent("metrics.jsonl")
+    let deadline = Date().addingTimeInterval(120)
+    while Date() < deadline, ((try? String(contentsOf: metrics, encoding: .utf8)) ?? "").split(separator: "\n").count < 2 {
+        Thread.sleep(forTimeInterval: 0.1)
+    }
+    return (process, errorPipe)
+}
+
 /// Deterministic values uniform in [-1, 1).
 func uniformValues(_ count: Int, seed: UInt64 = 1, scale: Float = 1) -> [Float] {
     var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
