@@ -90,7 +90,11 @@ def main():
     optimizer = torch.optim.AdamW(trainable_groups(model, args.method, adapters, args.lr, args.weight_decay))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     warmup = args.steps // 10
-    schedule = lambda step: step / warmup if step <= warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup)))
+    # transformers' get_cosine_schedule_with_warmup as LambdaLR applies it: update `step` (1-based)
+    # uses lambda(step - 1), as sloragpu does.
+    def schedule(step):
+        t = step - 1
+        return t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, args.steps - warmup)))
     base_rates = [g["lr"] for g in optimizer.param_groups]
     print(f"{args.method}: {trainable} trainable parameters (head included)", flush=True)
 

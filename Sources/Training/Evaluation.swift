@@ -16,7 +16,9 @@ public struct EvaluationResult: Codable, Sendable {
 public enum Evaluator {
     /// Runs the model over every batch of `loader` (a non-repeating pass). When `logits` is
     /// `collectLogits` is set, the logits [count, K] come back too, in order.
-    public static func evaluate(_ model: ViTModel, _ loader: BatchLoader, collectLogits: Bool = false) throws -> (result: EvaluationResult, logits: [Float]) {
+    /// `progress` is called after each batch with (batches done, batches in the pass).
+    public static func evaluate(_ model: ViTModel, _ loader: BatchLoader, collectLogits: Bool = false,
+                                progress: (Int, Int) -> Void = { _, _ in }) throws -> (result: EvaluationResult, logits: [Float]) {
         var collected: [Float] = []
         let engine = model.engine, classes = model.config.classes, size = model.config.imageSize
         var confusion = [[Int]](repeating: [Int](repeating: 0, count: classes), count: classes)
@@ -38,6 +40,7 @@ public enum Evaluator {
                 confusion[Int(label)][predicted] += 1
             }
             count += batch.count
+            progress((count + loader.batchSize - 1) / loader.batchSize, loader.batchesPerEpoch)
         }
         guard count > 0 else { throw EvaluationError("\(loader.dataset.name): no images to evaluate") }
         guard lossSum.isFinite else {

@@ -23,7 +23,7 @@ public final class RunDirectory {
     }
 
     /// What a run writes there (checkpoints/ with last, best and their .tmp/.old twins).
-    public static let runEntries = ["run.json", "metrics.jsonl", "checkpoints", "summary.json", "curves.svg", "adapter.safetensors"]
+    public static let runEntries = ["run.json", "metrics.jsonl", "checkpoints", "summary.json", "curves.svg", "adapter.safetensors", "peft"]
 
     public let url: URL
     public let mode: Mode

@@ -81,6 +81,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
 
 public enum TrainingEvent {
     case step(step: Int, total: Int, epoch: Int, loss: Float, learningRate: Float, imagesPerSecond: Double)
+    /// During an evaluation at `step`: `batch` of `total` batches done.
+    case evaluationProgress(step: Int, batch: Int, total: Int)
     case evaluation(step: Int, result: EvaluationResult)
     case checkpoint(step: Int, path: String)
 }
@@ -95,6 +97,11 @@ public struct TrainingSummary: Codable, Sendable {
     public var bestStep: Int?
     public var seconds: Double
     public var adapterPath: String
+    /// What else a reader needs to reproduce or use the run.
+    public var options: TrainingOptions
+    public var classNames: [String]
+    public var baseFingerprint: String?
+    public var version: String
 }
 
 /// Runs fine-tuning: batches from `train`, AdamW or SGD over the trainable slab with warm-up +
@@ -142,6 +149,7 @@ public final class Trainer {
             guard adapter.method == model.method, adapter.config == model.config else {
                 throw CheckpointError(file: directory.path, "was written for \(adapter.method) on another configuration than this run's \(model.method)")
             }
+            if let fingerprint = model.baseFingerprint { try adapter.checkBase(fingerprint, path: directory.path) }
             for name in parameters.trainableNames {
                 guard let values = adapter.values[name] else { throw CheckpointError(file: directory.path, tensor: name, "missing from the checkpoint") }
                 try parameters.tensor(name).upload(values)
@@ -249,7 +257,8 @@ public final class Trainer {
         let summary = TrainingSummary(steps: state.step, method: model.method.description, trainableParameters: parameters.trainableCount,
                                       adapterParameters: ParameterTable.adapterParameterCount(config, model.method), final: final,
                                       bestAccuracy: state.bestAccuracy, bestStep: state.bestStep,
-                                      seconds: Date().timeIntervalSince(started), adapterPath: adapterPath.path)
+                                      seconds: Date().timeIntervalSince(started), adapterPath: adapterPath.path,
+                                      options: options, classNames: classNames, baseFingerprint: model.baseFingerprint, version: SloraGPU.version)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(summary), to: output.appendingPathComponent("summary.json"))
@@ -258,16 +267,18 @@ public final class Trainer {
     }
 
     func evaluate(step: Int, _ report: (TrainingEvent) -> Void) throws -> EvaluationResult {
-        let result = try Evaluator.evaluate(model, try makeTestLoader()).result
+        let result = try Evaluator.evaluate(model, try makeTestLoader()) { report(.evaluationProgress(step: step, batch: $0, total: $1)) }.result
         report(.evaluation(step: step, result: result))
         writeMetrics(["kind": "evaluation", "step": step, "accuracy": result.accuracy, "loss": result.loss, "count": result.count])
         return result
     }
 
-    func adapterContents() throws -> AdapterFile.Contents {
+    /// The trainable tensors and head as an adapter (the whole model for a full fine-tune).
+    public func adapterContents() throws -> AdapterFile.Contents {
         let parameters = model.parameters
         let names = model.method == .full ? parameters.specs.map(\.name) : parameters.trainableNames
-        return AdapterFile.Contents(method: model.method, config: model.config, classNames: classNames, values: try parameters.download(names))
+        return AdapterFile.Contents(method: model.method, config: model.config, classNames: classNames, values: try parameters.download(names),
+                                    baseFingerprint: model.baseFingerprint)
     }
 
     func save(to directory: URL, step: Int, _ report: (TrainingEvent) -> Void) throws {

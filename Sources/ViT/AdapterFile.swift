@@ -17,9 +17,23 @@ public enum AdapterFile {
         public var classNames: [String]
         /// Internal names -> values: adapters and head (everything, for a full fine-tune).
         public var values: [String: [Float]]
+        /// `BaseFingerprint` of the backbone it was trained on (nil in files written before it
+        /// was recorded, and in PEFT adapters).
+        public var baseFingerprint: String?
 
-        public init(method: FineTuningMethod, config: ViTConfig, classNames: [String], values: [String: [Float]]) {
+        public init(method: FineTuningMethod, config: ViTConfig, classNames: [String], values: [String: [Float]], baseFingerprint: String? = nil) {
             (self.method, self.config, self.classNames, self.values) = (method, config, classNames, values)
+            self.baseFingerprint = baseFingerprint
+        }
+
+        /// Refuses a base whose fingerprint differs from the one this adapter was trained on
+        /// (a full fine-tune carries its whole model and fits any base of its shape).
+        public func checkBase(_ fingerprint: String, path: String) throws {
+            guard method != .full, let baseFingerprint, baseFingerprint != fingerprint else { return }
+            throw CheckpointError(file: path, """
+                was trained on a base with fingerprint \(baseFingerprint), but this base's is \(fingerprint): \
+                another model, or one the adapter is already merged into (pass --allow-other-base to apply it anyway)
+                """)
         }
     }
 
@@ -66,6 +80,7 @@ public enum AdapterFile {
             "config": String(decoding: try encoder.encode(contents.config), as: UTF8.self),
             "class_names": String(decoding: try encoder.encode(contents.classNames), as: UTF8.self),
         ]
+        if let fingerprint = contents.baseFingerprint { metadata["base_fingerprint"] = fingerprint }
         switch contents.method {
         case .serial(let rank, let alpha):
             metadata["rank"] = String(rank)
@@ -144,7 +159,7 @@ public enum AdapterFile {
             if !unexpected.isEmpty { problems.append("unexpected " + unexpected.sorted().joined(separator: ", ")) }
             if !problems.isEmpty { throw fail(problems.joined(separator: "; ")) }
         }
-        return Contents(method: method, config: config, classNames: classNames, values: values)
+        return Contents(method: method, config: config, classNames: classNames, values: values, baseFingerprint: file.metadata["base_fingerprint"])
     }
 }
 

@@ -9,6 +9,9 @@ public struct PretrainedCheckpoint {
     /// The architecture as stored (image size and classes of the checkpoint).
     public let config: ViTConfig
     public let classNames: [String]
+    /// Where the input normalisation (config.mean, config.std) came from, for printing:
+    /// preprocessor_config.json, config.json, or the ImageNet default.
+    public let normalizationSource: String
 
     public init(directory: URL, preset: ViTConfig? = nil) throws {
         self.directory = directory
@@ -18,13 +21,39 @@ public struct PretrainedCheckpoint {
         }
         file = try SafeTensorsFile(contentsOf: weights)
         let configURL = directory.appendingPathComponent("config.json")
+        var config: ViTConfig
+        var source = "the ImageNet default (mean 0.485 0.456 0.406, std 0.229 0.224 0.225)"
         if FileManager.default.fileExists(atPath: configURL.path) {
             (config, naming, classNames) = try ViTConfig.fromHuggingFace(configURL)
+            if let text = try? Data(contentsOf: configURL), let json = try? JSONSerialization.jsonObject(with: text) as? [String: Any],
+               json["image_mean"] != nil {
+                source = "config.json"
+            }
         } else if let preset, let detected = CheckpointReader.detectNaming(file) {
             (config, naming, classNames) = (preset, detected, [])
         } else {
             throw CheckpointError(file: configURL.path, "missing: HF checkpoints need config.json; for timm files give a preset")
         }
+        let preprocessorURL = directory.appendingPathComponent("preprocessor_config.json")
+        if FileManager.default.fileExists(atPath: preprocessorURL.path) {
+            let preprocessing = try ImagePreprocessing.read(preprocessorURL)
+            (config.mean, config.std) = (preprocessing.mean, preprocessing.std)
+            if let size = preprocessing.size { config.imageSize = size }
+            source = "preprocessor_config.json"
+            do { try config.validate() } catch let error as ConfigError { throw ConfigError("\(preprocessorURL.path): \(error.description)") }
+        }
+        self.config = config
+        normalizationSource = source
+    }
+
+    /// DINOv2's LayerScale lambda1 of block `index` (nil for bases without LayerScale), for
+    /// adapters written against the unfolded model.
+    public func layerScale1(_ index: Int) throws -> [Float]? {
+        guard naming == .hfDinov2 else { return nil }
+        let prefix = file.entry("dinov2.embeddings.cls_token") != nil ? "dinov2." : ""
+        let key = prefix + "encoder.layer.\(index).layer_scale1.lambda1"
+        guard file.entry(key) != nil else { return nil }
+        return try file.finiteFloats(key)
     }
 
     /// The model configuration for fine-tuning at `imageSize` with `classes` classes, and the
@@ -36,5 +65,87 @@ public struct PretrainedCheckpoint {
         try target.validate()
         let reader = try CheckpointReader(file: file, naming: naming, config: target)
         return (target, reader.values, reader.hasHead)
+    }
+}
+
+/// What sloragpu takes from a transformers image processor's preprocessor_config.json: the
+/// normalisation and the input size. Pixels are always scaled by 1/255 and resized (bilinear) to
+/// a square; a file asking for something else is refused rather than half honoured.
+public struct ImagePreprocessing: Equatable, Sendable {
+    public var mean: [Float]
+    public var std: [Float]
+    /// The model's input size: crop_size when the processor center-crops, else size.
+    public var size: Int?
+
+    public static func read(_ url: URL) throws -> ImagePreprocessing {
+        let fail = { (problem: String) in ConfigError("\(url.path): \(problem)") }
+        guard let data = try? Data(contentsOf: url), let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw fail("not a readable JSON object")
+        }
+        func flag(_ key: String, default fallback: Bool) throws -> Bool {
+            guard let raw = json[key] else { return fallback }
+            guard isJSONBoolean(raw), let value = raw as? Bool else { throw fail("'\(key)' must be true or false, got \(raw)") }
+            return value
+        }
+        func triple(_ key: String) throws -> [Float]? {
+            guard let raw = json[key] else { return nil }
+            if let number = raw as? NSNumber, !isJSONBoolean(raw), number.doubleValue.isFinite { return [Float](repeating: number.floatValue, count: 3) }
+            guard let list = raw as? [NSNumber], list.count == 3, list.allSatisfy({ !isJSONBoolean($0) && $0.doubleValue.isFinite }) else {
+                throw fail("'\(key)' must be a number or three finite numbers, got \(raw)")
+            }
+            return list.map(\.floatValue)
+        }
+        func side(_ key: String) throws -> Int? {
+            guard let raw = json[key] else { return nil }
+            if let number = raw as? NSNumber, !isJSONBoolean(raw) { return try checkedSide(number.doubleValue, key) }
+            guard let object = raw as? [String: Any] else { throw fail("'\(key)' must be a number or an object with height and width") }
+            if let height = object["height"] as? NSNumber, let width = object["width"] as? NSNumber {
+                guard height.doubleValue == width.doubleValue else {
+                    throw fail("'\(key)' is \(height)x\(width): sloragpu feeds square images, so height and width must agree")
+                }
+                return try checkedSide(height.doubleValue, key)
+            }
+            if let edge = object["shortest_edge"] as? NSNumber { return try checkedSide(edge.doubleValue, key) }
+            throw fail("'\(key)' must hold height and width, or shortest_edge")
+        }
+        func checkedSide(_ value: Double, _ key: String) throws -> Int {
+            guard value.isFinite, value == value.rounded(), value >= 1, value <= Double(ViTConfig.Limits.imageSize) else {
+                throw fail("'\(key)' is \(value), outside 1...\(ViTConfig.Limits.imageSize)")
+            }
+            return Int(value)
+        }
+        if try flag("do_rescale", default: true) {
+            if let raw = json["rescale_factor"] {
+                guard let factor = (raw as? NSNumber)?.doubleValue, abs(factor - 1.0 / 255) < 1e-9 else {
+                    throw fail("'rescale_factor' is \(raw); sloragpu scales pixels by 1/255")
+                }
+            }
+        } else {
+            throw fail("'do_rescale' false is not supported: sloragpu scales pixels by 1/255")
+        }
+        var result = ImagePreprocessing(mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], size: nil)  // transformers' IMAGENET_STANDARD
+        if try flag("do_normalize", default: true) {
+            let mean = try triple("image_mean"), std = try triple("image_std")
+            if let mean { result.mean = mean }
+            if let std { result.std = std }
+            guard result.std.allSatisfy({ $0 > 0 }) else { throw fail("'image_std' must be positive, got \(result.std)") }
+        } else {
+            (result.mean, result.std) = ([0, 0, 0], [1, 1, 1])
+        }
+        let crops = try flag("do_center_crop", default: false)
+        let cropSize = crops ? try side("crop_size") : nil
+        result.size = try cropSize ?? side("size")
+        return result
+    }
+
+    /// preprocessor_config.json for transformers' ViTImageProcessor: resize to S x S (bilinear),
+    /// scale by 1/255, normalise; what AutoImageProcessor and pipeline("image-classification") load.
+    public static func viTImageProcessorJSON(_ config: ViTConfig) throws -> Data {
+        let object: [String: Any] = [
+            "image_processor_type": "ViTImageProcessor", "do_resize": true, "size": ["height": config.imageSize, "width": config.imageSize],
+            "resample": 2, "do_rescale": true, "rescale_factor": 1.0 / 255, "do_normalize": true,
+            "image_mean": config.mean.map(Double.init), "image_std": config.std.map(Double.init),
+        ]
+        return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
     }
 }

@@ -13,6 +13,9 @@ public final class ViTModel {
     private let head: HeadLayer
     private var saved: Activations?
 
+    /// `BaseFingerprint` of the backbone as loaded, recorded in the adapters this model saves.
+    public var baseFingerprint: String?
+
     /// Recompute block intermediates in the backward (default) or keep them; changing it
     /// drops the current activations.
     public var activationMemory: ActivationMemory = .recompute {

@@ -11,9 +11,11 @@ struct EvalCommand: ParsableCommand {
         abstract: "Accuracy, loss, per-class accuracy and confusion matrix of an adapter on a test set."
     )
 
-    @Option(help: "Adapter file (adapter.safetensors of a run, or checkpoints/best/adapter.safetensors).")
-    var adapter: String
+    @Option(help: "Adapter: a run's adapter.safetensors (or checkpoints/best/adapter.safetensors), or a PEFT LoRA adapter directory. Without it, --model must be a classification checkpoint (its own head and id2label).")
+    var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
+    @Flag(help: "Apply the adapter even if it was trained on another base (its recorded base fingerprint differs).")
+    var allowOtherBase = false
     @Option(help: "fashion-mnist, idx:DIR, folder:DIR or synthetic.")
     var data = "fashion-mnist"
     @Option(help: "Batch size.")
@@ -30,16 +32,20 @@ struct EvalCommand: ParsableCommand {
     }
 
     func run() throws {
-        let contents = try AdapterFile.load(URL(fileURLWithPath: adapter))
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let (_, testSet) = try loadData(data, imageSize: contents.config.imageSize, seed: 0)
+        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine)
+        let model = classifier.model
+        let (_, testSet) = try loadData(data, imageSize: model.config.imageSize, seed: 0)
         let test = testSet.prefix(testLimit)
-        try checkClasses(of: contents, adapterPath: adapter, against: test)
-        let (model, _) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0, adapter: contents)
+        try classifier.checkClasses(against: test)
+        print("model:    \(classifier.description)")
+        fflush(nil)
         let loader = try BatchLoader(dataset: test, preprocessor: Preprocessor(outputSize: model.config.imageSize, mean: model.config.mean, std: model.config.std),
                                      batchSize: batch, shuffle: false, augment: false, seed: 0, repeats: false)
-        let (result, logits) = try Evaluator.evaluate(model, loader, collectLogits: dumpLogits != nil)
-        let names = contents.classNames.count == model.config.classes ? contents.classNames : test.classNames
+        let progress = EvaluationProgress(total: loader.batchesPerEpoch)
+        let (result, logits) = try Evaluator.evaluate(model, loader, collectLogits: dumpLogits != nil, progress: progress.handle)
+        progress.finish()
+        let names = classifier.classNames.count == model.config.classes ? classifier.classNames : test.classNames
         print(String(format: "accuracy %.4f, loss %.4f on %d images (%@)", result.accuracy, result.loss, result.count, test.name))
         print("per-class accuracy:")
         for (index, accuracy) in result.perClassAccuracy.enumerated() {
@@ -54,16 +60,51 @@ struct EvalCommand: ParsableCommand {
     }
 }
 
-/// The adapter's head must score the data's classes: the same number (else a label indexes
-/// past the head), and the same names unless the data only numbers its classes (IDX files).
-func checkClasses(of adapter: AdapterFile.Contents, adapterPath: String, against data: ImageDataset) throws {
-    let numbered = data.classNames == (0..<data.classNames.count).map(String.init)
-    guard adapter.config.classes == data.classNames.count,
-          adapter.classNames.isEmpty || numbered || adapter.classNames == data.classNames else {
+/// The head must score the data's classes: the same number (else a label indexes past the
+/// head), and the same names unless either side only numbers its classes (IDX files, HF's
+/// LABEL_k defaults).
+func checkClasses(count: Int, names: [String], of what: String, against data: ImageDataset) throws {
+    func numbered(_ list: [String]) -> Bool {
+        list.isEmpty || list == (0..<list.count).map(String.init) || list == (0..<list.count).map { "LABEL_\($0)" }
+    }
+    guard count == data.classNames.count, numbered(names) || numbered(data.classNames) || names == data.classNames else {
         throw ValidationError("""
-            \(adapterPath) was trained on \(adapter.config.classes) classes (\(displayList(adapter.classNames))), \
-            but \(displayName(data.name)) has \(data.classNames.count) (\(displayList(data.classNames)))
+            \(what) scores \(count) classes (\(displayList(names))), but \(displayName(data.name)) has \
+            \(data.classNames.count) (\(displayList(data.classNames)))
             """)
+    }
+}
+
+/// What eval and predict run: an adapter (sloragpu or PEFT) on --model, or --model alone when
+/// it is a classification checkpoint.
+struct Classifier {
+    let model: ViTModel
+    let classNames: [String]
+    let description: String
+    let adapterPath: String?
+
+    init(adapterPath: String?, modelOptions: ModelOptions, allowOtherBase: Bool, engine: Engine) throws {
+        self.adapterPath = adapterPath
+        if let adapterPath {
+            let contents = try loadAdapter(adapterPath, modelOptions: modelOptions)
+            let (model, backbone) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0,
+                                                   adapter: contents, adapterPath: adapterPath, allowOtherBase: allowOtherBase)
+            self.model = model
+            classNames = contents.classNames
+            description = "\(backbone.source) + \(contents.method) from \(adapterPath); \(model.config.imageSize) px, normalisation from \(backbone.normalization)"
+        } else {
+            let (model, backbone) = try buildModel(engine, modelOptions, method: .probe, classes: nil, seed: 0, defaultImageSize: nil)
+            guard backbone.hasHead else {
+                throw ValidationError("\(backbone.source) has no classification head: give --adapter, or a checkpoint with a classifier (ViTForImageClassification, the output of merge)")
+            }
+            self.model = model
+            classNames = backbone.classNames
+            description = "\(backbone.source) with its own head; \(model.config.imageSize) px, normalisation from \(backbone.normalization)"
+        }
+    }
+
+    func checkClasses(against data: ImageDataset) throws {
+        try sloragpu.checkClasses(count: model.config.classes, names: classNames, of: adapterPath ?? "the model's head", against: data)
     }
 }
 
@@ -85,9 +126,11 @@ struct PredictCommand: ParsableCommand {
         abstract: "Top-k classes with probabilities for PNG or JPEG images."
     )
 
-    @Option(help: "Adapter file.")
-    var adapter: String
+    @Option(help: "Adapter (a sloragpu adapter file or a PEFT LoRA directory); without it --model must be a classification checkpoint.")
+    var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
+    @Flag(help: "Apply the adapter even if it was trained on another base.")
+    var allowOtherBase = false
     @Option(help: "How many classes to show per image.")
     var top = 3
     @Argument(help: "PNG or JPEG files.")
@@ -100,9 +143,9 @@ struct PredictCommand: ParsableCommand {
     }
 
     func run() throws {
-        let contents = try AdapterFile.load(URL(fileURLWithPath: adapter))
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let (model, _) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0, adapter: contents)
+        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine)
+        let model = classifier.model
         let size = model.config.imageSize, classes = model.config.classes
         let preprocessor = Preprocessor(outputSize: size, mean: model.config.mean, std: model.config.std)
         for path in images {
@@ -120,7 +163,7 @@ struct PredictCommand: ParsableCommand {
             }
             print(displayName(path))
             for index in ranked {
-                let name = index < contents.classNames.count ? displayName(contents.classNames[index]) : "class \(index)"
+                let name = index < classifier.classNames.count ? displayName(classifier.classNames[index]) : "class \(index)"
                 print(String(format: "  %-16@ %.4f", name, exps[index] / total))
             }
         }
@@ -130,26 +173,106 @@ struct PredictCommand: ParsableCommand {
 struct MergeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "merge",
-        abstract: "Base checkpoint + adapter -> a plain HF ViT checkpoint (model.safetensors + config.json) with the adapter folded in."
+        abstract: "Base checkpoint + adapter -> a plain HF ViT classification checkpoint (model.safetensors, config.json, preprocessor_config.json) with the adapter folded in.",
+        discussion: "The output loads in transformers (ViTForImageClassification, AutoImageProcessor, pipeline(\"image-classification\")) and in sloragpu eval and predict without an adapter."
     )
 
-    @Option(help: "Adapter file.")
+    @Option(help: "Adapter: a sloragpu adapter file or a PEFT LoRA directory.")
     var adapter: String
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "Output directory for model.safetensors and config.json.")
+    @Flag(help: "Merge even if the adapter was trained on another base.")
+    var allowOtherBase = false
+    @Option(help: "Output directory.")
+    var output: String
+
+    func run() throws {
+        let contents = try loadAdapter(adapter, modelOptions: modelOptions)
+        let backbone = try modelOptions.load(classes: contents.config.classes, defaultImageSize: contents.config.imageSize)
+        guard backbone.config.width == contents.config.width, backbone.config.layers == contents.config.layers else {
+            throw ValidationError("the adapter does not fit \(backbone.source) (width \(backbone.config.width), \(backbone.config.layers) layers)")
+        }
+        if !allowOtherBase { try contents.checkBase(backbone.fingerprint, path: adapter) }
+        var config = contents.config
+        (config.mean, config.std) = (backbone.config.mean, backbone.config.std)
+        let merged = try Merge.merged(base: backbone.values, adapter: contents)
+        try writeClassificationCheckpoint(merged, config: config, classNames: contents.classNames, to: URL(fileURLWithPath: output))
+        print("merged \(contents.method) into \(backbone.source): \(output) (HF ViT naming: model.safetensors, config.json, preprocessor_config.json)")
+    }
+}
+
+/// Writes an HF ViTForImageClassification directory: model.safetensors, config.json (id2label
+/// from `classNames`) and the preprocessor_config.json of its normalisation and input size.
+func writeClassificationCheckpoint(_ values: [String: [Float]], config: ViTConfig, classNames: [String], to directory: URL) throws {
+    let weights = directory.appendingPathComponent("model.safetensors")
+    try SafeTensorsFile.write(try HFViTExport.tensors(values, config: config, file: weights.path), to: weights)
+    try writeAtomically(try HFViTExport.configJSON(config, classNames: classNames), to: directory.appendingPathComponent("config.json"))
+    try writeAtomically(try ImagePreprocessing.viTImageProcessorJSON(config), to: directory.appendingPathComponent("preprocessor_config.json"))
+}
+
+struct ExportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write models and adapters in the Hugging Face ecosystem's formats.",
+        subcommands: [ExportPEFT.self, ExportBase.self]
+    )
+}
+
+struct ExportPEFT: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peft",
+        abstract: "A LoRA adapter as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) for an HF ViT base.",
+        discussion: """
+            Attach it in Python to the HF ViT form of its base (sloragpu export base): \
+            PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(BASE), DIR). Training with \
+            --method lora writes one into OUTPUT/peft by itself.
+            """
+    )
+
+    @Option(help: "A sloragpu LoRA adapter file.")
+    var adapter: String
+    @Option(help: "Module names: transformers5 (vit.layers.N.attention.q_proj) or transformers4 (vit.encoder.layer.N.attention.attention.query).")
+    var naming: PEFTNaming = .transformers5
+    @Option(help: "base_model_name_or_path to record in adapter_config.json.")
+    var baseModel = "base"
+    @Option(help: "Output directory.")
     var output: String
 
     func run() throws {
         let contents = try AdapterFile.load(URL(fileURLWithPath: adapter))
-        let (config, base, source) = try modelOptions.load(classes: contents.config.classes, defaultImageSize: contents.config.imageSize)
-        guard config.width == contents.config.width, config.layers == contents.config.layers else {
-            throw ValidationError("the adapter does not fit \(source) (width \(config.width), \(config.layers) layers)")
-        }
-        let merged = try Merge.merged(base: base, adapter: contents)
-        let directory = URL(fileURLWithPath: output)
-        let weights = directory.appendingPathComponent("model.safetensors")
-        try SafeTensorsFile.write(try HFViTExport.tensors(merged, config: contents.config, file: weights.path), to: weights)
-        try writeAtomically(try HFViTExport.configJSON(contents.config, classNames: contents.classNames), to: directory.appendingPathComponent("config.json"))
-        print("merged \(contents.method) into \(source): \(weights.path) and config.json (HF ViT naming)")
+        try PEFTAdapter.write(contents, to: URL(fileURLWithPath: output), naming: naming, baseModel: baseModel)
+        print("wrote \(output)/\(PEFTAdapter.configFile) and \(PEFTAdapter.weightsFile) (\(naming.rawValue) names)")
     }
 }
+
+struct ExportBase: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "base",
+        abstract: "The base model, without any adapter folded in, as an HF ViT classification checkpoint (the base a PEFT adapter attaches to).",
+        discussion: "With --adapter, the head, classes, class names and image size are the adapter's; else the checkpoint's own head."
+    )
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "An adapter whose head, classes and image size the export takes.")
+    var adapter: String?
+    @Option(help: "Output directory.")
+    var output: String
+
+    func run() throws {
+        let contents = try adapter.map { try loadAdapter($0, modelOptions: modelOptions) }
+        var backbone = try modelOptions.load(classes: contents?.config.classes, defaultImageSize: contents?.config.imageSize)
+        var classNames = backbone.classNames
+        if let contents {
+            backbone.values["head.weight"] = contents.values["head.weight"]
+            backbone.values["head.bias"] = contents.values["head.bias"]
+            backbone.hasHead = true
+            classNames = contents.classNames
+        }
+        guard backbone.hasHead else {
+            throw ValidationError("\(backbone.source) has no classification head for \(backbone.config.classes) classes: give --adapter to take its head")
+        }
+        try writeClassificationCheckpoint(backbone.values, config: backbone.config, classNames: classNames, to: URL(fileURLWithPath: output))
+        print("exported \(backbone.source) to \(output) (HF ViT naming, fingerprint \(backbone.fingerprint))")
+    }
+}
+
+extension PEFTNaming: ExpressibleByArgument {}

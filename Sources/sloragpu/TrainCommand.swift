@@ -71,8 +71,12 @@ struct TrainCommand: ParsableCommand {
         var noShuffle = false
         @Flag(help: "No random crops or flips.")
         var noAugment = false
-        @Option(help: "Start from a saved adapter file instead of fresh adapters.")
+        @Option(help: "Start from a saved adapter (a sloragpu adapter file or a PEFT LoRA directory) instead of fresh adapters.")
         var initAdapter: String?
+        @Flag(help: "Accept an --init-adapter trained on another base.")
+        var allowOtherBase = false
+        @Option(help: "For --method lora: module names of the PEFT adapter written to OUTPUT/peft (transformers5 or transformers4).")
+        var peftNaming: PEFTNaming = .transformers5
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
         @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 25% more images/s for 3-4x the saved activations. Full fine-tuning always keeps.")
@@ -151,13 +155,16 @@ struct TrainCommand: ParsableCommand {
         guard train.classNames == test.classNames else {
             throw ValidationError("the train and test sets have different classes (\(train.classNames.count): \(displayList(train.classNames)); \(test.classNames.count): \(displayList(test.classNames))); accuracy would be scored by position")
         }
-        let initial = try options.initAdapter.map { try AdapterFile.load(URL(fileURLWithPath: $0)) }
+        let initial = try options.initAdapter.map { try loadAdapter($0, modelOptions: options.modelOptions) }
         if let initial, initial.method != method {
             throw ValidationError("--init-adapter holds \(initial.method), but this run trains \(method)")
         }
-        if let initial, let path = options.initAdapter { try checkClasses(of: initial, adapterPath: path, against: train) }
-        let (model, source) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
-                                             seed: options.seed, adapter: initial)
+        if let initial, let path = options.initAdapter {
+            try checkClasses(count: initial.config.classes, names: initial.classNames, of: path, against: train)
+        }
+        let (model, backbone) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
+                                               seed: options.seed, adapter: initial, adapterPath: options.initAdapter ?? "",
+                                               allowOtherBase: options.allowOtherBase)
         model.activationMemory = options.activations
 
         var training = TrainingOptions()
@@ -197,12 +204,12 @@ struct TrainCommand: ParsableCommand {
             // The run's own arguments (after `train`), minus --device: a resume may use another device.
             var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
             if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
-            arguments.removeAll { $0.hasPrefix("--device=") }
+            arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
             try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
         }
 
         print("device:   \(engine.device.name)")
-        print("model:    \(source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width)")
+        print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)")
         print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
         print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
         print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
@@ -225,7 +232,8 @@ struct TrainCommand: ParsableCommand {
         }
         defer { for source in signalSources { source.cancel() } }
 
-        let progress = ProgressPrinter(total: training.steps)
+        let progress = ProgressPrinter(total: training.steps, evaluationInterval: training.evaluationInterval, testImages: test.count,
+                                       batchImages: training.batchSize * training.accumulation)
         do {
             let summary = try trainer.run(progress.handle)
             progress.finish()
@@ -233,6 +241,11 @@ struct TrainCommand: ParsableCommand {
                 print(String(format: "test accuracy %.4f (%d images), loss %.4f after %d steps in %.0f s", final.accuracy, final.count, final.loss, summary.steps, summary.seconds))
             }
             print("adapter:  \(summary.adapterPath)")
+            if case .lora = method {
+                let peft = output.appendingPathComponent("peft")
+                try PEFTAdapter.write(try trainer.adapterContents(), to: peft, naming: options.peftNaming, baseModel: backbone.source)
+                print("peft:     \(peft.path) (attach it to the base from: sloragpu export base --adapter \(summary.adapterPath) --output DIR)")
+            }
             print("curves:   \(output.appendingPathComponent("curves.svg").path); metrics: \(output.appendingPathComponent("metrics.jsonl").path)")
         } catch let error as TrainingError {
             progress.finish()
@@ -247,21 +260,46 @@ struct TrainCommand: ParsableCommand {
 }
 
 /// A progress bar on a terminal; plain lines (every 10 steps and at evaluations) otherwise.
+/// The ETA counts the evaluations still to come: each costs what the last one took, or before
+/// the first, a forward pass over the test set at a third of a training step's time per image
+/// (a forward is about a third of forward + backward).
 final class ProgressPrinter {
     let total: Int
+    let evaluationInterval: Int
+    let testImages: Int
+    let batchImages: Int
     let isTerminal = isatty(STDOUT_FILENO) != 0
-    let started = Date()
     var lastLine = ""
+    private var trainingSeconds = 0.0, stepsTimed = 0
+    private var lastEvent = Date()
+    private var evaluationStarted: Date?
+    private var lastEvaluationSeconds: Double?
 
-    init(total: Int) { self.total = total }
+    init(total: Int, evaluationInterval: Int, testImages: Int, batchImages: Int) {
+        (self.total, self.evaluationInterval, self.testImages, self.batchImages) = (total, evaluationInterval, testImages, batchImages)
+    }
+
+    /// Evaluations after `step`: the periodic ones before the last step, and the final one.
+    func evaluationsAfter(_ step: Int) -> Int {
+        let periodic = evaluationInterval > 0 ? (total - 1) / evaluationInterval - step / evaluationInterval : 0
+        return max(0, periodic) + 1
+    }
+
+    func eta(afterStep step: Int) -> Double {
+        let perStep = trainingSeconds / Double(max(1, stepsTimed))
+        let perEvaluation = lastEvaluationSeconds ?? Double(testImages) * perStep / Double(max(1, batchImages)) / 3
+        return perStep * Double(total - step) + perEvaluation * Double(evaluationsAfter(step))
+    }
 
     func handle(_ event: TrainingEvent) {
         switch event {
         case .step(let step, let total, let epoch, let loss, let rate, let imagesPerSecond):
-            let elapsed = Date().timeIntervalSince(started)
-            let eta = elapsed / Double(step) * Double(total - step)
+            let now = Date()
+            trainingSeconds += now.timeIntervalSince(lastEvent)
+            stepsTimed += 1
+            lastEvent = now
             let text = String(format: "step %d/%d  epoch %d  loss %.4f  lr %.2e  %.1f img/s  ETA %@", step, total, epoch, loss, rate,
-                              imagesPerSecond, duration(eta))
+                              imagesPerSecond, duration(eta(afterStep: step)))
             if isTerminal {
                 let width = 24, filled = width * step / max(total, 1)
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
@@ -272,12 +310,24 @@ final class ProgressPrinter {
                 print(text)
                 fflush(nil)  // a pipe or file would otherwise see nothing until the run ends
             }
+        case .evaluationProgress(let step, let batch, let batches):
+            if evaluationStarted == nil { evaluationStarted = Date() }
+            if isTerminal {
+                print("\r  evaluating at step \(step): batch \(batch)/\(batches)   ", terminator: "")
+                fflush(nil)
+            } else if batch == batches || batch % max(1, batches / 4) == 0 {
+                print("evaluating at step \(step): batch \(batch)/\(batches)")
+                fflush(nil)
+            }
         case .evaluation(let step, let result):
+            if let started = evaluationStarted { lastEvaluationSeconds = Date().timeIntervalSince(started) }
+            evaluationStarted = nil
+            lastEvent = Date()  // evaluation time is not training time
             if isTerminal { print("") }
             print(String(format: "eval at step %d: accuracy %.4f, loss %.4f (%d images)", step, result.accuracy, result.loss, result.count))
             fflush(nil)
         case .checkpoint:
-            break
+            lastEvent = Date()
         }
     }
 
@@ -285,12 +335,37 @@ final class ProgressPrinter {
         if isTerminal && !lastLine.isEmpty { print("") }
         lastLine = ""
     }
+}
 
-    private func duration(_ seconds: Double) -> String {
-        guard seconds.isFinite else { return "?" }
-        let s = Int(seconds)
-        return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+/// Progress of a stand-alone evaluation (eval): a line that updates on a terminal, a line per
+/// quarter otherwise, with images per second and the time left.
+final class EvaluationProgress {
+    let total: Int
+    let started = Date()
+    let isTerminal = isatty(STDOUT_FILENO) != 0
+
+    init(total: Int) { self.total = total }
+
+    func handle(_ batch: Int, _ batches: Int) {
+        let elapsed = Date().timeIntervalSince(started)
+        let left = elapsed / Double(max(1, batch)) * Double(batches - batch)
+        let text = "evaluating: batch \(batch)/\(batches), ETA \(duration(left))"
+        if isTerminal {
+            print("\r\(text)   ", terminator: "")
+            fflush(nil)
+        } else if batch == batches || batch % max(1, batches / 4) == 0 {
+            print(text)
+            fflush(nil)
+        }
     }
+
+    func finish() { if isTerminal { print("") } }
+}
+
+func duration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let s = Int(seconds)
+    return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
 }
 
 extension ActivationMemory: ExpressibleByArgument {}

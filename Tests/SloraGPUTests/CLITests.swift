@@ -172,17 +172,11 @@ struct TrainingCLITests {
 
     @Test func missingDefaultWeightsSayWhichCommandFetchesThem() throws {
         let empty = try makeTemporaryDirectory()
-        let process = Process()
-        process.executableURL = try sloragpuExecutable()
-        process.arguments = ["train", "--data", "synthetic"]
-        process.currentDirectoryURL = empty
-        let errorPipe = Pipe()
-        process.standardError = errorPipe
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let stderr = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus != 0)
+        // Else the weights beside this checkout, when fetched, are found from any directory.
+        let result = try runSloragpu(["train", "--data", "synthetic"], environment: ["SLORAGPU_DEFAULT_MODEL": empty.appendingPathComponent("none").path],
+                                     in: empty)
+        let stderr = result.standardError
+        #expect(result.status != 0)
         #expect(stderr.contains("scripts/fetch_weights.sh"), "\(stderr)")
     }
 }

@@ -58,10 +58,12 @@ func sloragpuExecutable() throws -> URL {
     throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "sloragpu executable not found near \(testBinary.path); set SLORAGPU_BIN"])
 }
 
-func runSloragpu(_ arguments: [String], environment overrides: [String: String] = [:], removing removed: [String] = []) throws -> CommandResult {
+func runSloragpu(_ arguments: [String], environment overrides: [String: String] = [:], removing removed: [String] = [],
+                 in directory: URL? = nil) throws -> CommandResult {
     let process = Process()
     process.executableURL = try sloragpuExecutable()
     process.arguments = arguments
+    if let directory { process.currentDirectoryURL = directory }
     var environment = ProcessInfo.processInfo.environment
     for key in removed { environment.removeValue(forKey: key) }
     environment.merge(overrides) { $1 }

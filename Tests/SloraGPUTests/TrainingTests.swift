@@ -99,12 +99,18 @@ struct TrainingTests {
         #expect(error!.description.contains("at step \(step)"))
     }
 
-    @Test func scheduleWarmsUpThenDecaysToZero() {
+    /// transformers' get_cosine_schedule_with_warmup under LambdaLR: update n uses lambda(n - 1).
+    @Test func scheduleFollowsPyTorchsLambdaLRSemantics() {
         let schedule = LearningRateSchedule(base: 1, warmup: 10, total: 110)
-        #expect(schedule.rate(step: 1) == 0.1)
-        #expect(schedule.rate(step: 10) == 1)
-        #expect(abs(schedule.rate(step: 60) - 0.5) < 1e-6)
-        #expect(schedule.rate(step: 110) < 1e-6)
+        #expect(schedule.rate(step: 1) == 0)
+        #expect(abs(schedule.rate(step: 10) - 0.9) < 1e-6)
+        #expect(schedule.rate(step: 11) == 1)
+        #expect(abs(schedule.rate(step: 61) - 0.5) < 1e-6)
+        // The last update is not at 0: 0.5 (1 + cos(pi 99 / 100)).
+        #expect(abs(Double(schedule.rate(step: 110)) - 0.5 * (1 + cos(Double.pi * 0.99))) < 1e-7)
+        #expect(schedule.rate(step: 110) > 0)
+        // One step without warm-up trains at the full rate.
+        #expect(LearningRateSchedule(base: 3, warmup: 0, total: 1).rate(step: 1) == 3)
     }
 
     @Test func badOptionsAreRejected() {
