@@ -100,6 +100,10 @@ inline floatV gelu_grad_vector(const floatV x)
     return 0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * (0.39894228040143268f * exp(-0.5f * x * x));
 }
 
+#ifndef TILED
+// The CPU kernels (register tiles over packed panels, the skinny products). A TILED build holds
+// the packing kernels and gemm_tiled only, so the GPU program compiles none of these.
+
 // gemm_packed: global (n_panels, m_panels, batches), padded up to the local size.
 // Reduces over packed k in [k_begin, k_end): the launcher splits long reductions into blocks
 // (KC) whose panels stay in cache, accumulating into C with beta = 1 after the first block.
@@ -307,3 +311,121 @@ __kernel void gemm_small_lanes(__global const float *A, const int a_offset, cons
             }
         }
 }
+#endif // !TILED
+
+#ifdef TILED
+// ---------------------------------------------------------------------------------------
+// gemm_tiled: the GPU kernel (CLBlast's xgemm design over sloragpu's packed panels).
+//
+// A work-group of NDIMC x MDIMC work-items computes an MWG x NWG tile of C. The operands are
+// packed exactly as for the CPU kernel, with panel heights MR = MWG and NR = NWG: so every
+// transpose, stride, batch and multi-term sum is already resolved, padding rows and columns are
+// zero, and a KWG-long chunk of a panel is one contiguous run of KWG * MWG (KWG * NWG) floats.
+// Per chunk the work-group copies both runs into __local with coalesced VWM-wide loads (zeros
+// past k_total, so the inner loop always runs KWG steps), synchronises, and each work-item
+// accumulates its MWI x NWI outputs, rows ty + i MDIMC and columns tx + j NDIMC: a warp reads
+// one A value per row (a broadcast) and consecutive B values (no bank conflicts), and stores
+// consecutive columns of C (coalesced). The epilogue is the CPU kernel's, element by element.
+//
+// Tunables (-D): MWG, NWG, KWG, MDIMC, NDIMC, VWM (1, 2 or 4). __local use: 4 KWG (MWG + NWG)
+// bytes, checked by the launcher against the device's limit (48 KiB on NVIDIA).
+#ifndef MWG
+#define MWG 64
+#endif
+#ifndef NWG
+#define NWG 64
+#endif
+#ifndef KWG
+#define KWG 16
+#endif
+#ifndef MDIMC
+#define MDIMC 16
+#endif
+#ifndef NDIMC
+#define NDIMC 16
+#endif
+#ifndef VWM
+#define VWM 4
+#endif
+#define MWI (MWG / MDIMC)
+#define NWI (NWG / NDIMC)
+#define WGS (MDIMC * NDIMC)
+
+#if VWM == 1
+#define COPY_CHUNK(dst, src, i, limit) dst[i] = (i) < (limit) ? src[i] : 0.0f
+#else
+#define floatM CAT(float, VWM)
+#define vloadM CAT(vload, VWM)
+#define vstoreM CAT(vstore, VWM)
+// Chunk lengths are multiples of VWM (MWG, NWG are), so a vector is wholly inside or outside.
+#define COPY_CHUNK(dst, src, i, limit) vstoreM((i) < (limit) ? vloadM(0, src + (i)) : (floatM)(0.0f), 0, dst + (i))
+#endif
+
+// Global (n_panels NDIMC, m_panels MDIMC, batches), local (NDIMC, MDIMC, 1).
+__kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
+void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_total,
+                const int M, const int N, const int m_panels, const int n_panels,
+                const int a_batched, const int b_batched,
+                __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
+                const float alpha, const float beta,
+                __global const float *bias, const int bias_offset, const int flags,
+                __global float *pre, const int pre_offset)
+{
+    __local float As[KWG * MWG];
+    __local float Bs[KWG * NWG];
+    const int tx = get_local_id(0), ty = get_local_id(1);
+    const int q = get_group_id(0), p = get_group_id(1), batch = get_global_id(2);
+    const int lid = ty * NDIMC + tx;
+    const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MWG;
+    const __global float *b = Bp + (size_t)((b_batched ? batch : 0) * n_panels + q) * k_total * NWG;
+
+    float acc[MWI][NWI];
+#pragma unroll
+    for (int i = 0; i < MWI; ++i)
+#pragma unroll
+        for (int j = 0; j < NWI; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < k_total; k0 += KWG) {
+        const int rows = min(KWG, k_total - k0);
+        const __global float *a_chunk = a + k0 * MWG;
+        const __global float *b_chunk = b + k0 * NWG;
+        for (int i = lid * VWM; i < KWG * MWG; i += WGS * VWM) COPY_CHUNK(As, a_chunk, i, rows * MWG);
+        for (int i = lid * VWM; i < KWG * NWG; i += WGS * VWM) COPY_CHUNK(Bs, b_chunk, i, rows * NWG);
+        barrier(CLK_LOCAL_MEM_FENCE);
+#pragma unroll
+        for (int kk = 0; kk < KWG; ++kk) {
+            float av[MWI], bv[NWI];
+#pragma unroll
+            for (int i = 0; i < MWI; ++i) av[i] = As[kk * MWG + ty + i * MDIMC];
+#pragma unroll
+            for (int j = 0; j < NWI; ++j) bv[j] = Bs[kk * NWG + tx + j * NDIMC];
+#pragma unroll
+            for (int i = 0; i < MWI; ++i)
+#pragma unroll
+                for (int j = 0; j < NWI; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+
+    const int c_base = c_offset + batch * c_batch_stride;
+    const int pre_base = pre_offset + batch * c_batch_stride;
+#pragma unroll
+    for (int i = 0; i < MWI; ++i) {
+        const int row = p * MWG + ty + i * MDIMC;
+        if (row >= M) break;
+#pragma unroll
+        for (int j = 0; j < NWI; ++j) {
+            const int column = q * NWG + tx + j * NDIMC;
+            if (column >= N) break;
+            const int at = row * ldc + column;
+            float x = alpha * acc[i][j];
+            if (beta != 0.0f) x += beta * C[c_base + at];
+            if (flags & EPILOGUE_BIAS) x += bias[bias_offset + column];
+            if (flags & EPILOGUE_PRE) pre[pre_base + at] = x;
+            if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
+            if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_base + at]);
+            C[c_base + at] = x;
+        }
+    }
+}
+#endif // TILED

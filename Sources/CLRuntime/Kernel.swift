@@ -49,6 +49,13 @@ public final class Kernel {
         }
     }
 
+    /// Bytes of `__local` memory the compiled kernel uses per work-group on `device`.
+    public func localMemoryBytes(on device: Device) throws -> Int {
+        Int(try infoValue("clGetKernelWorkGroupInfo", as: UInt64.self) {
+            clGetKernelWorkGroupInfo(handle, device.id, cl_kernel_work_group_info(CL_KERNEL_LOCAL_MEM_SIZE), $0, $1, $2)
+        })
+    }
+
     /// The largest work-group this kernel can run with on `device` (may be below the device's).
     public func maxWorkGroupSize(on device: Device) throws -> Int {
         try infoValue("clGetKernelWorkGroupInfo", as: Int.self) {

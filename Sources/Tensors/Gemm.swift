@@ -201,52 +201,48 @@ extension Engine {
            try skinnyGemm(aViews[0], bViews[0], scale: terms[0].scale, into: output, alpha: alpha, beta: beta) {
             return
         }
-        let options = profile.buildOptions
-        let mr = profile.rowsPerItem, nr = profile.columnsPerItem
-        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        let kTotal = aViews.reduce(0) { $0 + $1.columns }
-        // A 2-D operand packs once and serves every batch, unless another term of the same
-        // side is batched (then the packed buffer holds every batch).
-        let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
-        let bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
-        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
-        let directA = terms.count == 1 && aViews[0].columnStride == 1 && terms[0].scale == 1 && profile.directA
-        let microOptions = directA ? options + " -DDIRECT_A" : options
-        let packedA = directA ? aViews[0].tensor : try empty([aPackedBatches * mPanels * kTotal * mr])
-        let packedB = try empty([bPackedBatches * nPanels * kTotal * nr])
-        guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
-            throw TensorError.tooLarge(operation: operation, elements: max(packedA.count, packedB.count))
-        }
-
-        let packA = try kernels.kernel("pack_a", in: "gemm", options: options)
-        let packB = try kernels.kernel("pack_b", in: "gemm", options: options)
-        var kDestination = 0
-        for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
-            let k = a.columns
-            if !directA {
-                try packA.setArguments([
-                    .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
-                    .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
-                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
-                    .buffer(packedA.buffer),
-                ])
-                try enqueue(packA, global: [k, mPanels, aPackedBatches], work: .floats(2 * k * mPanels * mr * aPackedBatches))
-            }
-            try packB.setArguments([
-                .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
-                .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
-                .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
-                .buffer(packedB.buffer),
-            ])
-            try enqueue(packB, global: [k, nPanels, bPackedBatches], work: .floats(2 * k * nPanels * nr * bPackedBatches))
-            kDestination += k
-        }
-
         var epilogueFlags: Int32 = 0
         if bias != nil { epilogueFlags |= 1 }
         if activation == .gelu { epilogueFlags |= 2 }
         if preActivation != nil { epilogueFlags |= 4 }
         if geluInput != nil { epilogueFlags |= 8 }
+        // A 2-D operand packs once and serves every batch, unless another term of the same
+        // side is batched (then the packed buffer holds every batch).
+        let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
+        let bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
+        let kTotal = aViews.reduce(0) { $0 + $1.columns }
+
+        if let tiles = profile.tiles {
+            let tile = tiles.tile(m: m, n: n)
+            try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))
+            let options = tile.buildOptions
+            let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
+            let (packedA, packedB) = try pack(terms, aViews, bViews, options: options, rows: tile.mwg, columns: tile.nwg,
+                                              m: m, n: n, kTotal: kTotal, batches: (aPackedBatches, bPackedBatches), packA: true)
+            let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
+            try kernel.setArguments([
+                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
+                .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
+                .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
+                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),
+                .float(alpha), .float(beta),
+                .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(epilogueFlags),
+                .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset)),
+            ])
+            try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, batches], local: [tile.ndimc, tile.mdimc, 1],
+                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kTotal) * Double(batches)))
+            return
+        }
+
+        let options = profile.buildOptions
+        let mr = profile.rowsPerItem, nr = profile.columnsPerItem
+        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
+        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
+        let directA = terms.count == 1 && aViews[0].columnStride == 1 && terms[0].scale == 1 && profile.directA
+        let microOptions = directA ? options + " -DDIRECT_A" : options
+        let (packedA, packedB) = try pack(terms, aViews, bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
+                                          batches: (aPackedBatches, bPackedBatches), packA: !directA)
+
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
         let global: [Int], local: [Int]?
         if let (lx, ly) = profile.localSize {
@@ -281,6 +277,45 @@ extension Engine {
 }
 
 func roundUp(_ value: Int, _ multiple: Int) -> Int { (value + multiple - 1) / multiple * multiple }
+
+extension Engine {
+    /// Packs scale_t op(A_t) into row panels of `rows` and op(B_t) into column panels of
+    /// `columns`, the terms in consecutive k ranges (Kernels/gemm.cl, pack_a and pack_b). With
+    /// `packA` false, A is read in place and its buffer returned as it is.
+    fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
+                          m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packA: Bool) throws -> (Tensor, Tensor) {
+        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
+        let packedA = packA ? try empty([batches.a * mPanels * kTotal * mr]) : aViews[0].tensor
+        let packedB = try empty([batches.b * nPanels * kTotal * nr])
+        guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
+            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA.count, packedB.count))
+        }
+        let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options)
+        let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options)
+        var kDestination = 0
+        for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
+            let k = a.columns
+            if packA {
+                try packAKernel.setArguments([
+                    .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
+                    .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
+                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                    .buffer(packedA.buffer),
+                ])
+                try enqueue(packAKernel, global: [k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
+            }
+            try packBKernel.setArguments([
+                .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
+                .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
+                .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                .buffer(packedB.buffer),
+            ])
+            try enqueue(packBKernel, global: [k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
+            kDestination += k
+        }
+        return (packedA, packedB)
+    }
+}
 
 extension Engine {
     /// C = alpha scale op(A) op(B) + beta C through the skinny kernels when C has at most 16

@@ -22,11 +22,14 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// Route single products with at most 16 columns (or rows, computing C^T) to the skinny
     /// kernels, which read both operands in place.
     public var skinny = true
+    /// The work-group tiled kernel (`__local` staging, GPUs) instead of the register-tiled
+    /// one, with a tile per shape class; nil on CPU devices.
+    public var tiles: GemmTiles?
 
     public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
         a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
             && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.directA == b.directA && a.skinny == b.skinny
-            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1
+            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1 && a.tiles == b.tiles
     }
 
     public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
@@ -34,14 +37,17 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
 
     public var description: String {
-        "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
+        if let tiles { return "tiled: \(tiles)" }
+        return "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
     public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, kBlock: 0, localSize: nil)
-    /// The skinny kernels give a GPU too few work-items (one per 16 rows): panels there.
+    /// The skinny kernels give a GPU too few work-items (one per 16 rows): tiles there, with
+    /// narrow tiles for the low-rank products.
     public static let gpu = {
         var profile = GemmProfile(rowsPerItem: 4, vectorWidth: 4, vectorsPerRow: 1, kUnroll: 4, kBlock: 0, localSize: (16, 8))
         profile.skinny = false
+        profile.tiles = .seed
         return profile
     }()
 
@@ -57,12 +63,13 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         var local = localSize ?? (0, 0)
         for item in text.split(separator: ",") {
             let parts = item.split(separator: "=")
-            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK"].contains(parts[0].uppercased()) && value == 0) else {
+            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK", "TILED"].contains(parts[0].uppercased()) && value == 0) else {
                 throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
             }
             // Upper bounds keep a typo from building a kernel with a million-register tile or
             // launch sizes that overflow.
-            let limits = ["MR": 64, "NV": 16, "UK": 64, "KC": 1 << 20, "LX": 1024, "LY": 1024]
+            let limits = ["MR": 64, "NV": 16, "UK": 64, "KC": 1 << 20, "LX": 1024, "LY": 1024, "MWG": 512, "NWG": 512, "KWG": 128,
+                          "MDIMC": 1024, "NDIMC": 1024, "VWM": 4, "TILED": 1]
             if let limit = limits[parts[0].uppercased()], value > limit {
                 throw KernelProfileError.invalid(text, reason: "\(parts[0]) must be at most \(limit), got \(value)")
             }
@@ -78,7 +85,25 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
             case "SK": profile.skinny = value != 0
             case "LX": local.0 = value
             case "LY": local.1 = value
-            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK)")
+            case "TILED": profile.tiles = value == 0 ? nil : profile.tiles ?? .seed
+            case "MWG", "NWG", "KWG", "MDIMC", "NDIMC", "VWM":
+                // Sets the tile of large products (the narrow classes keep theirs).
+                var tiles = profile.tiles ?? .seed
+                switch parts[0].uppercased() {
+                case "MWG": tiles.large.mwg = value
+                case "NWG": tiles.large.nwg = value
+                case "KWG": tiles.large.kwg = value
+                case "MDIMC": tiles.large.mdimc = value
+                case "NDIMC": tiles.large.ndimc = value
+                default: tiles.large.vwm = value
+                }
+                profile.tiles = tiles
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK, TILED, MWG, NWG, KWG, MDIMC, NDIMC, VWM)")
+            }
+        }
+        if let tiles = profile.tiles {
+            do { try tiles.large.validate() } catch let error as KernelProfileError {
+                throw KernelProfileError.invalid(text, reason: "\(error)")
             }
         }
         profile.localSize = local.0 > 0 && local.1 > 0 ? local : nil
@@ -88,9 +113,74 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
 
 public enum KernelProfileError: Error, CustomStringConvertible {
     case invalid(String, reason: String)
+    case tile(TiledGemm, reason: String)
     public var description: String {
         switch self {
         case .invalid(let text, let reason): "invalid SLORAGPU_GEMM_PROFILE '\(text)': \(reason)"
+        case .tile(let tile, let reason): "GEMM tile \(tile): \(reason)"
         }
     }
+}
+
+/// One configuration of the work-group tiled GEMM (`gemm_tiled` in Kernels/gemm.cl): an
+/// MWG x NWG tile of C per work-group of NDIMC x MDIMC work-items, K in KWG chunks through
+/// `__local`, VWM-wide copies.
+public struct TiledGemm: Sendable, Equatable, Hashable, CustomStringConvertible {
+    public var mwg: Int, nwg: Int, kwg: Int, mdimc: Int, ndimc: Int, vwm: Int
+
+    public init(mwg: Int, nwg: Int, kwg: Int, mdimc: Int, ndimc: Int, vwm: Int) {
+        (self.mwg, self.nwg, self.kwg, self.mdimc, self.ndimc, self.vwm) = (mwg, nwg, kwg, mdimc, ndimc, vwm)
+    }
+
+    public var workGroupSize: Int { mdimc * ndimc }
+    /// `__local` bytes per work-group: the two staged chunks.
+    public var localBytes: Int { 4 * kwg * (mwg + nwg) }
+    /// NVIDIA's OpenCL allows 48 KiB of `__local` per work-group; the tiles stay within it on
+    /// every device so that a configuration tested here is valid there.
+    public static let localLimit = 48 * 1024
+
+    /// The packing kernels of the same program build panels of MWG rows and NWG columns.
+    public var buildOptions: String {
+        "-DTILED -DMWG=\(mwg) -DNWG=\(nwg) -DKWG=\(kwg) -DMDIMC=\(mdimc) -DNDIMC=\(ndimc) -DVWM=\(vwm) -DMR=\(mwg) -DVW=4 -DNV=\(nwg / 4)"
+    }
+
+    public var description: String { "MWG=\(mwg),NWG=\(nwg),KWG=\(kwg),MDIMC=\(mdimc),NDIMC=\(ndimc),VWM=\(vwm)" }
+
+    /// The kernel's constraints: tiles divisible by the work-group's sides and by 4 (the packing
+    /// vectors) and VWM, a work-group of whole warps (32) and at most `maxWorkGroup` (1024 on
+    /// NVIDIA), and `__local` within `localLimit` and the device's own limit.
+    public func validate(maxWorkGroup: Int = 1024, deviceLocalBytes: Int = Int.max) throws {
+        func bad(_ reason: String) -> KernelProfileError { .tile(self, reason: reason) }
+        guard [mwg, nwg, kwg, mdimc, ndimc].allSatisfy({ $0 > 0 }), [1, 2, 4].contains(vwm) else { throw bad("sizes must be positive, VWM 1, 2 or 4") }
+        guard mwg % mdimc == 0, nwg % ndimc == 0 else { throw bad("MWG must divide by MDIMC and NWG by NDIMC") }
+        guard mwg % 4 == 0, nwg % 4 == 0, mwg % vwm == 0, nwg % vwm == 0 else { throw bad("MWG and NWG must divide by 4 and by VWM") }
+        guard workGroupSize % 32 == 0, workGroupSize <= min(1024, maxWorkGroup) else {
+            throw bad("the work-group (\(workGroupSize) work-items) must be a multiple of 32 and at most \(min(1024, maxWorkGroup))")
+        }
+        guard localBytes <= min(Self.localLimit, deviceLocalBytes) else {
+            throw bad("\(localBytes) bytes of __local exceed \(min(Self.localLimit, deviceLocalBytes))")
+        }
+    }
+}
+
+/// Tiles per shape class: large products, and the narrow low-rank ones (at most 16 columns, or
+/// at most 16 rows), which a square tile would mostly pad.
+public struct GemmTiles: Sendable, Equatable, Hashable, CustomStringConvertible {
+    public var large: TiledGemm
+    public var narrowColumns: TiledGemm
+    public var narrowRows: TiledGemm
+
+    /// Starting points before tuning (CLBlast's RTX 3090 row for large products).
+    public static let seed = GemmTiles(
+        large: TiledGemm(mwg: 64, nwg: 64, kwg: 16, mdimc: 16, ndimc: 16, vwm: 4),
+        narrowColumns: TiledGemm(mwg: 128, nwg: 16, kwg: 16, mdimc: 32, ndimc: 4, vwm: 4),
+        narrowRows: TiledGemm(mwg: 16, nwg: 128, kwg: 16, mdimc: 4, ndimc: 32, vwm: 4))
+
+    public func tile(m: Int, n: Int) -> TiledGemm {
+        if n <= 16 && m > 16 { return narrowColumns }
+        if m <= 16 && n > 16 { return narrowRows }
+        return large
+    }
+
+    public var description: String { "large \(large); n<=16 \(narrowColumns); m<=16 \(narrowRows)" }
 }

@@ -1,0 +1,143 @@
+import Foundation
+import Reference
+import Testing
+@testable import Tensors
+
+/// The GPU GEMM (`gemm_tiled`: `__local` staging, barriers) forced on PoCL, at the GPU
+/// profile's seed tiles and at other valid tiles, over odd shapes, every transpose, the
+/// epilogues, batches, strided operands and multi-term sums, against Reference.
+@Suite("GEMM, work-group tiled (GPU path)")
+struct TiledGemmTests {
+    /// The seed, and two other valid shapes of tile and work-group (a 32 x 64 tile of 128
+    /// work-items with 2-wide copies; a 64 x 32 tile of 64 work-items with scalar copies).
+    static let tiles: [GemmTiles] = [
+        .seed,
+        GemmTiles(large: TiledGemm(mwg: 32, nwg: 64, kwg: 32, mdimc: 8, ndimc: 16, vwm: 2),
+                  narrowColumns: TiledGemm(mwg: 64, nwg: 16, kwg: 8, mdimc: 16, ndimc: 4, vwm: 1),
+                  narrowRows: TiledGemm(mwg: 16, nwg: 64, kwg: 8, mdimc: 2, ndimc: 16, vwm: 4)),
+        GemmTiles(large: TiledGemm(mwg: 64, nwg: 32, kwg: 8, mdimc: 8, ndimc: 8, vwm: 1),
+                  narrowColumns: GemmTiles.seed.narrowColumns, narrowRows: GemmTiles.seed.narrowRows),
+    ]
+
+    static func engine(_ tiles: GemmTiles) throws -> Engine {
+        let engine = try makeEngine()
+        engine.gemmProfile = .gpu
+        engine.gemmProfile.tiles = tiles
+        return engine
+    }
+
+    static let shapes = [GemmTests.Case(m: 1, n: 1, k: 1), GemmTests.Case(m: 65, n: 197, k: 40), GemmTests.Case(m: 197, n: 65, k: 129),
+                         GemmTests.Case(m: 7, n: 48, k: 300), GemmTests.Case(m: 100, n: 8, k: 37), GemmTests.Case(m: 8, n: 100, k: 37),
+                         GemmTests.Case(m: 130, n: 70, k: 17)]
+
+    @Test(arguments: 0..<3, shapes)
+    func everyTransposeMatchesTheReference(tileIndex: Int, shape: GemmTests.Case) throws {
+        let engine = try Self.engine(Self.tiles[tileIndex])
+        let (m, n, k) = (shape.m, shape.n, shape.k)
+        let a = uniformValues(m * k, seed: 1), b = uniformValues(k * n, seed: 2), c0 = uniformValues(m * n, seed: 3)
+        for (transposeA, transposeB) in GemmTests.transposes {
+            let c = try engine.tensor(c0, shape: [m, n])
+            try engine.gemm(try engine.tensor(a, shape: transposeA ? [k, m] : [m, k]), try engine.tensor(b, shape: transposeB ? [n, k] : [k, n]),
+                            into: c, transposeA: transposeA, transposeB: transposeB, alpha: 0.5, beta: 0.25)
+            let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+            expectClose(try c.download(), (0..<m * n).map { 0.5 * product[$0] + 0.25 * Double(c0[$0]) }, atol: GemmTests.tolerance(k: k), rtol: 1e-5,
+                        "tiles \(tileIndex) \(transposeA ? "T" : "N")\(transposeB ? "T" : "N") \(shape.testDescription)")
+        }
+    }
+
+    @Test(arguments: 0..<3)
+    func epiloguesBatchesStridesAndSums(tileIndex: Int) throws {
+        let engine = try Self.engine(Self.tiles[tileIndex])
+        // Bias, GELU and the pre-activation copy (a linear layer, W stored [out, in]).
+        let (m, n, k) = (65, 53, 24)
+        let x = uniformValues(m * k, seed: 4, scale: 2), w = uniformValues(n * k, seed: 5), bias = uniformValues(n, seed: 6)
+        let out = try engine.empty([m, n]), pre = try engine.empty([m, n])
+        try engine.gemm(try engine.tensor(x, shape: [m, k]), try engine.tensor(w, shape: [n, k]), into: out, transposeB: true,
+                        bias: try engine.tensor(bias, shape: [n]), activation: .gelu, preActivation: pre)
+        let linear = Reference.matmul(x, w, m: m, n: n, k: k, transposeB: true).enumerated().map { $0.element + Double(bias[$0.offset % n]) }
+        expectClose(try pre.download(), linear, atol: 1e-4, rtol: 1e-5, "pre-activation")
+        expectClose(try out.download(), linear.map(Reference.gelu), atol: 1e-4, rtol: 1e-5, "GELU output")
+
+        // The GELU backward epilogue with beta.
+        let g = uniformValues(m * n, seed: 7), c0 = uniformValues(m * k, seed: 8), hPre = uniformValues(m * k, seed: 9, scale: 3)
+        let dh = try engine.tensor(c0, shape: [m, k])
+        try engine.gemm(try engine.tensor(g, shape: [m, n]), try engine.tensor(w, shape: [n, k]), into: dh, alpha: 0.5, beta: 0.25,
+                        geluGradientOf: try engine.tensor(hPre, shape: [m, k]))
+        let back = Reference.matmul(g, w, m: m, n: k, k: n)
+        expectClose(try dh.download(), (0..<m * k).map { (0.5 * back[$0] + 0.25 * Double(c0[$0])) * Reference.geluDerivative(Double(hPre[$0])) },
+                    atol: 1e-4, rtol: 1e-5, "GELU' epilogue")
+
+        // Batched A with a shared and with a batched B.
+        let (batch, bm, bn, bk) = (3, 19, 21, 11)
+        let a3 = uniformValues(batch * bm * bk, seed: 10), shared = uniformValues(bk * bn, seed: 11), perBatch = uniformValues(batch * bn * bk, seed: 12)
+        let aTensor = try engine.tensor(a3, shape: [batch, bm, bk])
+        let c1 = try engine.empty([batch, bm, bn]), c2 = try engine.empty([batch, bm, bn])
+        try engine.gemm(aTensor, try engine.tensor(shared, shape: [bk, bn]), into: c1)
+        try engine.gemm(aTensor, try engine.tensor(perBatch, shape: [batch, bn, bk]), into: c2, transposeB: true)
+        var e1: [Double] = [], e2: [Double] = []
+        for i in 0..<batch {
+            let ai = Array(a3[i * bm * bk..<(i + 1) * bm * bk])
+            e1 += Reference.matmul(ai, shared, m: bm, n: bn, k: bk)
+            e2 += Reference.matmul(ai, Array(perBatch[i * bn * bk..<(i + 1) * bn * bk]), m: bm, n: bn, k: bk, transposeB: true)
+        }
+        expectClose(try c1.download(), e1, atol: 1e-4, rtol: 1e-5, "batched, shared B")
+        expectClose(try c2.download(), e2, atol: 1e-4, rtol: 1e-5, "batched B^T")
+
+        // The fused serial adapter: [u | s t] [W | C]^T, one reduction of d + r, with a bias.
+        let (t, d, r, o) = (65, 48, 4, 144)
+        let u = uniformValues(t * d, seed: 13), wq = uniformValues(o * d, seed: 14), low = uniformValues(t * r, seed: 15)
+        let cw = uniformValues(o * r, seed: 16), qb = uniformValues(o, seed: 17)
+        let qkv = try engine.empty([t, o])
+        try engine.gemm(sum: [GemmTerm(try engine.tensor(u, shape: [t, d]), try engine.tensor(wq, shape: [o, d]), transposeB: true),
+                              GemmTerm(try engine.tensor(low, shape: [t, r]), try engine.tensor(cw, shape: [o, r]), transposeB: true, scale: 0.5)],
+                        into: qkv, bias: try engine.tensor(qb, shape: [o]))
+        let p1 = Reference.matmul(u, wq, m: t, n: o, k: d, transposeB: true), p2 = Reference.matmul(low, cw, m: t, n: o, k: r, transposeB: true)
+        expectClose(try qkv.download(), (0..<t * o).map { p1[$0] + 0.5 * p2[$0] + Double(qb[$0 % o]) }, atol: 1e-4, rtol: 1e-5, "two-term sum")
+
+        // Column slices of qkv as output (LoRA's update of k) and as a transposed input.
+        let qkv0 = try qkv.download(), bk2 = uniformValues(d * r, seed: 18)
+        let width = o / 3
+        try engine.gemm(sum: [GemmTerm(try engine.tensor(low, shape: [t, r]), try engine.tensor(Array(bk2.prefix(width * r)), shape: [width, r]), transposeB: true)],
+                        into: .strided(try .columns(width, width, of: qkv)), alpha: 0.5, beta: 1)
+        let update = Reference.matmul(low, Array(bk2.prefix(width * r)), m: t, n: width, k: r, transposeB: true)
+        var expected = qkv0.map(Double.init)
+        for i in 0..<t { for j in 0..<width { expected[i * o + width + j] += 0.5 * update[i * width + j] } }
+        expectClose(try qkv.download(), expected, atol: 1e-4, rtol: 1e-5, "column-slice output")
+        let sliceT = try engine.empty([width, r])
+        try engine.gemm(sum: [GemmTerm(.strided(try .columns(2 * width, width, of: qkv)), .tensor(try engine.tensor(low, shape: [t, r])), transposeA: true)],
+                        into: .tensor(sliceT))
+        let slice = (0..<t).flatMap { i in (0..<width).map { Float(expected[i * o + 2 * width + $0]) } }
+        expectClose(try sliceT.download(), Reference.matmul(slice, low, m: width, n: r, k: t, transposeA: true), atol: 1e-4, rtol: 1e-5, "strided A^T")
+    }
+
+    @Test func narrowProductsTakeNarrowTiles() {
+        let tiles = GemmTiles.seed
+        #expect(tiles.tile(m: 1576, n: 8) == tiles.narrowColumns)
+        #expect(tiles.tile(m: 8, n: 384) == tiles.narrowRows)
+        #expect(tiles.tile(m: 1576, n: 1152) == tiles.large && tiles.tile(m: 8, n: 8) == tiles.large)
+    }
+
+    /// Every tile the tests and the profile use fits NVIDIA's limits (48 KiB of __local, whole
+    /// warps, at most 1024 work-items), as compiled here (CL_KERNEL_LOCAL_MEM_SIZE); tiles that
+    /// break a rule are refused before anything is built.
+    @Test func tilesStayWithinGPULimits() throws {
+        let engine = try makeEngine()
+        for tiles in Self.tiles {
+            for tile in [tiles.large, tiles.narrowColumns, tiles.narrowRows] {
+                try tile.validate()
+                let kernel = try engine.kernels.kernel("gemm_tiled", in: "gemm", options: tile.buildOptions)
+                let used = try kernel.localMemoryBytes(on: engine.device)
+                #expect(used >= tile.localBytes && used <= TiledGemm.localLimit, "\(tile): \(used) bytes of __local")
+                #expect(tile.workGroupSize % 32 == 0 && tile.workGroupSize <= 1024)
+            }
+        }
+        let bad = [TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4),  // 64 KiB of __local
+                   TiledGemm(mwg: 64, nwg: 64, kwg: 16, mdimc: 4, ndimc: 4, vwm: 4),      // 16 work-items
+                   TiledGemm(mwg: 64, nwg: 64, kwg: 16, mdimc: 64, ndimc: 32, vwm: 4),    // 2048 work-items
+                   TiledGemm(mwg: 18, nwg: 64, kwg: 16, mdimc: 2, ndimc: 16, vwm: 1)]     // 18 rows: not a multiple of 4
+        for tile in bad { #expect(throws: KernelProfileError.self, "\(tile)") { try tile.validate() } }
+        #expect(throws: KernelProfileError.self) { try GemmProfile.gpu.overridden(by: "KWG=64,MWG=128,NWG=128") }
+        #expect(try GemmProfile.cpu.overridden(by: "TILED=1,MWG=32").tiles?.large.mwg == 32)
+        #expect(try GemmProfile.gpu.overridden(by: "TILED=0").tiles == nil)
+    }
+}
