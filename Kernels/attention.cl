@@ -566,3 +566,159 @@ __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Flash kernels for GPUs (FlashAttention-2's work split): a work-group of FB work-items owns FB
+// queries (forward, dq) or FB keys (dkv), one row per work-item with its accumulators in
+// registers, and streams the other side in tiles of FB rows staged in __local by the whole
+// group (coalesced row copies, then broadcast reads: every work-item reads the same element).
+// Rows past N are loaded as zeros and masked (probability 0), so every work-item takes part in
+// every barrier. No atomics: dK/dV and dQ come from separate kernels, each row summed by the
+// one work-item that owns it, in a fixed order, so results are deterministic.
+// Global (ceil(N / FB) FB, H, B), local (FB, 1, 1). __local: 2 FB DH floats (+ 2 FB for dkv).
+#ifndef FB
+#define FB 64
+#endif
+
+// Copies rows t0 .. t0 + FB - 1 of one head into tile[FB][DH] (zeros past N), optionally scaled.
+inline void load_tile(__local float *tile, const __global float *base, const int offset, const int ld,
+                      const int b, const int N, const int t0, const int h, const float scale_by)
+{
+    for (int e = get_local_id(0); e < FB * DH; e += FB) {
+        const int r = e / DH, c = e - r * DH;
+        tile[e] = t0 + r < N ? ROW(base, offset, ld, b, N, t0 + r, h)[c] * scale_by : 0.0f;
+    }
+}
+
+__kernel __attribute__((reqd_work_group_size(FB, 1, 1)))
+void attention_forward_flash(__global const float *q, const int q_offset,
+                             __global const float *k, const int k_offset,
+                             __global const float *v, const int v_offset, const int ld_qkv,
+                             __global float *o, const int o_offset, const int ld_o,
+                             __global float *lse, const int lse_offset,
+                             const int N, const int H, const float scale)
+{
+    __local float Ks[FB * DH], Vs[FB * DH];
+    const int i = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    const bool live = i < N;
+    float qi[DH], acc[DH];
+    const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, min(i, N - 1), h);
+    for (int c = 0; c < DH; ++c) { qi[c] = q_row[c] * scale; acc[c] = 0.0f; }
+    float running_max = -INFINITY, running_sum = 0.0f;
+    for (int j0 = 0; j0 < N; j0 += FB) {
+        load_tile(Ks, k, k_offset, ld_qkv, b, N, j0, h, 1.0f);
+        load_tile(Vs, v, v_offset, ld_qkv, b, N, j0, h, 1.0f);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const int count = min(FB, N - j0);
+        float s[FB];
+        float block_max = -INFINITY;
+        for (int jj = 0; jj < count; ++jj) {
+            float dot = 0.0f;
+            for (int c = 0; c < DH; ++c) dot += qi[c] * Ks[jj * DH + c];
+            s[jj] = dot;
+            block_max = fmax(block_max, dot);
+        }
+        const float new_max = fmax(running_max, block_max);
+        const float correction = exp(running_max - new_max);
+        running_sum *= correction;
+        for (int c = 0; c < DH; ++c) acc[c] *= correction;
+        for (int jj = 0; jj < count; ++jj) {
+            const float p = exp(s[jj] - new_max);
+            running_sum += p;
+            for (int c = 0; c < DH; ++c) acc[c] += p * Vs[jj * DH + c];
+        }
+        running_max = new_max;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (!live) return;
+    const float inverse = 1.0f / running_sum;
+    __global float *o_row = ROW(o, o_offset, ld_o, b, N, i, h);
+    for (int c = 0; c < DH; ++c) o_row[c] = acc[c] * inverse;
+    lse[lse_offset + (b * H + h) * N + i] = running_max + log(running_sum);
+}
+
+// dQ_i = scale sum_j P_ij (dO_i . V_j - delta_i) K_j, K and V in tiles.
+__kernel __attribute__((reqd_work_group_size(FB, 1, 1)))
+void attention_backward_dq_flash(__global const float *q, const int q_offset,
+                                 __global const float *k, const int k_offset,
+                                 __global const float *v, const int v_offset, const int ld_qkv,
+                                 __global const float *d_o, const int d_o_offset, const int ld_o,
+                                 __global const float *lse, const int lse_offset,
+                                 __global const float *delta, const int delta_offset,
+                                 __global float *dq, const int dq_offset, const int ld_d,
+                                 const int N, const int H, const float scale)
+{
+    __local float Ks[FB * DH], Vs[FB * DH];
+    const int i = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    const int row = min(i, N - 1);
+    float qi[DH], doi[DH], acc[DH];
+    const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, row, h);
+    const __global float *do_row = ROW(d_o, d_o_offset, ld_o, b, N, row, h);
+    for (int c = 0; c < DH; ++c) { qi[c] = q_row[c] * scale; doi[c] = do_row[c]; acc[c] = 0.0f; }
+    const float lse_i = lse[lse_offset + (b * H + h) * N + row];
+    const float delta_i = delta[delta_offset + (b * H + h) * N + row];
+    for (int j0 = 0; j0 < N; j0 += FB) {
+        load_tile(Ks, k, k_offset, ld_qkv, b, N, j0, h, 1.0f);
+        load_tile(Vs, v, v_offset, ld_qkv, b, N, j0, h, 1.0f);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const int count = min(FB, N - j0);
+        for (int jj = 0; jj < count; ++jj) {
+            float s = 0.0f, dp = 0.0f;
+            for (int c = 0; c < DH; ++c) { s += qi[c] * Ks[jj * DH + c]; dp += doi[c] * Vs[jj * DH + c]; }
+            const float ds = exp(s - lse_i) * (dp - delta_i);
+            for (int c = 0; c < DH; ++c) acc[c] += ds * Ks[jj * DH + c];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (i >= N) return;
+    __global float *dq_row = ROW(dq, dq_offset, ld_d, b, N, i, h);
+    for (int c = 0; c < DH; ++c) dq_row[c] = acc[c] * scale;
+}
+
+// dV_j = sum_i P_ij dO_i; dK_j = scale sum_i P_ij (dO_i . V_j - delta_i) Q_i, Q and dO in tiles
+// (Q pre-scaled), with the tile's lse and delta.
+__kernel __attribute__((reqd_work_group_size(FB, 1, 1)))
+void attention_backward_dkv_flash(__global const float *q, const int q_offset,
+                                  __global const float *k, const int k_offset,
+                                  __global const float *v, const int v_offset, const int ld_qkv,
+                                  __global const float *d_o, const int d_o_offset, const int ld_o,
+                                  __global const float *lse, const int lse_offset,
+                                  __global const float *delta, const int delta_offset,
+                                  __global float *dk, const int dk_offset,
+                                  __global float *dv, const int dv_offset, const int ld_d,
+                                  const int N, const int H, const float scale)
+{
+    __local float Qs[FB * DH], Ds[FB * DH], Ls[FB], Es[FB];
+    const int j = get_global_id(0), h = get_global_id(1), b = get_global_id(2);
+    const int row = min(j, N - 1);
+    float kj[DH], vj[DH], dk_acc[DH], dv_acc[DH];
+    const __global float *k_row = ROW(k, k_offset, ld_qkv, b, N, row, h);
+    const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, row, h);
+    for (int c = 0; c < DH; ++c) { kj[c] = k_row[c]; vj[c] = v_row[c]; dk_acc[c] = 0.0f; dv_acc[c] = 0.0f; }
+    const int stats = (b * H + h) * N;
+    for (int i0 = 0; i0 < N; i0 += FB) {
+        load_tile(Qs, q, q_offset, ld_qkv, b, N, i0, h, scale);
+        load_tile(Ds, d_o, d_o_offset, ld_o, b, N, i0, h, 1.0f);
+        const int t = get_local_id(0);
+        Ls[t] = i0 + t < N ? lse[lse_offset + stats + i0 + t] : 0.0f;
+        Es[t] = i0 + t < N ? delta[delta_offset + stats + i0 + t] : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        const int count = min(FB, N - i0);
+        for (int ii = 0; ii < count; ++ii) {
+            float s = 0.0f, dp = 0.0f;
+            for (int c = 0; c < DH; ++c) { s += Qs[ii * DH + c] * kj[c]; dp += Ds[ii * DH + c] * vj[c]; }
+            const float p = exp(s - Ls[ii]);
+            const float ds = p * (dp - Es[ii]);
+            for (int c = 0; c < DH; ++c) {
+                dv_acc[c] += p * Ds[ii * DH + c];
+                dk_acc[c] += ds * Qs[ii * DH + c];
+            }
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (j >= N) return;
+    __global float *dk_row = ROW(dk, dk_offset, ld_d, b, N, j, h);
+    __global float *dv_row = ROW(dv, dv_offset, ld_d, b, N, j, h);
+    // Q was scaled in the tile: dK = scale sum ds Q = sum ds (scale Q).
+    for (int c = 0; c < DH; ++c) { dk_row[c] = dk_acc[c]; dv_row[c] = dv_acc[c]; }
+}

@@ -43,15 +43,28 @@ public enum AttentionPath: Sendable, Equatable {
     case block(rows: Int)
     /// `queries` per work-item in the forward and dq kernels, `keys` in dkv.
     case tiled(queries: Int, keys: Int)
+    /// GPUs: a work-group of `rows` (32, 64 or 128) work-items owns that many queries (keys),
+    /// one each, and streams the other side through `__local` in tiles of `rows`.
+    case flash(rows: Int)
 
     public static func forDevice(_ device: Device) -> AttentionPath {
-        device.type.contains(.gpu) ? .rowPerItem : .tiled(queries: 4, keys: 4)
+        device.type.contains(.gpu) ? .flash(rows: 64) : .tiled(queries: 4, keys: 4)
     }
 
+    /// `__local` bytes of the flash kernels (dkv's, the largest: two tiles and two statistics rows).
+    static func flashLocalBytes(rows: Int, headDimension: Int) -> Int { 4 * (2 * rows * headDimension + 2 * rows) }
+
     /// The tiled kernels store output rows as vectors of 16, 8 or 4 floats: other head
-    /// dimensions take the block path.
+    /// dimensions take the block path. Flash tiles shrink to fit 48 KiB of `__local` (NVIDIA's
+    /// limit) and fall back to one row per work-item past it (head dimension above 160).
     func resolved(headDimension: Int) -> AttentionPath {
         if case .tiled = self, headDimension % 4 != 0 { return .block(rows: 16) }
+        if case .flash(let rows) = self {
+            guard let fitting = [rows, 64, 32].filter({ $0 <= rows }).first(where: {
+                Self.flashLocalBytes(rows: $0, headDimension: headDimension) <= TiledGemm.localLimit
+            }) else { return .rowPerItem }
+            return .flash(rows: fitting)
+        }
         return self
     }
 
@@ -60,6 +73,7 @@ public enum AttentionPath: Sendable, Equatable {
         case .rowPerItem: ""
         case .block: "_block"
         case .tiled: "_tiled"
+        case .flash: "_flash"
         }
     }
 
@@ -69,6 +83,7 @@ public enum AttentionPath: Sendable, Equatable {
         case .block(let rows): "-DDH=\(headDimension) -DQB=\(rows)"
         case .tiled(let queries, let keys):
             "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\([16, 8, 4].first { headDimension % $0 == 0 }!)"
+        case .flash(let rows): "-DDH=\(headDimension) -DFB=\(rows)"
         }
     }
 
@@ -79,6 +94,7 @@ public enum AttentionPath: Sendable, Equatable {
         switch self {
         case .rowPerItem: nil
         case .block, .tiled: [1, 1, 1]
+        case .flash(let rows): [rows, 1, 1]
         }
     }
 
@@ -87,6 +103,7 @@ public enum AttentionPath: Sendable, Equatable {
         switch self {
         case .rowPerItem: [shape.tokens, shape.heads, shape.batch]
         case .block(let rows), .tiled(let rows, _): [(shape.tokens + rows - 1) / rows, shape.heads, shape.batch]
+        case .flash(let rows): [roundUp(shape.tokens, rows), shape.heads, shape.batch]
         }
     }
 
@@ -188,6 +205,9 @@ extension Engine {
     private func checkAttention(_ operation: String, _ shape: AttentionShape, _ layouts: [HeadLayout]) throws {
         if case .block(let rows) = attentionPath, ![2, 4, 8, 16].contains(rows) {
             throw TensorError.shapeMismatch(operation: operation, details: "attention block rows must be 2, 4, 8 or 16, got \(rows)")
+        }
+        if case .flash(let rows) = attentionPath, ![32, 64, 128].contains(rows) {
+            throw TensorError.shapeMismatch(operation: operation, details: "flash attention takes work-groups of 32, 64 or 128 rows, got \(rows)")
         }
         if case .tiled(let queries, let keys) = attentionPath, !(1...8).contains(queries) || !(1...8).contains(keys) {
             throw TensorError.shapeMismatch(operation: operation, details: "tiled attention takes 1 to 8 queries and keys per work-item, got \(queries) and \(keys)")

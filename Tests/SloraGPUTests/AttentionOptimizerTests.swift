@@ -21,6 +21,21 @@ struct AttentionTests {
     @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8), .tiled(queries: 4, keys: 4),
                              .tiled(queries: 3, keys: 3)])
     func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
+        try checkAgainstReference(c, path)
+    }
+
+    /// The GPU kernels on PoCL, where a work-group's barriers serialise its work-items (slow, so
+    /// fewer cases): ragged last tiles (65, 197, 17, 9 tokens), one token, head dimensions 64,
+    /// 40, 6 and 128 (which shrinks the tile to 32 rows), both tile heights.
+    @Test(arguments: [(Case(batch: 2, tokens: 65, heads: 3, headDimension: 32), 64), (Case(batch: 1, tokens: 197, heads: 2, headDimension: 64), 64),
+                      (Case(batch: 2, tokens: 17, heads: 2, headDimension: 40), 32), (Case(batch: 1, tokens: 9, heads: 1, headDimension: 6), 64),
+                      (Case(batch: 2, tokens: 1, heads: 2, headDimension: 32), 32), (Case(batch: 1, tokens: 37, heads: 1, headDimension: 128), 64),
+                      (Case(batch: 1, tokens: 70, heads: 2, headDimension: 20), 32)])
+    func flashForwardAndBackwardMatchTheReference(shape c: Case, rows: Int) throws {
+        try checkAgainstReference(c, .flash(rows: rows))
+    }
+
+    private func checkAgainstReference(_ c: Case, _ path: AttentionPath) throws {
         let engine = try makeEngine()
         engine.attentionPath = path
         let width = c.heads * c.headDimension, rows = c.batch * c.tokens
@@ -60,6 +75,26 @@ struct AttentionTests {
             expectedQKV += grads.dv[r * width..<(r + 1) * width]
         }
         expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription) \(path)")
+    }
+
+    /// The flash kernels' work-groups are whole warps and their __local fits NVIDIA's 48 KiB as
+    /// compiled here; tiles shrink for wide heads, and past 160 the row path takes over.
+    @Test func flashKernelsStayWithinGPULimits() throws {
+        let engine = try makeEngine()
+        for dh in [20, 32, 40, 64, 128, 160, 256] {
+            let path = AttentionPath.flash(rows: 64).resolved(headDimension: dh)
+            guard case .flash(let rows) = path else {
+                #expect(dh > 160 && path == .rowPerItem, "dh \(dh): \(path)")
+                continue
+            }
+            #expect(rows % 32 == 0 && rows <= 1024)
+            for name in ["attention_forward_flash", "attention_backward_dq_flash", "attention_backward_dkv_flash"] {
+                let kernel = try engine.kernels.kernel(name, in: "attention", options: path.options(headDimension: dh))
+                let bytes = try kernel.localMemoryBytes(on: engine.device)
+                #expect(bytes <= TiledGemm.localLimit && bytes <= AttentionPath.flashLocalBytes(rows: rows, headDimension: dh), "\(name) dh \(dh): \(bytes) bytes")
+            }
+        }
+        #expect(AttentionPath.flash(rows: 64).resolved(headDimension: 128) == .flash(rows: 32))
     }
 
     /// The reference backward against central differences of the reference forward, on every

@@ -12,10 +12,11 @@ struct ParityCase: Sendable, CustomTestStringConvertible {
     var naming: CheckpointNaming
     var method: String
     var activations = ActivationMemory.recompute
-    /// Run every GEMM through the GPU profile's work-group tiled kernel.
-    var gpuGemm = false
+    /// Run every GEMM through the GPU profile's work-group tiled kernel and attention through
+    /// the flash kernels: a training step on the GPU kernels.
+    var gpuKernels = false
     var testDescription: String {
-        "\(naming.rawValue) \(method)" + (activations == .recompute ? "" : " (activations: \(activations))") + (gpuGemm ? " (GPU GEMM)" : "")
+        "\(naming.rawValue) \(method)" + (activations == .recompute ? "" : " (activations: \(activations))") + (gpuKernels ? " (GPU kernels)" : "")
     }
 }
 
@@ -54,7 +55,7 @@ struct ParityTests {
     static let cases = CheckpointNaming.allCases.flatMap { naming in
         ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0) }
             + ["serial", "lora"].map { ParityCase(naming: naming, method: $0, activations: .keep) }
-    } + ["serial", "lora", "full", "probe"].map { ParityCase(naming: .hfViT, method: $0, gpuGemm: true) }
+    } + ["serial", "lora", "full", "probe"].map { ParityCase(naming: .hfViT, method: $0, gpuKernels: true) }
 
     // Tolerances (fp32 against PyTorch fp32): logits and loss atol 2e-5 + rtol 1e-4;
     // gradients atol 2e-5 + rtol 1e-3 (relative error around 1e-5 on typical entries);
@@ -62,7 +63,10 @@ struct ParityTests {
     @Test(arguments: cases)
     func logitsLossGradientsAndThreeAdamWSteps(_ c: ParityCase) throws {
         let engine = try makeEngine()
-        if c.gpuGemm { engine.gemmProfile = .gpu }
+        if c.gpuKernels {
+            engine.gemmProfile = .gpu
+            engine.attentionPath = .flash(rows: 32)
+        }
         let (model, adapter) = try fixtureModel(engine, naming: c.naming, method: c.method)
         model.activationMemory = c.activations
         let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/expected.safetensors"))
