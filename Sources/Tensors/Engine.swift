@@ -62,7 +62,13 @@ public final class Engine {
         pool = BufferPool(context: context)
         gemmProfile = try GemmProfile.forDevice(device)
         attentionPath = AttentionPath.forDevice(device)
+        tuningCache = configuration.cacheDirectory.map(TuningCache.init(kernelCache:))
+        // Explicit tunables win over a tuning entry.
+        if ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil { applyCachedTuning(cache: tuningCache) }
     }
+
+    /// Where GEMM tuning entries live (beside the compiled-kernel cache); nil with the cache off.
+    public let tuningCache: TuningCache?
 
     /// Selects a device by the policy in `DeviceSelection` (`deviceSpec`, then
     /// `SLORAGPU_DEVICE`, then the first GPU, then PoCL's CPU device).

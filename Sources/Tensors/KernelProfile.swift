@@ -125,7 +125,7 @@ public enum KernelProfileError: Error, CustomStringConvertible {
 /// One configuration of the work-group tiled GEMM (`gemm_tiled` in Kernels/gemm.cl): an
 /// MWG x NWG tile of C per work-group of NDIMC x MDIMC work-items, K in KWG chunks through
 /// `__local`, VWM-wide copies.
-public struct TiledGemm: Sendable, Equatable, Hashable, CustomStringConvertible {
+public struct TiledGemm: Sendable, Equatable, Hashable, Codable, CustomStringConvertible {
     public var mwg: Int, nwg: Int, kwg: Int, mdimc: Int, ndimc: Int, vwm: Int
 
     public init(mwg: Int, nwg: Int, kwg: Int, mdimc: Int, ndimc: Int, vwm: Int) {
@@ -165,7 +165,7 @@ public struct TiledGemm: Sendable, Equatable, Hashable, CustomStringConvertible 
 
 /// Tiles per shape class: large products, and the narrow low-rank ones (at most 16 columns, or
 /// at most 16 rows), which a square tile would mostly pad.
-public struct GemmTiles: Sendable, Equatable, Hashable, CustomStringConvertible {
+public struct GemmTiles: Sendable, Equatable, Hashable, Codable, CustomStringConvertible {
     public var large: TiledGemm
     public var narrowColumns: TiledGemm
     public var narrowRows: TiledGemm

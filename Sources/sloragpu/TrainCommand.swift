@@ -120,6 +120,8 @@ struct TrainCommand: ParsableCommand {
     var resume: String?
     @Flag(help: "Replace the run that --output already holds (its checkpoints, metrics, adapter and summary) instead of refusing.")
     var overwrite = false
+    @Flag(help: "On a GPU without a tuned GEMM entry, train with the seed tiles instead of tuning first (about 3 minutes, once per device).")
+    var noTune = false
 
     func validate() throws {
         if resume != nil && overwrite { throw ValidationError("--resume continues a run and --overwrite replaces it: give one") }
@@ -149,6 +151,7 @@ struct TrainCommand: ParsableCommand {
         let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
 
         let engine = try Engine(deviceSpec: deviceOption.device)
+        try tuneOnFirstUse(engine, skip: noTune)
         var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
         train = train.prefix(options.trainLimit)
         test = test.prefix(options.testLimit)
@@ -369,3 +372,23 @@ func duration(_ seconds: Double) -> String {
 }
 
 extension ActivationMemory: ExpressibleByArgument {}
+
+/// A GPU without a tuned GEMM entry is tuned once, with a visible line, before its first run.
+func tuneOnFirstUse(_ engine: Engine, skip: Bool) throws {
+    guard engine.device.type.contains(.gpu), engine.gemmProfile.tiles != nil, let cache = engine.tuningCache,
+          ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil else { return }
+    let key = try TuningKey(engine: engine)
+    if case .hit = cache.load(key, device: engine.device) { return }
+    guard !skip else {
+        print("tuning:   skipped (--no-tune): seed GEMM tiles; run `sloragpu tune` once to tune this device")
+        return
+    }
+    print("tuning:   GEMM tiles for \(engine.device.name), once per device and driver (about 3 minutes; --no-tune skips)")
+    fflush(nil)
+    let entry = try GemmTuner.tune(engine, budget: 180) { line in
+        print("          \(line)")
+        fflush(nil)
+    }
+    try cache.store(entry)
+    engine.gemmProfile.tiles = entry.tiles
+}

@@ -141,3 +141,60 @@ struct TiledGemmTests {
         #expect(try GemmProfile.gpu.overridden(by: "TILED=0").tiles == nil)
     }
 }
+
+@Suite("GEMM tuner", .serialized)
+struct GemmTunerTests {
+    static let small = [("large", 70, 65, 33), ("narrowColumns", 67, 8, 40), ("narrowRows", 8, 66, 40)]
+
+    @Test func tuningOnPoCLGivesAValidatedCachedEntryThatEnginesUse() throws {
+        let cacheDirectory = try makeTemporaryDirectory()
+        let engine = try makeEngine(cacheDirectory: cacheDirectory)
+        let entry = try GemmTuner.tune(engine, budget: 60, maxCandidates: 2, shapes: Self.small)
+        #expect(entry.classes.count == 3 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
+        for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] { try tile.validate() }
+        let cache = try #require(engine.tuningCache)
+        try cache.store(entry)
+        #expect(cache.load(try TuningKey(engine: engine), device: engine.device) == .hit(entry))
+        // A GPU-profile engine on this device picks the entry up.
+        let second = try makeEngine(cacheDirectory: cacheDirectory)
+        second.gemmProfile = .gpu
+        #expect(second.applyCachedTuning(cache: second.tuningCache) == .hit(entry))
+        #expect(second.gemmProfile.tiles == entry.tiles)
+        // The search space honours the limits.
+        for name in ["large", "narrowColumns", "narrowRows"] {
+            let space = GemmTuner.candidates(for: name, device: engine.device)
+            #expect(space.count >= 20 && space.count <= 400, "\(name): \(space.count) candidates")
+            #expect(space.allSatisfy { $0.localBytes <= TiledGemm.localLimit && $0.workGroupSize % 32 == 0 })
+        }
+    }
+
+    @Test func damagedOrForeignEntriesAreNeverTrusted() throws {
+        let engine = try makeEngine(cacheDirectory: try makeTemporaryDirectory())
+        let key = try TuningKey(engine: engine)
+        var entry = TuningEntry(key: key, tiles: .seed, classes: [:], version: SloraGPU.version, date: "now")
+        let encode = { (entry: TuningEntry) in try JSONEncoder().encode(entry) }
+        #expect(TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") == .hit(entry))
+        #expect(TuningCache.verify(Data("{\"key\":".utf8), key: key, device: engine.device, name: "e") == .invalid("e is not a tuning entry"))
+        var other = entry
+        other.key.driver = "another driver"
+        guard case .invalid = TuningCache.verify(try encode(other), key: key, device: engine.device, name: "e") else { Issue.record("foreign key accepted"); return }
+        entry.tiles.large = TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4)  // 64 KiB of __local
+        guard case .invalid = TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") else { Issue.record("oversized tile accepted"); return }
+    }
+
+    @Test func theTuneCommandRetunesADamagedEntry() throws {
+        let cache = try makeTemporaryDirectory()
+        let environment = ["SLORAGPU_CACHE_DIR": cache.path]
+        let first = try runSloragpu(["tune", "--small", "--budget", "30", "--max-candidates", "1"], environment: environment)
+        #expect(first.status == 0, "\(first.standardError)")
+        #expect(first.standardOutput.contains("cached: "))
+        let again = try runSloragpu(["tune", "--small", "--budget", "30", "--max-candidates", "1"], environment: environment)
+        #expect(again.standardOutput.contains("a tuned entry is cached"))
+        for file in try FileManager.default.contentsOfDirectory(at: cache.appendingPathComponent("tuning"), includingPropertiesForKeys: nil) {
+            try Data("{ damaged".utf8).write(to: file)
+        }
+        let repaired = try runSloragpu(["tune", "--small", "--budget", "30", "--max-candidates", "1"], environment: environment)
+        #expect(repaired.status == 0 && repaired.standardOutput.contains("re-tuning: the cached entry cannot be used"), "\(repaired.standardOutput)")
+        #expect(repaired.standardOutput.contains("cached: "))
+    }
+}

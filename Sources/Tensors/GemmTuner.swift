@@ -1,0 +1,230 @@
+import CLRuntime
+import Foundation
+
+// The GEMM auto-tuner: searches work-group tiles for `gemm_tiled` on the device itself, checks
+// every candidate's result against the host before timing it, and caches the winner per device,
+// driver and kernel source next to the compiled-kernel cache. Kernel Tuner's and CLBlast's
+// structure: a small space filtered by the device's limits, seeds first, a few timed runs per
+// candidate with an early stop at 3x the best, and a cache entry that is re-tuned, never
+// trusted, when it does not verify.
+
+
+/// What a tuning result is valid for: the same platform, device, driver and GEMM source.
+public struct TuningKey: Codable, Equatable, Sendable {
+    public var platform: String
+    public var device: String
+    public var driver: String
+    /// SHA-256 of Kernels/gemm.cl as built.
+    public var gemmSource: String
+
+    public init(engine: Engine) throws {
+        platform = engine.device.platform.name
+        device = engine.device.name
+        driver = engine.device.info.driverVersion
+        gemmSource = SHA256.hex(try engine.kernels.sources.source(named: "gemm"))
+    }
+}
+
+/// One tuned shape class: the winner, its rate, and how many candidates were tried.
+public struct TunedClass: Codable, Equatable, Sendable {
+    public var shape: [Int]
+    public var tile: TiledGemm
+    public var gflops: Double
+    public var tried: Int
+    public var rejected: Int
+}
+
+public struct TuningEntry: Codable, Equatable, Sendable {
+    public var key: TuningKey
+    public var tiles: GemmTiles
+    public var classes: [String: TunedClass]
+    public var version: String
+    public var date: String
+}
+
+/// Tuning entries on disk: `<kernel cache>/tuning/<hash of the key>.json`.
+public struct TuningCache: Sendable {
+    public let directory: URL
+
+    public init(kernelCache: URL) { directory = kernelCache.appendingPathComponent("tuning") }
+
+    public func url(for key: TuningKey) -> URL {
+        let text = "\(key.platform)|\(key.device)|\(key.driver)|\(key.gemmSource)"
+        return directory.appendingPathComponent(String(SHA256.hex(text).prefix(32)) + ".json")
+    }
+
+    public enum Lookup: Equatable, Sendable {
+        case hit(TuningEntry)
+        case miss
+        /// Present but not usable (damaged, another key, tiles the device cannot run).
+        case invalid(String)
+    }
+
+    public func load(_ key: TuningKey, device: Device) -> Lookup {
+        let url = url(for: key)
+        guard FileManager.default.fileExists(atPath: url.path) else { return .miss }
+        return Self.verify(try? Data(contentsOf: url), key: key, device: device, name: url.lastPathComponent)
+    }
+
+    /// An entry's bytes checked against `key` and the device's limits.
+    public static func verify(_ data: Data?, key: TuningKey, device: Device, name: String) -> Lookup {
+        guard let data, let entry = try? JSONDecoder().decode(TuningEntry.self, from: data) else { return .invalid("\(name) is not a tuning entry") }
+        guard entry.key == key else { return .invalid("\(name) was tuned for another device, driver or kernel source") }
+        for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] {
+            do { try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes)) } catch {
+                return .invalid("\(name): \(error)")
+            }
+        }
+        return .hit(entry)
+    }
+
+    public func store(_ entry: TuningEntry) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = try encoder.encode(entry)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let url = url(for: entry.key)
+        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).tmp")
+        try data.write(to: temporary)
+        guard rename(temporary.path, url.path) == 0 else {
+            try? FileManager.default.removeItem(at: temporary)
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
+        }
+    }
+}
+
+public enum GemmTuner {
+    /// The shape classes and the product each is timed on (a ViT-B/16 step at batch 8:
+    /// 1576 tokens, width 768; the low-rank factors at r = 8).
+    public static let vitBase: [(name: String, m: Int, n: Int, k: Int)] = [
+        ("large", 1576, 2304, 768), ("narrowColumns", 1576, 8, 768), ("narrowRows", 8, 768, 1576),
+    ]
+
+    /// The search space, seeds first, filtered by the kernel's and the device's limits:
+    /// MWG, NWG in {32, 64, 128}, KWG in {8, 16, 32}, MDIMC, NDIMC in {8, 16, 32}, VWM in {2, 4}
+    /// for large products; for the narrow classes the narrow side is 16 wide.
+    public static func candidates(for className: String, device: Device) -> [TiledGemm] {
+        var space: [TiledGemm] = []
+        let seed = GemmTiles.seed
+        switch className {
+        case "narrowColumns":
+            space.append(seed.narrowColumns)
+            for mwg in [64, 128, 256] { for kwg in [8, 16, 32] { for mdimc in [16, 32, 64] { for ndimc in [2, 4] { for vwm in [2, 4] {
+                space.append(TiledGemm(mwg: mwg, nwg: 16, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+            } } } } }
+        case "narrowRows":
+            space.append(seed.narrowRows)
+            for nwg in [64, 128, 256] { for kwg in [8, 16, 32] { for ndimc in [16, 32, 64] { for mdimc in [2, 4] { for vwm in [2, 4] {
+                space.append(TiledGemm(mwg: 16, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+            } } } } }
+        default:
+            // CLBlast's tuned rows for the RTX 3090 and A100 come first.
+            space += [seed.large, TiledGemm(mwg: 32, nwg: 64, kwg: 32, mdimc: 8, ndimc: 16, vwm: 4)]
+            for mwg in [32, 64, 128] { for nwg in [32, 64, 128] { for kwg in [8, 16, 32] { for mdimc in [8, 16, 32] { for ndimc in [8, 16, 32] { for vwm in [2, 4] {
+                space.append(TiledGemm(mwg: mwg, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+            } } } } } }
+        }
+        var seen = Set<TiledGemm>()
+        return space.filter { tile in
+            guard seen.insert(tile).inserted else { return false }
+            guard (try? tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))) != nil else { return false }
+            // At least 4 outputs per work-item, at most 64 (registers).
+            let outputs = (tile.mwg / tile.mdimc) * (tile.nwg / tile.ndimc)
+            return (4...64).contains(outputs) && (64...512).contains(tile.workGroupSize)
+        }
+    }
+
+    /// Tunes every shape class within `budget` seconds (shared; a class runs at least its seed).
+    /// `shapes` overrides the products timed (tests use small ones).
+    public static func tune(_ engine: Engine, budget: Double, maxCandidates: Int? = nil,
+                            shapes: [(name: String, m: Int, n: Int, k: Int)] = vitBase,
+                            progress: (String) -> Void = { _ in }) throws -> TuningEntry {
+        let started = Date()
+        var tiles = GemmTiles.seed
+        var classes: [String: TunedClass] = [:]
+        let saved = engine.gemmProfile
+        defer { engine.gemmProfile = saved }
+        for (index, shape) in shapes.enumerated() {
+            let classBudget = (budget - Date().timeIntervalSince(started)) / Double(shapes.count - index)
+            let classStarted = Date()
+            var pool = candidates(for: shape.name, device: engine.device)
+            if let maxCandidates { pool = Array(pool.prefix(maxCandidates)) }
+            let a = tunerValues(shape.m * shape.k, seed: 1), b = tunerValues(shape.k * shape.n, seed: 2)
+            let aTensor = try engine.tensor(a, shape: [shape.m, shape.k]), bTensor = try engine.tensor(b, shape: [shape.k, shape.n])
+            let c = try engine.empty([shape.m, shape.n])
+            let checks = (0..<64).map { ($0 * 7919 % shape.m, $0 * 104_729 % shape.n) }
+            var best: (tile: TiledGemm, seconds: Double)?
+            var tried = 0, rejected = 0
+            for tile in pool {
+                if tried > 0, Date().timeIntervalSince(classStarted) > classBudget { break }
+                tried += 1
+                engine.gemmProfile = .gpu
+                engine.gemmProfile.tiles = GemmTiles(large: tile, narrowColumns: tile, narrowRows: tile)
+                do {
+                    try engine.fill(c, with: .nan)
+                    try engine.gemm(aTensor, bTensor, into: c)
+                    let result = try c.download()
+                    // Checked against the host in double precision before any timing.
+                    let wrong = checks.first { (i, j) in
+                        var sum = 0.0, magnitude = 0.0
+                        for p in 0..<shape.k {
+                            let term = Double(a[i * shape.k + p]) * Double(b[p * shape.n + j])
+                            sum += term
+                            magnitude += abs(term)
+                        }
+                        return !(abs(Double(result[i * shape.n + j]) - sum) <= 1e-5 * magnitude + 1e-6)
+                    }
+                    if wrong != nil { rejected += 1; progress("  \(shape.name) \(tile): wrong result, rejected"); continue }
+                    var fastest = Double.infinity
+                    for _ in 0..<3 {
+                        try engine.synchronize()
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        try engine.gemm(aTensor, bTensor, into: c)
+                        try engine.synchronize()
+                        fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                        if let best, fastest > 3 * best.seconds { break }
+                    }
+                    if best == nil || fastest < best!.seconds { best = (tile, fastest) }
+                } catch {
+                    rejected += 1
+                    progress("  \(shape.name) \(tile): \(error)")
+                }
+            }
+            guard let best else { throw TensorError.shapeMismatch(operation: "tune", details: "no tile of the \(shape.name) class ran correctly") }
+            let gflops = 2 * Double(shape.m) * Double(shape.n) * Double(shape.k) / best.seconds / 1e9
+            progress(String(format: "%@ (%dx%dx%d): %@ at %.1f GFLOP/s, %d tried, %d rejected", shape.name, shape.m, shape.n, shape.k,
+                            "\(best.tile)", gflops, tried, rejected))
+            classes[shape.name] = TunedClass(shape: [shape.m, shape.n, shape.k], tile: best.tile, gflops: gflops, tried: tried, rejected: rejected)
+            switch shape.name {
+            case "narrowColumns": tiles.narrowColumns = best.tile
+            case "narrowRows": tiles.narrowRows = best.tile
+            default: tiles.large = best.tile
+            }
+        }
+        let formatter = ISO8601DateFormatter()
+        return TuningEntry(key: try TuningKey(engine: engine), tiles: tiles, classes: classes, version: SloraGPU.version,
+                           date: formatter.string(from: Date()))
+    }
+
+    private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        return (0..<count).map { _ in
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+    }
+}
+
+extension Engine {
+    /// Uses the cached tuning entry for this device when one verifies (GPUs only: the CPU
+    /// profile has no tiles). Returns what happened, for the commands to print.
+    @discardableResult
+    public func applyCachedTuning(cache: TuningCache?) -> TuningCache.Lookup {
+        guard gemmProfile.tiles != nil, let cache, let key = try? TuningKey(engine: self) else { return .miss }
+        let lookup = cache.load(key, device: device)
+        if case .hit(let entry) = lookup { gemmProfile.tiles = entry.tiles }
+        return lookup
+    }
+}
