@@ -47,10 +47,12 @@ let package = Package(
                 "ViT",
                 "Datasets",
                 "Training",
+                // `sloragpu selftest` checks a device against it where no test toolchain exists.
+                "Reference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // Slow, obviously correct CPU versions of every kernel (double accumulation), for tests only.
+        // Slow, obviously correct CPU versions of every kernel (double accumulation), for tests and selftest.
         .target(name: "Reference"),
         .testTarget(
             name: "SloraGPUTests",

@@ -144,9 +144,6 @@ struct TrainCommand: ParsableCommand {
             resumeCheckpoint = directory.appendingPathComponent("checkpoints/last")
         }
         let output = URL(fileURLWithPath: options.output ?? "runs/\(options.method)")
-        // Taken before anything is read from or written to the directory, and held to the end.
-        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
-        defer { withExtendedLifetime(runDirectory) {} }
         let targets = try parseTargets(options.targets)
         let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
 
@@ -200,6 +197,12 @@ struct TrainCommand: ParsableCommand {
         training.shuffle = !options.noShuffle
         training.augment = !options.noAugment
 
+        // Claimed once every input has been checked (so a bad option is reported as such), and
+        // before anything in the directory is read (a resume may move checkpoints) or written;
+        // held to the end.
+        try training.validate()
+        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
+        defer { withExtendedLifetime(runDirectory) {} }
         let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
                                   classNames: train.classNames, resume: resumeCheckpoint)
         if resume == nil {

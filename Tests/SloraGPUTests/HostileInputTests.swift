@@ -508,14 +508,18 @@ struct HostileCommandLineTests {
         #expect(first.status == 0, "\(first.standardError)")
         let runJSON = try Data(contentsOf: output.appendingPathComponent("run.json"))
         let metrics = try Data(contentsOf: output.appendingPathComponent("metrics.jsonl"))
-        // A fresh run (here one that would also fail) leaves the earlier run exactly as it was.
-        let refused = try runSloragpu(["train"] + common + ["--steps", "3", "--rank", "999", "--output", output.path])
+        // A fresh run leaves the earlier run exactly as it was.
+        let refused = try runSloragpu(["train"] + common + ["--steps", "3", "--output", output.path])
         #expect(refused.status != 0)
         #expect(refused.standardError.contains("already holds a run") && refused.standardError.contains("--overwrite"), "\(refused.standardError)")
         #expect(try Data(contentsOf: output.appendingPathComponent("run.json")) == runJSON)
-        // --overwrite that fails at start-up also keeps it.
-        let failedOverwrite = try runSloragpu(["train"] + common + ["--steps", "3", "--rank", "999", "--overwrite", "--output", output.path])
-        #expect(failedOverwrite.status != 0)
+        // --overwrite that fails at start-up also keeps it: before the directory is claimed (a bad
+        // rank) and after (a batch larger than the 512 synthetic images, found by the loader).
+        for bad in [["--rank", "999"], ["--batch", "1000"]] {
+            let failedOverwrite = try runSloragpu(["train"] + common + ["--steps", "3", "--overwrite", "--output", output.path] + bad)
+            #expect(failedOverwrite.status != 0, "\(bad)")
+            #expect(!failedOverwrite.standardError.contains("already holds"), "\(failedOverwrite.standardError)")
+        }
         #expect(try Data(contentsOf: output.appendingPathComponent("metrics.jsonl")) == metrics)
         // A successful --overwrite starts the metrics anew.
         let replaced = try runSloragpu(["train"] + common + ["--steps", "3", "--warmup", "0", "--overwrite", "--output", output.path])

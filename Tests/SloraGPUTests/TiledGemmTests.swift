@@ -198,3 +198,30 @@ struct GemmTunerTests {
         #expect(repaired.standardOutput.contains("cached: "))
     }
 }
+
+/// scripts/device-check.sh in its dry mode (PoCL, toy sizes, the GPU kernels forced), so the
+/// script a GPU machine runs cannot rot.
+@Suite("Device check, dry run")
+struct DeviceCheckTests {
+    @Test func theDryRunRunsEveryStepAndWritesTheReport() throws {
+        let root = parityFixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let out = try makeTemporaryDirectory()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [root.appendingPathComponent("scripts/device-check.sh").path, "--dry-run", "--out", out.path]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SLORAGPU_BIN"] = try sloragpuExecutable().path
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        let report = try String(contentsOf: out.appendingPathComponent("device-check-report.md"), encoding: .utf8)
+        #expect(process.terminationStatus == 0, "\(report)")
+        for step in ["probe", "selftest", "tune", "bench-gemm", "bench-train-vit-ti"] {
+            #expect(report.contains("## \(step) (exit 0,"), "\(step) missing or failed")
+        }
+        #expect(report.contains("selftest: all checks passed") && report.contains("## Summary"))
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("tuning.json").path))
+    }
+}

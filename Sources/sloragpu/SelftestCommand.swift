@@ -1,0 +1,117 @@
+import ArgumentParser
+import Foundation
+import Reference
+import Tensors
+
+/// Correctness of the device's kernels against the slow, obvious references, on the device at
+/// hand: what the device check runs first on a GPU machine, where no test toolchain exists.
+struct SelftestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "selftest",
+        abstract: "Check the selected device's GEMM and attention kernels against the reference implementations (odd shapes, every transpose, the epilogues, forward and backward).",
+        discussion: "Exits non-zero if any check fails. --gpu-kernels forces the GPU kernels (tiled GEMM, flash attention) on any device, e.g. PoCL."
+    )
+
+    @OptionGroup var deviceOption: DeviceOption
+    @Flag(help: "Use the GPU kernels whatever the device type.")
+    var gpuKernels = false
+
+    func run() throws {
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        if gpuKernels {
+            let tiles = engine.gemmProfile.tiles ?? .seed
+            engine.gemmProfile = .gpu
+            engine.gemmProfile.tiles = tiles
+            engine.attentionPath = .flash(rows: 64)
+        }
+        print("device: \(engine.device.name)   gemm: \(engine.gemmProfile)   attention: \(engine.attentionPath)")
+        var failures = 0
+        func report(_ name: String, _ got: [Float], _ want: [Double], atol: Double, rtol: Double) {
+            var worst = 0.0
+            var ok = got.count == want.count
+            for (g, w) in zip(got, want) {
+                let excess = abs(Double(g) - w) - (atol + rtol * abs(w))
+                if !(excess <= 0) { ok = false }
+                worst = max(worst, abs(Double(g) - w))
+            }
+            if !ok { failures += 1 }
+            print(String(format: "%@  %@  max |error| %.2e", ok ? "ok  " : "FAIL", name, worst))
+            fflush(nil)
+        }
+        func values(_ count: Int, _ seed: UInt64) -> [Float] {
+            var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+            return (0..<count).map { _ in
+                state ^= state << 13
+                state ^= state >> 7
+                state ^= state << 17
+                return Float(state >> 40) / Float(1 << 24) * 2 - 1
+            }
+        }
+
+        for (m, n, k) in [(1, 1, 1), (65, 197, 40), (197, 65, 129), (1576, 384, 64), (100, 8, 37), (8, 100, 37)] {
+            let a = values(m * k, 1), b = values(k * n, 2), c0 = values(m * n, 3)
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let c = try engine.tensor(c0, shape: [m, n])
+                try engine.gemm(try engine.tensor(a, shape: ta ? [k, m] : [m, k]), try engine.tensor(b, shape: tb ? [n, k] : [k, n]), into: c,
+                                transposeA: ta, transposeB: tb, alpha: 0.5, beta: 0.25)
+                let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                report("gemm \(ta ? "T" : "N")\(tb ? "T" : "N") \(m)x\(n)x\(k)", try c.download(), (0..<m * n).map { 0.5 * product[$0] + 0.25 * Double(c0[$0]) },
+                       atol: 2e-6 * Double(k) + 1e-6, rtol: 1e-5)
+            }
+        }
+        do {
+            let (m, n, k) = (197, 72, 48)
+            let x = values(m * k, 4), w = values(n * k, 5), bias = values(n, 6)
+            let out = try engine.empty([m, n])
+            try engine.gemm(try engine.tensor(x, shape: [m, k]), try engine.tensor(w, shape: [n, k]), into: out, transposeB: true,
+                            bias: try engine.tensor(bias, shape: [n]), activation: .gelu)
+            let linear = Reference.matmul(x, w, m: m, n: n, k: k, transposeB: true)
+            report("gemm bias + GELU epilogue \(m)x\(n)x\(k)", try out.download(), (0..<m * n).map { Reference.gelu(linear[$0] + Double(bias[$0 % n])) },
+                   atol: 1e-4, rtol: 1e-5)
+            let low = values(m * 8, 7), cw = values(n * 8, 8), sum = try engine.empty([m, n])
+            try engine.gemm(sum: [GemmTerm(try engine.tensor(x, shape: [m, k]), try engine.tensor(w, shape: [n, k]), transposeB: true),
+                                  GemmTerm(try engine.tensor(low, shape: [m, 8]), try engine.tensor(cw, shape: [n, 8]), transposeB: true, scale: 0.5)],
+                            into: sum)
+            let second = Reference.matmul(low, cw, m: m, n: n, k: 8, transposeB: true)
+            report("gemm two-term sum (fused serial adapter) \(m)x\(n)x\(k)+8", try sum.download(), (0..<m * n).map { linear[$0] + 0.5 * second[$0] },
+                   atol: 1e-4, rtol: 1e-5)
+        }
+
+        for (batch, tokens, heads, dh) in [(2, 65, 3, 64), (1, 197, 2, 64), (2, 17, 2, 40), (1, 9, 1, 6)] {
+            let width = heads * dh, rows = batch * tokens
+            let qkv = values(rows * 3 * width, 9).map { $0 * 2 }, dO = values(rows * width, 10)
+            func columns(_ part: Int) -> [Double] {
+                var out: [Double] = []
+                for r in 0..<rows {
+                    let start: Int = r * 3 * width + part * width
+                    out += qkv[start..<start + width].map(Double.init)
+                }
+                return out
+            }
+            let qkvTensor = try engine.tensor(qkv, shape: [rows, 3 * width])
+            let layout = { (tensor: Tensor, column: Int) in HeadLayout(try tensor.view(offset: column, shape: [rows * 3 * width - column]), rowStride: 3 * width) }
+            let shape = AttentionShape(batch: batch, tokens: tokens, heads: heads, headDimension: dh)
+            let o = try engine.empty([rows, width]), lse = try engine.empty([batch, heads, tokens])
+            try engine.attentionForward(shape, q: try layout(qkvTensor, 0), k: try layout(qkvTensor, width), v: try layout(qkvTensor, 2 * width), output: o, lse: lse)
+            let expected = Reference.attention(q: columns(0), k: columns(1), v: columns(2), batch: batch, tokens: tokens, heads: heads, headDimension: dh)
+            let name = "B\(batch) N\(tokens) H\(heads) dh\(dh)"
+            report("attention forward \(name)", try o.download(), expected.o, atol: 1e-5, rtol: 1e-4)
+            let dqkv = try engine.zeros([rows, 3 * width])
+            try engine.attentionBackward(shape, q: try layout(qkvTensor, 0), k: try layout(qkvTensor, width), v: try layout(qkvTensor, 2 * width), output: o, lse: lse,
+                                         dOutput: try engine.tensor(dO, shape: [rows, width]),
+                                         dq: try layout(dqkv, 0), dk: try layout(dqkv, width), dv: try layout(dqkv, 2 * width))
+            let grads = Reference.attentionBackward(q: columns(0), k: columns(1), v: columns(2), dO: dO.map(Double.init), batch: batch,
+                                                    tokens: tokens, heads: heads, headDimension: dh)
+            var want: [Double] = []
+            for r in 0..<rows {
+                let range = r * width..<(r + 1) * width
+                want += grads.dq[range]
+                want += grads.dk[range]
+                want += grads.dv[range]
+            }
+            report("attention backward \(name)", try dqkv.download(), want, atol: 2e-5, rtol: 1e-3)
+        }
+        print(failures == 0 ? "selftest: all checks passed" : "selftest: \(failures) checks FAILED")
+        if failures > 0 { throw ExitCode(1) }
+    }
+}

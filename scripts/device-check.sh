@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The device check: one command that, on a GPU machine where time is short, probes OpenCL,
+# checks the GPU kernels against the references, tunes the GEMM, and benchmarks sloragpu beside
+# PyTorch on the same GPU in the same run, writing one report. See docs/BENCHMARKS.md ("The
+# device check") for the report's format and what the numbers mean.
+#
+#   scripts/make-device-bundle.sh                # here: static sloragpu + the libraries it loads
+#   scripts/device-check.sh [--out DIR]          # there: in the repository root, bundle beside it
+#   scripts/device-check.sh --dry-run            # here, on PoCL: the same steps at toy sizes
+#
+# The GPU machine needs no Swift toolchain and no package registry: the bundle
+# (device-bundle/: bin/sloragpu linked with the Swift runtime statically, lib/ with the OpenCL
+# ICD loader, libpng, libturbojpeg and zlib) carries everything. If the machine has no OpenCL ICD
+# file for NVIDIA, one naming the driver's libnvidia-opencl.so.1 is written and used. Every step
+# has its own time limit; the whole check stays under 8 minutes on a GPU.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bundle=$root/device-bundle
+out=$root/device-check-out
+dry=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) dry=1 ;;
+        --bundle) bundle=$2; shift ;;
+        --out) out=$2; shift ;;
+        *) echo "usage: $0 [--dry-run] [--bundle DIR] [--out DIR]" >&2; exit 64 ;;
+    esac
+    shift
+done
+mkdir -p "$out"
+bin=${SLORAGPU_BIN:-$bundle/bin/sloragpu}
+if [ -z "${SLORAGPU_BIN:-}" ] && [ ! -x "$bin" ] && [ -f "$bin.gz" ]; then
+    gunzip -c "$bin.gz" > "$out/sloragpu" && chmod +x "$out/sloragpu"
+    bin=$out/sloragpu
+fi
+report=$out/device-check-report.md
+summary=$out/summary.tsv
+: > "$summary"
+export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export SLORAGPU_CACHE_DIR=$out/cache
+failed=0
+
+{
+    echo "# sloragpu device check"
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "- mode: $([ $dry = 1 ] && echo 'dry run (PoCL, toy sizes, GPU kernels forced)' || echo 'GPU')"
+    echo "- host: $(uname -srm), $(nproc) cores"
+    echo "- binary: $bin ($("$bin" --version 2>/dev/null || echo 'does not start'))"
+    echo
+} > "$report"
+
+# step NAME SECONDS COMMAND...: runs it under a time limit, keeps its output in NAME.log and in
+# the report, and records status and duration.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local started status
+    started=$(date +%s.%N)
+    echo "== $name: $*"
+    timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+    status=$?
+    local seconds
+    seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    tail -n 40 "$out/$name.log"
+    {
+        echo "## $name (exit $status, $seconds s)"
+        echo
+        echo '```'
+        echo "\$ $*"
+        cat "$out/$name.log"
+        echo '```'
+        echo
+    } >> "$report"
+    printf '%s\t%s\t%s\n' "$name" "$status" "$seconds" >> "$summary"
+    [ "$status" = 0 ] || failed=1
+    return "$status"
+}
+
+# 1. Probe. NVIDIA's driver may be mounted outside the loader's path, and the ICD file absent.
+if [ $dry = 0 ]; then
+    for directory in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+        [ -e "$directory/libnvidia-opencl.so.1" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$directory"
+    done
+    if [ -z "${OCL_ICD_VENDORS:-}" ] && ! grep -qs nvidia /etc/OpenCL/vendors/*.icd; then
+        mkdir -p "$out/icd"
+        echo "libnvidia-opencl.so.1" > "$out/icd/nvidia.icd"
+        export OCL_ICD_VENDORS=$out/icd
+    fi
+    device=gpu
+else
+    device=cpu
+    # The GPU kernels on PoCL: tiled GEMM (attention's flash path is forced by selftest).
+    export SLORAGPU_GEMM_PROFILE=TILED=1
+fi
+if ! step probe 20 "$bin" devices --json --device "$device" || ! grep -q "\"type\":\"$device\"" "$out/probe.log"; then
+    {
+        echo "**No OpenCL $device device: stopped after the probe.**"
+        echo
+        echo '```'
+        echo "OCL_ICD_VENDORS=${OCL_ICD_VENDORS:-}  LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+        ls -l /etc/OpenCL/vendors 2>&1
+        ldd "$bin" 2>&1
+        echo '```'
+    } >> "$report"
+    echo "no OpenCL $device device; report: $report"
+    exit 2
+fi
+
+if [ $dry = 0 ]; then
+    step selftest 120 "$bin" selftest --device gpu
+    step tune 240 "$bin" tune --device gpu --budget 150 --export "$out/tuning.json"
+    step bench-gemm 90 "$bin" bench gemm --device gpu --json
+    cp "$out/bench-gemm.log" "$out/gemm.jsonl"
+    step bench-attention 90 "$bin" bench attention --device gpu
+    step bench-train-vit-s 90 "$bin" bench train --device gpu --model vit-s --patch 14 --image-size 112 --batch 32 --json
+    step bench-train-vit-b 120 "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
+    torch_arguments=(--device cuda)
+else
+    step selftest 300 "$bin" selftest --device cpu --gpu-kernels
+    step tune 120 "$bin" tune --device cpu --small --budget 10 --max-candidates 1 --export "$out/tuning.json"
+    step bench-gemm 120 "$bin" bench gemm --device cpu --json --filter "square 512" --min-seconds 0
+    cp "$out/bench-gemm.log" "$out/gemm.jsonl"
+    step bench-train-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --json
+    torch_arguments=(--device cpu --quick)
+fi
+
+# PyTorch on the same device, in the same run (skipped where torch is not installed).
+if python3 -c "import torch" > /dev/null 2>&1; then
+    step torch 300 python3 "$root/scripts/bench_torch_gpu.py" --gemm-json "$out/gemm.jsonl" --out "$out/torch.json" "${torch_arguments[@]}"
+else
+    echo "## torch (skipped: python3 cannot import torch)" >> "$report"
+    printf 'torch\tskipped\t0\n' >> "$summary"
+fi
+
+{
+    echo "## Summary"
+    echo
+    echo "| step | exit | seconds |"
+    echo "|---|---|---|"
+    awk -F '\t' '{ printf "| %s | %s | %s |\n", $1, $2, $3 }' "$summary"
+} >> "$report"
+echo "report: $report"
+exit $failed
