@@ -206,7 +206,13 @@ public enum GemmTuner {
                            date: formatter.string(from: Date()))
     }
 
-    private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] {
+    private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }
+}
+
+/// Deterministic operands for the on-device checks (tuner, selftest): xorshift64, uniform in
+/// [-1, 1), non-trivial and reproducible.
+public enum CheckValues {
+    public static func uniform(_ count: Int, seed: UInt64) -> [Float] {
         var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
         return (0..<count).map { _ in
             state ^= state << 13

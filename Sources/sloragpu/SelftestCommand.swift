@@ -38,15 +38,7 @@ struct SelftestCommand: ParsableCommand {
             print(String(format: "%@  %@  max |error| %.2e", ok ? "ok  " : "FAIL", name, worst))
             fflush(nil)
         }
-        func values(_ count: Int, _ seed: UInt64) -> [Float] {
-            var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-            return (0..<count).map { _ in
-                state ^= state << 13
-                state ^= state >> 7
-                state ^= state << 17
-                return Float(state >> 40) / Float(1 << 24) * 2 - 1
-            }
-        }
+        func values(_ count: Int, _ seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }
 
         for (m, n, k) in [(1, 1, 1), (65, 197, 40), (197, 65, 129), (1576, 384, 64), (100, 8, 37), (8, 100, 37)] {
             let a = values(m * k, 1), b = values(k * n, 2), c0 = values(m * n, 3)
