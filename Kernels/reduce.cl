@@ -44,3 +44,26 @@ __kernel void reduce_final(__global const float *partial, const int count,
     for (int i = 0; i < count; ++i) kahan_add(&sum, &compensation, partial[i]);
     out[out_offset] = sum * scale;
 }
+
+// GPUs: reduce_group, global (G LG), local (LG): each work-item sums a grid-strided part of x
+// (coalesced: adjacent work-items read adjacent elements), a __local tree combines a
+// work-group's sums into partial[group]; reduce_final then sums the G partials.
+#ifndef LG
+#define LG 128
+#endif
+__kernel __attribute__((reqd_work_group_size(LG, 1, 1)))
+void reduce_group(__global const float *x, const int x_offset, const int n, __global float *partial, const int squares)
+{
+    __local float scratch[LG];
+    const int t = get_local_id(0);
+    const __global float *values = x + x_offset;
+    float sum = 0.0f, compensation = 0.0f;
+    for (int i = get_global_id(0); i < n; i += get_global_size(0)) kahan_add(&sum, &compensation, squares ? values[i] * values[i] : values[i]);
+    scratch[t] = sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int step = LG / 2; step > 0; step >>= 1) {
+        if (t < step) scratch[t] += scratch[t + step];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (t == 0) partial[get_group_id(0)] = scratch[0];
+}

@@ -47,6 +47,8 @@ public final class Engine {
     public var gemmProfile: GemmProfile
     /// Attention work-item mapping for this device class.
     public var attentionPath: AttentionPath
+    /// Row-reduction (LayerNorm) work-item mapping for this device class.
+    public var reductionPath: ReductionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).
     public var profiler: KernelProfiler?
     /// The label `withProfileScope` puts in front of kernel names.
@@ -62,6 +64,7 @@ public final class Engine {
         pool = BufferPool(context: context)
         gemmProfile = try GemmProfile.forDevice(device)
         attentionPath = AttentionPath.forDevice(device)
+        reductionPath = ReductionPath.forDevice(device)
         tuningCache = configuration.cacheDirectory.map(TuningCache.init(kernelCache:))
         // Explicit tunables win over a tuning entry.
         if ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil { applyCachedTuning(cache: tuningCache) }

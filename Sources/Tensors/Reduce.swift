@@ -15,6 +15,16 @@ extension Engine {
 
     private func reduce(_ x: Tensor, squares: Bool, scale: Float) throws -> Tensor {
         try checkOperands("reduce", [x])
+        if case .workGroup(let size) = reductionPath {
+            // Enough work-groups to fill a large GPU, each work-item summing a strided share.
+            let groups = max(1, min(1024, (x.count + size * 64 - 1) / (size * 64)))
+            let partial = try empty([groups])
+            let out = try empty([1])
+            try launch("reduce_group", in: "reduce", options: "-DLG=\(size)", global: [groups * size], local: [size], work: .floats(x.count),
+                x, x.count, KernelArgument.buffer(partial.buffer), squares)
+            try launch("reduce_final", in: "reduce", global: [1], KernelArgument.buffer(partial.buffer), groups, out, scale)
+            return out
+        }
         // Enough partial sums to keep every compute unit busy, few enough to finish in one item;
         // each over a contiguous chunk of whole vectors.
         let chunk = roundUp((x.count + 1023) / 1024, 16)

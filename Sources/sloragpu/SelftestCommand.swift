@@ -23,8 +23,9 @@ struct SelftestCommand: ParsableCommand {
             engine.gemmProfile = .gpu
             engine.gemmProfile.tiles = tiles
             engine.attentionPath = .flash(rows: 64)
+            engine.reductionPath = .workGroup(size: 128)
         }
-        print("device: \(engine.device.name)   gemm: \(engine.gemmProfile)   attention: \(engine.attentionPath)")
+        print("device: \(engine.device.name)   gemm: \(engine.gemmProfile)   attention: \(engine.attentionPath)   rows: \(engine.reductionPath)")
         var failures = 0
         func report(_ name: String, _ got: [Float], _ want: [Double], atol: Double, rtol: Double) {
             var worst = 0.0
@@ -102,6 +103,20 @@ struct SelftestCommand: ParsableCommand {
                 want += grads.dv[range]
             }
             report("attention backward \(name)", try dqkv.download(), want, atol: 2e-5, rtol: 1e-3)
+        }
+        for (rows, width) in [(197, 384), (65, 31), (3, 768)] {
+            let x = values(rows * width, 11).enumerated().map { $1 * 3 + Float($0 % 7) * 0.5 }
+            let gamma = values(width, 12).map { 1 + 0.5 * $0 }, beta = values(width, 13), dy = values(rows * width, 14)
+            let xTensor = try engine.tensor(x, shape: [rows, width]), gammaTensor = try engine.tensor(gamma, shape: [width])
+            let y = try engine.empty([rows, width]), mean = try engine.empty([rows]), rstd = try engine.empty([rows])
+            try engine.layerNormForward(xTensor, gamma: gammaTensor, beta: try engine.tensor(beta, shape: [width]), eps: 1e-6, into: y, mean: mean, rstd: rstd)
+            let doubles = { (v: [Float]) in v.map(Double.init) }
+            let expected = Reference.layerNorm(doubles(x), gamma: doubles(gamma), beta: doubles(beta), rows: rows, width: width, eps: 1e-6)
+            report("layernorm forward \(rows)x\(width)", try y.download(), expected.y, atol: 1e-5, rtol: 1e-5)
+            let dx = try engine.empty([rows, width])
+            try engine.layerNormBackward(try engine.tensor(dy, shape: [rows, width]), x: xTensor, gamma: gammaTensor, mean: mean, rstd: rstd, dx: dx)
+            let grads = Reference.layerNormBackward(doubles(dy), x: doubles(x), gamma: doubles(gamma), rows: rows, width: width, eps: 1e-6)
+            report("layernorm backward \(rows)x\(width)", try dx.download(), grads.dx, atol: 1e-5, rtol: 1e-4)
         }
         print(failures == 0 ? "selftest: all checks passed" : "selftest: \(failures) checks FAILED")
         if failures > 0 { throw ExitCode(1) }

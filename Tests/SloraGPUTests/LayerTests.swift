@@ -8,9 +8,14 @@ private func dot(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) {
 
 @Suite("Layer kernels")
 struct LayerTests {
-    @Test(arguments: [(1, 8), (3, 17), (65, 384), (197, 31), (2, 16), (9, 768)])
-    func layerNormForwardAndBackward(rows: Int, width: Int) throws {
+    /// Both row mappings: one work-item per row (CPU) and a work-group per row with a __local
+    /// tree (GPU; 32 and 128 work-items, rows narrower and wider than the group).
+    @Test(arguments: [(1, 8), (3, 17), (65, 384), (197, 31), (2, 16), (9, 768)],
+          [ReductionPath.rowPerItem, .workGroup(size: 32), .workGroup(size: 128)])
+    func layerNormForwardAndBackward(shape: (rows: Int, width: Int), path: ReductionPath) throws {
+        let (rows, width) = shape
         let engine = try makeEngine()
+        engine.reductionPath = path
         let eps: Float = 1e-6
         let x = uniformValues(rows * width, seed: 1, scale: 3).enumerated().map { $1 + Float($0 % 7) * 0.5 }  // non-zero means
         let gamma = uniformValues(width, seed: 2).map { 1 + 0.5 * $0 }, beta = uniformValues(width, seed: 3)
@@ -60,8 +65,12 @@ struct LayerTests {
         }
     }
 
-    @Test func biasAddAndColumnSums() throws {
+    /// Column sums in one pass (CPU) and as row-block partials plus a second pass (GPU), over
+    /// a row count that is not a multiple of the 64-row block.
+    @Test(arguments: [ReductionPath.rowPerItem, .workGroup(size: 128)])
+    func biasAddAndColumnSums(path: ReductionPath) throws {
         let engine = try makeEngine()
+        engine.reductionPath = path
         let (rows, columns) = (197, 65)
         let y0 = uniformValues(rows * columns, seed: 8), bias = uniformValues(columns, seed: 9)
         let y = try engine.tensor(y0, shape: [rows, columns])
@@ -101,8 +110,10 @@ struct LayerTests {
         }
     }
 
-    @Test func sumAndSumOfSquaresOfLongVectors() throws {
+    @Test(arguments: [ReductionPath.rowPerItem, .workGroup(size: 128), .workGroup(size: 32)])
+    func sumAndSumOfSquaresOfLongVectors(path: ReductionPath) throws {
         let engine = try makeEngine()
+        engine.reductionPath = path
         for n in [1, 5, 16, 17, 1023, 1025, 16_385, 300_001] {
             // A view at an odd offset, so vector loads start unaligned.
             let x = uniformValues(n, seed: UInt64(n))

@@ -66,6 +66,7 @@ struct ParityTests {
         if c.gpuKernels {
             engine.gemmProfile = .gpu
             engine.attentionPath = .flash(rows: 32)
+            engine.reductionPath = .workGroup(size: 32)
         }
         let (model, adapter) = try fixtureModel(engine, naming: c.naming, method: c.method)
         model.activationMemory = c.activations
