@@ -38,6 +38,8 @@ public struct TuningEntry: Codable, Equatable, Sendable {
     public var key: TuningKey
     public var tiles: GemmTiles
     public var classes: [String: TunedClass]
+    /// The flash attention work-group height that was fastest (nil: not tuned).
+    public var attentionRows: Int?
     public var version: String
     public var date: String
 }
@@ -75,6 +77,7 @@ public struct TuningCache: Sendable {
                 return .invalid("\(name): \(error)")
             }
         }
+        if let rows = entry.attentionRows, ![32, 64, 128].contains(rows) { return .invalid("\(name): flash rows \(rows) is not 32, 64 or 128") }
         return .hit(entry)
     }
 
@@ -138,6 +141,7 @@ public enum GemmTuner {
     /// `shapes` overrides the products timed (tests use small ones).
     public static func tune(_ engine: Engine, budget: Double, maxCandidates: Int? = nil,
                             shapes: [(name: String, m: Int, n: Int, k: Int)] = vitBase,
+                            attentionShape: AttentionShape = AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64),
                             progress: (String) -> Void = { _ in }) throws -> TuningEntry {
         let started = Date()
         var tiles = GemmTiles.seed
@@ -202,8 +206,53 @@ public enum GemmTuner {
             }
         }
         let formatter = ISO8601DateFormatter()
-        return TuningEntry(key: try TuningKey(engine: engine), tiles: tiles, classes: classes, version: SloraGPU.version,
-                           date: formatter.string(from: Date()))
+        return TuningEntry(key: try TuningKey(engine: engine), tiles: tiles, classes: classes,
+                           attentionRows: try tuneAttention(engine, shape: attentionShape, progress: progress),
+                           version: SloraGPU.version, date: formatter.string(from: Date()))
+    }
+
+    /// Flash attention's work-group height (32, 64 or 128 rows): each candidate's forward and
+    /// backward checked against the row-per-item kernels on the same inputs, then timed.
+    static func tuneAttention(_ engine: Engine, shape: AttentionShape, progress: (String) -> Void) throws -> Int? {
+        let saved = engine.attentionPath
+        defer { engine.attentionPath = saved }
+        let rows = shape.batch * shape.tokens, width = shape.width
+        let qkv = try engine.tensor(CheckValues.uniform(rows * 3 * width, seed: 3), shape: [rows, 3 * width])
+        let dO = try engine.tensor(CheckValues.uniform(rows * width, seed: 4), shape: [rows, width])
+        let o = try engine.empty([rows, width]), lse = try engine.empty([shape.batch, shape.heads, shape.tokens])
+        let dqkv = try engine.empty([rows, 3 * width])
+        func heads(_ tensor: Tensor, _ part: Int) throws -> HeadLayout {
+            HeadLayout(try tensor.view(offset: part * width, shape: [tensor.count - part * width]), rowStride: 3 * width)
+        }
+        func run() throws -> [Float] {
+            try engine.attentionForward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse)
+            try engine.attentionBackward(shape, q: try heads(qkv, 0), k: try heads(qkv, 1), v: try heads(qkv, 2), output: o, lse: lse,
+                                         dOutput: dO, dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+            return try o.download() + dqkv.download()
+        }
+        engine.attentionPath = .rowPerItem
+        let reference = try run()
+        var best: (rows: Int, seconds: Double)?
+        for candidate in [64, 32, 128] {
+            let path = AttentionPath.flash(rows: candidate)
+            guard path.resolved(headDimension: shape.headDimension) == path else { continue }
+            engine.attentionPath = path
+            let result = try run()
+            guard zip(result, reference).allSatisfy({ abs($0 - $1) <= 1e-4 + 1e-3 * abs($1) }) else {
+                progress("  attention flash rows \(candidate): wrong result, rejected")
+                continue
+            }
+            var fastest = Double.infinity
+            for _ in 0..<3 {
+                try engine.synchronize()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                _ = try run()
+                fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            if best == nil || fastest < best!.seconds { best = (candidate, fastest) }
+        }
+        if let best { progress(String(format: "attention (B%d N%d H%d dh%d): flash rows %d, %.2f ms forward + backward", shape.batch, shape.tokens, shape.heads, shape.headDimension, best.rows, best.seconds * 1e3)) }
+        return best?.rows
     }
 
     private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }
@@ -230,7 +279,10 @@ extension Engine {
     public func applyCachedTuning(cache: TuningCache?) -> TuningCache.Lookup {
         guard gemmProfile.tiles != nil, let cache, let key = try? TuningKey(engine: self) else { return .miss }
         let lookup = cache.load(key, device: device)
-        if case .hit(let entry) = lookup { gemmProfile.tiles = entry.tiles }
+        if case .hit(let entry) = lookup {
+            gemmProfile.tiles = entry.tiles
+            if let rows = entry.attentionRows, case .flash = attentionPath { attentionPath = .flash(rows: rows) }
+        }
         return lookup
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Reference
 import Tensors
+import ViT
 
 /// Correctness of the device's kernels against the slow, obvious references, on the device at
 /// hand: what the device check runs first on a GPU machine, where no test toolchain exists.
@@ -15,6 +16,8 @@ struct SelftestCommand: ParsableCommand {
     @OptionGroup var deviceOption: DeviceOption
     @Flag(help: "Use the GPU kernels whatever the device type.")
     var gpuKernels = false
+    @Option(help: "The PyTorch parity fixtures (a training step of a tiny ViT: logits, loss, every gradient) to check the whole model against; skipped when absent.")
+    var fixtures = "Tests/Fixtures/parity"
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
@@ -117,6 +120,37 @@ struct SelftestCommand: ParsableCommand {
             try engine.layerNormBackward(try engine.tensor(dy, shape: [rows, width]), x: xTensor, gamma: gammaTensor, mean: mean, rstd: rstd, dx: dx)
             let grads = Reference.layerNormBackward(doubles(dy), x: doubles(x), gamma: doubles(gamma), rows: rows, width: width, eps: 1e-6)
             report("layernorm backward \(rows)x\(width)", try dx.download(), grads.dx, atol: 1e-5, rtol: 1e-4)
+        }
+        let fixtureDirectory = URL(fileURLWithPath: fixtures)
+        if FileManager.default.fileExists(atPath: fixtureDirectory.appendingPathComponent("batch.safetensors").path) {
+            // The parity tests' tolerances (fp32 against PyTorch fp32).
+            for method in ["serial", "lora", "full", "probe"] {
+                let adapter = try AdapterFile.load(fixtureDirectory.appendingPathComponent("\(method)/initial.safetensors"))
+                let checkpoint = try PretrainedCheckpoint(directory: fixtureDirectory.appendingPathComponent("hf-vit"))
+                let config = adapter.config
+                var values = try CheckpointReader(file: checkpoint.file, naming: .hfViT, config: config).values
+                for (name, tensor) in adapter.values { values[name] = tensor }
+                let parameters = try ViTParameters(engine: engine, specs: ParameterTable.specs(config, adapter.method), values: values)
+                let model = try ViTModel(engine: engine, config: config, method: adapter.method, parameters: parameters)
+                let batch = try SafeTensorsFile(contentsOf: fixtureDirectory.appendingPathComponent("batch.safetensors"))
+                let expected = try SafeTensorsFile(contentsOf: fixtureDirectory.appendingPathComponent("\(method)/expected.safetensors"))
+                let images = try engine.tensor(try batch.floats("images"), shape: batch.entry("images")!.shape)
+                let labels = try engine.tensor(try batch.floats("labels").map { Int32($0) }, shape: [batch.entry("labels")!.shape[0]])
+                try parameters.zeroGradients()
+                let logits = try model.forward(images)
+                report("model \(method) logits against PyTorch", try logits.download(), try expected.floats("logits").map(Double.init), atol: 2e-5, rtol: 1e-4)
+                let (loss, dLogits) = try model.loss(labels: labels)
+                report("model \(method) loss against PyTorch", try loss.download(), try expected.floats("loss").map(Double.init), atol: 2e-5, rtol: 1e-4)
+                try model.backward(dLogits)
+                var gradients: [Float] = [], wanted: [Double] = []
+                for name in parameters.trainableNames {
+                    gradients += try parameters.gradient(name)!.download()
+                    wanted += try expected.floats("grad/" + name).map(Double.init)
+                }
+                report("model \(method) gradients against PyTorch (\(parameters.trainableNames.count) tensors)", gradients, wanted, atol: 2e-5, rtol: 1e-3)
+            }
+        } else {
+            print("skip  model against PyTorch: no fixtures at \(fixtures)")
         }
         print(failures == 0 ? "selftest: all checks passed" : "selftest: \(failures) checks FAILED")
         if failures > 0 { throw ExitCode(1) }

@@ -61,7 +61,8 @@ struct TuneCommand: ParsableCommand {
             break
         }
         let shapes = small ? [("large", 256, 256, 256), ("narrowColumns", 256, 8, 256), ("narrowRows", 8, 256, 256)] : GemmTuner.vitBase
-        let entry = try GemmTuner.tune(engine, budget: budget, maxCandidates: maxCandidates, shapes: shapes) { line in
+        let attention = small ? AttentionShape(batch: 1, tokens: 33, heads: 1, headDimension: 16) : AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64)
+        let entry = try GemmTuner.tune(engine, budget: budget, maxCandidates: maxCandidates, shapes: shapes, attentionShape: attention) { line in
             print(line)
             fflush(nil)
         }

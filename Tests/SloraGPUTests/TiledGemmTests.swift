@@ -149,8 +149,10 @@ struct GemmTunerTests {
     @Test func tuningOnPoCLGivesAValidatedCachedEntryThatEnginesUse() throws {
         let cacheDirectory = try makeTemporaryDirectory()
         let engine = try makeEngine(cacheDirectory: cacheDirectory)
-        let entry = try GemmTuner.tune(engine, budget: 60, maxCandidates: 2, shapes: Self.small)
+        let entry = try GemmTuner.tune(engine, budget: 60, maxCandidates: 2, shapes: Self.small,
+                                       attentionShape: AttentionShape(batch: 1, tokens: 33, heads: 2, headDimension: 16))
         #expect(entry.classes.count == 3 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
+        #expect([32, 64, 128].contains(entry.attentionRows ?? 0))
         for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] { try tile.validate() }
         let cache = try #require(engine.tuningCache)
         try cache.store(entry)
@@ -158,8 +160,9 @@ struct GemmTunerTests {
         // A GPU-profile engine on this device picks the entry up.
         let second = try makeEngine(cacheDirectory: cacheDirectory)
         second.gemmProfile = .gpu
+        second.attentionPath = .flash(rows: 32)
         #expect(second.applyCachedTuning(cache: second.tuningCache) == .hit(entry))
-        #expect(second.gemmProfile.tiles == entry.tiles)
+        #expect(second.gemmProfile.tiles == entry.tiles && second.attentionPath == .flash(rows: entry.attentionRows!))
         // The search space honours the limits.
         for name in ["large", "narrowColumns", "narrowRows"] {
             let space = GemmTuner.candidates(for: name, device: engine.device)
@@ -171,13 +174,16 @@ struct GemmTunerTests {
     @Test func damagedOrForeignEntriesAreNeverTrusted() throws {
         let engine = try makeEngine(cacheDirectory: try makeTemporaryDirectory())
         let key = try TuningKey(engine: engine)
-        var entry = TuningEntry(key: key, tiles: .seed, classes: [:], version: SloraGPU.version, date: "now")
+        var entry = TuningEntry(key: key, tiles: .seed, classes: [:], attentionRows: 64, version: SloraGPU.version, date: "now")
         let encode = { (entry: TuningEntry) in try JSONEncoder().encode(entry) }
         #expect(TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") == .hit(entry))
         #expect(TuningCache.verify(Data("{\"key\":".utf8), key: key, device: engine.device, name: "e") == .invalid("e is not a tuning entry"))
         var other = entry
         other.key.driver = "another driver"
         guard case .invalid = TuningCache.verify(try encode(other), key: key, device: engine.device, name: "e") else { Issue.record("foreign key accepted"); return }
+        var badRows = entry
+        badRows.attentionRows = 48
+        guard case .invalid = TuningCache.verify(try encode(badRows), key: key, device: engine.device, name: "e") else { Issue.record("flash rows 48 accepted"); return }
         entry.tiles.large = TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4)  // 64 KiB of __local
         guard case .invalid = TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") else { Issue.record("oversized tile accepted"); return }
     }
