@@ -52,8 +52,16 @@ public enum PEFTAdapter {
     /// checked; options sloragpu cannot reproduce exactly (DoRA, trained biases, per-layer rank
     /// or alpha patterns, a subset of layers) are refused.
     public static func load(config configURL: URL, weights weightsURL: URL, base: Base) throws -> AdapterFile.Contents {
-        let fail = { (problem: String) in CheckpointError(file: configURL.path, problem) }
-        guard let data = try? Data(contentsOf: configURL), let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let data = try? Data(contentsOf: configURL) else { throw CheckpointError(file: configURL.path, "cannot read the file") }
+        return try load(configData: data, configPath: configURL.path, weights: try SafeTensorsFile(contentsOf: weightsURL), base: base)
+    }
+
+    /// The same from an adapter_config.json's bytes (`configPath` names it in errors) and the
+    /// opened weights.
+    public static func load(configData data: Data, configPath: String, weights file: SafeTensorsFile, base: Base) throws -> AdapterFile.Contents {
+        let fail = { (problem: String) in CheckpointError(file: configPath, problem) }
+        let weightsURL = URL(fileURLWithPath: file.path)
+        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw fail("not a readable JSON object")
         }
         guard (json["peft_type"] as? String)?.uppercased() == "LORA" else {
@@ -63,10 +71,12 @@ public enum PEFTAdapter {
               !isJSONBoolean(alphaNumber), alphaNumber.doubleValue.isFinite else {
             throw fail("'r' and 'lora_alpha' must be numbers")
         }
-        let rank = rankNumber.intValue
-        guard Double(rank) == rankNumber.doubleValue, (1...base.config.width).contains(rank) else {
+        // Range-checked as a Double before it becomes an Int (1e300 would not fit).
+        let rankValue = rankNumber.doubleValue
+        guard rankValue == rankValue.rounded(), rankValue >= 1, rankValue <= Double(base.config.width) else {
             throw fail("'r' is \(rankNumber), outside 1...\(base.config.width)")
         }
+        let rank = Int(rankValue)
         for (key, refused) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out"), ("lora_bias", "lora_bias")] where json[key] as? Bool == true {
             throw fail("\(refused) adapters are not supported")
         }
@@ -81,7 +91,6 @@ public enum PEFTAdapter {
         var alpha = Float(alphaNumber.doubleValue)
         if json["use_rslora"] as? Bool == true { alpha *= Float(rank).squareRoot() }
 
-        let file = try SafeTensorsFile(contentsOf: weightsURL)
         let d = base.config.width
         var perLayer: [Int: Set<LoRATarget>] = [:]
         var factors: [String: [Float]] = [:]
@@ -111,6 +120,9 @@ public enum PEFTAdapter {
             }
             var values = try file.finiteFloats(name)
             if target == .o, factor == "B", let lambda = try base.layerScale1(layer) {
+                guard lambda.count == d else {
+                    throw CheckpointError(file: weightsURL.path, tensor: name, "the base's LayerScale of block \(layer) holds \(lambda.count) values, not \(d)")
+                }
                 // PEFT: lambda * (W x + s B A x); folded: (lambda W) x + s (lambda B) A x.
                 for row in 0..<d { for column in 0..<rank { values[row * rank + column] *= lambda[row] } }
             }

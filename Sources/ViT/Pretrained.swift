@@ -78,8 +78,14 @@ public struct ImagePreprocessing: Equatable, Sendable {
     public var size: Int?
 
     public static func read(_ url: URL) throws -> ImagePreprocessing {
-        let fail = { (problem: String) in ConfigError("\(url.path): \(problem)") }
-        guard let data = try? Data(contentsOf: url), let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let data = try? Data(contentsOf: url) else { throw ConfigError("\(url.path): cannot read the file") }
+        return try parse(data, path: url.path)
+    }
+
+    /// From a preprocessor_config.json's bytes; `path` names it in errors.
+    public static func parse(_ data: Data, path: String) throws -> ImagePreprocessing {
+        let fail = { (problem: String) in ConfigError("\(path): \(problem)") }
+        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw fail("not a readable JSON object")
         }
         func flag(_ key: String, default fallback: Bool) throws -> Bool {

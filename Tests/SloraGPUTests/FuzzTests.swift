@@ -143,6 +143,37 @@ struct FuzzTests {
         #expect(accepted < fuzzIterations / 10)
     }
 
+    @Test func peftAdapterConfigsAndWeights() throws {
+        let directory = peftFixtures.appendingPathComponent("vit-t5")
+        let config = [UInt8](try Data(contentsOf: directory.appendingPathComponent("adapter_config.json")))
+        let weightBytes = [UInt8](try Data(contentsOf: directory.appendingPathComponent("adapter_model.safetensors")))
+        let weights = try SafeTensorsFile(data: Data(weightBytes), path: "w")
+        let base = try hfViTBase()
+        fuzz("adapter_config.json", seeds: [config], seed: 8, text: true) { bytes in
+            _ = try PEFTAdapter.load(configData: Data(bytes), configPath: "fuzz", weights: weights, base: base)
+        }
+        fuzz("adapter_model.safetensors", seeds: [weightBytes], seed: 9, focus: safetensorsHeaderEnd, text: true) { bytes in
+            _ = try PEFTAdapter.load(configData: Data(config), configPath: "c", weights: try SafeTensorsFile(data: Data(bytes), path: "fuzz"), base: base)
+        }
+    }
+
+    @Test func preprocessorConfigsAndTuningEntries() throws {
+        let preprocessor = [UInt8](try Data(contentsOf: peftFixtures.appendingPathComponent("preprocessor/preprocessor_config.json")))
+        fuzz("preprocessor_config.json", seeds: [preprocessor], seed: 10, text: true) { bytes in
+            let parsed = try ImagePreprocessing.parse(Data(bytes), path: "fuzz")
+            #expect(parsed.std.allSatisfy { $0 > 0 } && (parsed.size ?? 1) >= 1)
+        }
+        let engine = try makeEngine()
+        let key = try TuningKey(engine: engine)
+        let entry = TuningEntry(key: key, tiles: .seed, classes: ["large": TunedClass(shape: [1, 2, 3], tile: GemmTiles.seed.large, gflops: 1, tried: 1, rejected: 0)],
+                                attentionRows: 64, version: "0", date: "d")
+        let seedBytes = [UInt8](try JSONEncoder().encode(entry))
+        fuzz("tuning entry", seeds: [seedBytes], seed: 11, text: true) { bytes in
+            guard case .hit(let parsed) = TuningCache.verify(Data(bytes), key: key, device: engine.device, name: "fuzz") else { throw CocoaError(.fileReadCorruptFile) }
+            try parsed.tiles.large.validate()
+        }
+    }
+
     @Test func configFiles() throws {
         let seeds = try ["hf-vit", "hf-dinov2"].map { [UInt8](try Data(contentsOf: parityFixtures.appendingPathComponent("\($0)/config.json"))) }
         fuzz("config.json", seeds: seeds, seed: 7, text: true) { bytes in
