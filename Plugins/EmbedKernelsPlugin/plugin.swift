@@ -11,13 +11,18 @@ struct EmbedKernelsPlugin: BuildToolPlugin {
             .contentsOfDirectory(at: kernelsDirectory, includingPropertiesForKeys: nil)
             .filter { $0.pathExtension == "cl" }
             .sorted { $0.lastPathComponent < $1.lastPathComponent }
+        // Committed GEMM tuning entries (Kernels/tuning/*.json), so a known machine starts tuned.
+        let tuningDirectory = kernelsDirectory.appending(path: "tuning")
+        let tuning = ((try? FileManager.default.contentsOfDirectory(at: tuningDirectory, includingPropertiesForKeys: nil)) ?? [])
+            .filter { $0.pathExtension == "json" }
+            .sorted { $0.lastPathComponent < $1.lastPathComponent }
         let output = context.pluginWorkDirectoryURL.appending(path: "EmbeddedKernelSources.swift")
         return [
             .buildCommand(
-                displayName: "Embedding \(sources.count) OpenCL kernel sources",
+                displayName: "Embedding \(sources.count) OpenCL kernel sources and \(tuning.count) tuning entries",
                 executable: try context.tool(named: "EmbedKernels").url,
-                arguments: [output.path] + sources.map(\.path),
-                inputFiles: sources,
+                arguments: [output.path] + sources.map(\.path) + ["--tuning"] + tuning.map(\.path),
+                inputFiles: sources + tuning,
                 outputFiles: [output]
             )
         ]

@@ -81,6 +81,21 @@ public struct TuningCache: Sendable {
         return .hit(entry)
     }
 
+    /// A committed entry (Kernels/tuning/*.json, embedded at build time) for this platform,
+    /// device and GEMM source, so a fresh machine of a known kind starts tuned. Another driver
+    /// version is accepted (the tiles are re-checked against this device's limits); a different
+    /// GEMM source is not.
+    public static func committed(for key: TuningKey, device: Device, entries: [String: String]? = nil) -> TuningEntry? {
+        let entries = entries ?? EmbeddedKernelSources.tuning
+        for name in entries.keys.sorted() {
+            guard let text = entries[name], let entry = try? JSONDecoder().decode(TuningEntry.self, from: Data(text.utf8)),
+                  entry.key.platform == key.platform, entry.key.device == key.device, entry.key.gemmSource == key.gemmSource,
+                  case .hit(let verified) = verify(Data(text.utf8), key: entry.key, device: device, name: name) else { continue }
+            return verified
+        }
+        return nil
+    }
+
     public func store(_ entry: TuningEntry) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -273,12 +288,13 @@ public enum CheckValues {
 }
 
 extension Engine {
-    /// Uses the cached tuning entry for this device when one verifies (GPUs only: the CPU
-    /// profile has no tiles). Returns what happened, for the commands to print.
+    /// Uses the cached tuning entry for this device when one verifies, else a committed one
+    /// (GPUs only: the CPU profile has no tiles). Returns what happened.
     @discardableResult
     public func applyCachedTuning(cache: TuningCache?) -> TuningCache.Lookup {
-        guard gemmProfile.tiles != nil, let cache, let key = try? TuningKey(engine: self) else { return .miss }
-        let lookup = cache.load(key, device: device)
+        guard gemmProfile.tiles != nil, let key = try? TuningKey(engine: self) else { return .miss }
+        var lookup = cache?.load(key, device: device) ?? .miss
+        if lookup == .miss, let entry = TuningCache.committed(for: key, device: device) { lookup = .hit(entry) }
         if case .hit(let entry) = lookup {
             gemmProfile.tiles = entry.tiles
             if let rows = entry.attentionRows, case .flash = attentionPath { attentionPath = .flash(rows: rows) }

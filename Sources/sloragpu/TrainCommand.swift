@@ -382,6 +382,7 @@ func tuneOnFirstUse(_ engine: Engine, skip: Bool) throws {
           ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil else { return }
     let key = try TuningKey(engine: engine)
     if case .hit = cache.load(key, device: engine.device) { return }
+    if TuningCache.committed(for: key, device: engine.device) != nil { return }  // already applied by the engine
     guard !skip else {
         print("tuning:   skipped (--no-tune): seed GEMM tiles; run `sloragpu tune` once to tune this device")
         return

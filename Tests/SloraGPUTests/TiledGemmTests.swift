@@ -188,6 +188,23 @@ struct GemmTunerTests {
         guard case .invalid = TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") else { Issue.record("oversized tile accepted"); return }
     }
 
+    /// Committed entries (Kernels/tuning/*.json) match by platform, device and GEMM source;
+    /// another driver is accepted, another GEMM source or an over-limit tile is not.
+    @Test func committedEntriesMatchTheDeviceAndKernelSource() throws {
+        let engine = try makeEngine(cacheDirectory: try makeTemporaryDirectory())
+        let key = try TuningKey(engine: engine)
+        var entry = TuningEntry(key: key, tiles: .seed, classes: [:], attentionRows: 32, version: "0", date: "d")
+        entry.key.driver = "an older driver"
+        let text = { (entry: TuningEntry) in String(decoding: try JSONEncoder().encode(entry), as: UTF8.self) }
+        #expect(TuningCache.committed(for: key, device: engine.device, entries: ["a": try text(entry)]) == entry)
+        var stale = entry
+        stale.key.gemmSource = "another source"
+        var oversized = entry
+        oversized.tiles.large = TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4)
+        #expect(TuningCache.committed(for: key, device: engine.device, entries: ["a": try text(stale), "b": try text(oversized), "c": "{"]) == nil)
+        #expect(EmbeddedKernelSources.tuning.values.allSatisfy { (try? JSONDecoder().decode(TuningEntry.self, from: Data($0.utf8))) != nil })
+    }
+
     @Test func theTuneCommandRetunesADamagedEntry() throws {
         let cache = try makeTemporaryDirectory()
         let environment = ["SLORAGPU_CACHE_DIR": cache.path]
