@@ -57,11 +57,13 @@ public enum AttentionPath: Sendable, Equatable {
     /// The tiled kernels store output rows as vectors of 16, 8 or 4 floats: other head
     /// dimensions take the block path. Flash tiles shrink to fit 48 KiB of `__local` (NVIDIA's
     /// limit) and fall back to one row per work-item past it (head dimension above 160).
-    func resolved(headDimension: Int) -> AttentionPath {
+    /// `deviceLocalBytes` and `maxWorkGroup`: the device's own limits, when below NVIDIA's.
+    func resolved(headDimension: Int, deviceLocalBytes: Int = Int.max, maxWorkGroup: Int = 1024) -> AttentionPath {
         if case .tiled = self, headDimension % 4 != 0 { return .block(rows: 16) }
         if case .flash(let rows) = self {
-            guard let fitting = [rows, 64, 32].filter({ $0 <= rows }).first(where: {
-                Self.flashLocalBytes(rows: $0, headDimension: headDimension) <= TiledGemm.localLimit
+            let localLimit = min(TiledGemm.localLimit, deviceLocalBytes)
+            guard let fitting = [rows, 64, 32].filter({ $0 <= rows && $0 <= maxWorkGroup }).first(where: {
+                Self.flashLocalBytes(rows: $0, headDimension: headDimension) <= localLimit
             }) else { return .rowPerItem }
             return .flash(rows: fitting)
         }
@@ -128,7 +130,8 @@ extension Engine {
         guard q.rowStride == k.rowStride, k.rowStride == v.rowStride else {
             throw TensorError.shapeMismatch(operation: operation, details: "q, k and v must share one row stride")
         }
-        let path = attentionPath.resolved(headDimension: shape.headDimension)
+        let path = attentionPath.resolved(headDimension: shape.headDimension, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes),
+                                          maxWorkGroup: device.info.maxWorkGroupSize)
         let options = path.options(headDimension: shape.headDimension)
         if case .tiled = path {
             let kt = try transposedHeads(k, shape, options: options)
@@ -170,7 +173,8 @@ extension Engine {
         guard Set([q.rowStride, k.rowStride, v.rowStride]).count == 1, Set([dq.rowStride, dk.rowStride, dv.rowStride]).count == 1 else {
             throw TensorError.shapeMismatch(operation: operation, details: "q, k, v (and dq, dk, dv) must share one row stride")
         }
-        let path = attentionPath.resolved(headDimension: shape.headDimension)
+        let path = attentionPath.resolved(headDimension: shape.headDimension, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes),
+                                          maxWorkGroup: device.info.maxWorkGroupSize)
         let options = path.options(headDimension: shape.headDimension)
         let global = path.global(shape)
         let delta = try empty([shape.batch, shape.heads, shape.tokens])

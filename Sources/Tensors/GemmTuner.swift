@@ -250,7 +250,8 @@ public enum GemmTuner {
         var best: (rows: Int, seconds: Double)?
         for candidate in [64, 32, 128] {
             let path = AttentionPath.flash(rows: candidate)
-            guard path.resolved(headDimension: shape.headDimension) == path else { continue }
+            guard path.resolved(headDimension: shape.headDimension, deviceLocalBytes: Int(clamping: engine.device.info.localMemoryBytes),
+                                maxWorkGroup: engine.device.info.maxWorkGroupSize) == path else { continue }
             engine.attentionPath = path
             let result = try run()
             guard zip(result, reference).allSatisfy({ abs($0 - $1) <= 1e-4 + 1e-3 * abs($1) }) else {

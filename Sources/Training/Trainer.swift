@@ -164,6 +164,11 @@ public final class Trainer {
             guard state.step <= options.steps else {
                 throw CheckpointError(file: file, "step \(state.step) is past this run's \(options.steps) steps")
             }
+            // Every micro-batch moves the position by one batch, so no more epochs can have
+            // passed than micro-batches were taken.
+            guard state.position.epoch <= state.step * options.accumulation else {
+                throw CheckpointError(file: file, "data position epoch \(state.position.epoch) is more than \(state.step) steps of \(options.accumulation) batches can reach")
+            }
             guard state.position.batch < trainLoader.batchesPerEpoch else {
                 throw CheckpointError(file: file, "data position batch \(state.position.batch) is past the \(trainLoader.batchesPerEpoch) batches of an epoch")
             }

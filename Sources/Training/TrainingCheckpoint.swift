@@ -26,6 +26,9 @@ public struct TrainingState: Codable, Sendable, Equatable {
         func bad(_ problem: String) -> CheckpointError { CheckpointError(file: file, problem) }
         guard step >= 0 else { throw bad("step \(step) is negative") }
         guard position.epoch >= 0, position.batch >= 0 else { throw bad("data position (epoch \(position.epoch), batch \(position.batch)) is negative") }
+        guard position.epoch <= TrainingOptions.maximumSteps, position.batch <= TrainingOptions.maximumSteps else {
+            throw bad("data position (epoch \(position.epoch), batch \(position.batch)) is beyond any run")
+        }
         if let bestStep { guard (0...step).contains(bestStep) else { throw bad("bestStep \(bestStep) is outside 0...\(step)") } }
         if let bestAccuracy { guard (0...1).contains(bestAccuracy) else { throw bad("bestAccuracy \(bestAccuracy) is outside [0, 1]") } }
     }

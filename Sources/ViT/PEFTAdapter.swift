@@ -90,6 +90,7 @@ public enum PEFTAdapter {
         // rsLoRA scales by alpha / sqrt(r); sloragpu's scale is alpha / r, so alpha' = alpha sqrt(r).
         var alpha = Float(alphaNumber.doubleValue)
         if json["use_rslora"] as? Bool == true { alpha *= Float(rank).squareRoot() }
+        guard alpha.isFinite else { throw fail("'lora_alpha' is \(alphaNumber), not a finite fp32 value") }
 
         let d = base.config.width
         var perLayer: [Int: Set<LoRATarget>] = [:]
@@ -110,7 +111,7 @@ public enum PEFTAdapter {
                 headBias = try file.finiteFloats(name)
                 continue
             }
-            guard let (layer, target, factor) = parseLoRAKey(name), layer < base.config.layers else {
+            guard let (layer, target, factor, family) = parseLoRAKeyWithFamily(name), layer < base.config.layers else {
                 unknown.append(name)
                 continue
             }
@@ -119,7 +120,10 @@ public enum PEFTAdapter {
                 throw CheckpointError(file: weightsURL.path, tensor: name, "is \(entry.shape), expected \(expected) for r = \(rank)")
             }
             var values = try file.finiteFloats(name)
-            if target == .o, factor == "B", let lambda = try base.layerScale1(layer) {
+            // Only adapters written against the unfolded DINOv2 (its names, or a bare encoder on a
+            // DINOv2 base) need LayerScale; "vit." names address the HF ViT form, already folded
+            // (what sloragpu writes).
+            if target == .o, factor == "B", family != "vit", let lambda = try base.layerScale1(layer) {
                 guard lambda.count == d else {
                     throw CheckpointError(file: weightsURL.path, tensor: name, "the base's LayerScale of block \(layer) holds \(lambda.count) values, not \(d)")
                 }
@@ -166,12 +170,18 @@ public enum PEFTAdapter {
     /// (block, target, "A" or "B") of a PEFT LoRA key in either generation, HF ViT or DINOv2,
     /// with or without the task model's prefix; nil for anything else.
     static func parseLoRAKey(_ key: String) -> (Int, LoRATarget, String)? {
+        parseLoRAKeyWithFamily(key).map { ($0.0, $0.1, $0.2) }
+    }
+
+    /// The same, with the task model's prefix ("vit", "dinov2", or "" for a bare encoder).
+    static func parseLoRAKeyWithFamily(_ key: String) -> (Int, LoRATarget, String, String)? {
         guard key.hasPrefix("base_model.model.") else { return nil }
         var parts = key.dropFirst("base_model.model.".count).split(separator: ".").map(String.init)
         guard parts.count >= 5, parts.last == "weight", ["lora_A", "lora_B"].contains(parts[parts.count - 2]) else { return nil }
         let factor = parts[parts.count - 2] == "lora_A" ? "A" : "B"
         parts.removeLast(2)
-        if ["vit", "dinov2"].contains(parts[0]) { parts.removeFirst() }
+        var family = ""
+        if ["vit", "dinov2"].contains(parts[0]) { family = parts.removeFirst() }
         let module: ArraySlice<String>
         let layer: Int?
         if parts.count >= 3, parts[0] == "encoder", parts[1] == "layer" {
@@ -188,7 +198,7 @@ public enum PEFTAdapter {
             ["attention", "q_proj"]: .q, ["attention", "k_proj"]: .k, ["attention", "v_proj"]: .v, ["attention", "o_proj"]: .o,
         ]
         guard let target = targets[Array(module)] else { return nil }
-        return (layer, target, factor)
+        return (layer, target, factor, family)
     }
 
     /// The PEFT module name of a target in HF ViT naming.

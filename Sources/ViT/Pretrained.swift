@@ -10,8 +10,13 @@ public struct PretrainedCheckpoint {
     public let config: ViTConfig
     public let classNames: [String]
     /// Where the input normalisation (config.mean, config.std) came from, for printing:
-    /// preprocessor_config.json, config.json, or the ImageNet default.
+    /// preprocessor_config.json (with what sloragpu approximates of it), config.json, or the
+    /// ImageNet default.
     public let normalizationSource: String
+    /// The input size the checkpoint's preprocessing asks for (preprocessor_config.json, else
+    /// config.json's image_size): the default where no other size is given. Checked only when
+    /// used, so an explicit size can override a bad one.
+    public let preferredImageSize: Int
 
     public init(directory: URL, preset: ViTConfig? = nil) throws {
         self.directory = directory
@@ -35,15 +40,18 @@ public struct PretrainedCheckpoint {
             throw CheckpointError(file: configURL.path, "missing: HF checkpoints need config.json; for timm files give a preset")
         }
         let preprocessorURL = directory.appendingPathComponent("preprocessor_config.json")
+        var preferred = config.imageSize
         if FileManager.default.fileExists(atPath: preprocessorURL.path) {
             let preprocessing = try ImagePreprocessing.read(preprocessorURL)
             (config.mean, config.std) = (preprocessing.mean, preprocessing.std)
-            if let size = preprocessing.size { config.imageSize = size }
+            if let size = preprocessing.size { preferred = size }
             source = "preprocessor_config.json"
+                + (preprocessing.approximations.isEmpty ? "" : " (approximated: " + preprocessing.approximations.joined(separator: "; ") + ")")
             do { try config.validate() } catch let error as ConfigError { throw ConfigError("\(preprocessorURL.path): \(error.description)") }
         }
         self.config = config
         normalizationSource = source
+        preferredImageSize = preferred
     }
 
     /// DINOv2's LayerScale lambda1 of block `index` (nil for bases without LayerScale), for
@@ -69,13 +77,17 @@ public struct PretrainedCheckpoint {
 }
 
 /// What sloragpu takes from a transformers image processor's preprocessor_config.json: the
-/// normalisation and the input size. Pixels are always scaled by 1/255 and resized (bilinear) to
-/// a square; a file asking for something else is refused rather than half honoured.
+/// normalisation and the input size. Pixels are scaled by 1/255 (another rescale is refused) and
+/// resized bilinearly to a square of the input size; what a processor does beyond that (another
+/// resampling filter, an aspect-keeping shortest-edge resize, a center crop, no resize) is listed
+/// in `approximations`, which every command prints, so the difference is never silent.
 public struct ImagePreprocessing: Equatable, Sendable {
     public var mean: [Float]
     public var std: [Float]
     /// The model's input size: crop_size when the processor center-crops, else size.
     public var size: Int?
+    /// What sloragpu does differently from the processor.
+    public var approximations: [String] = []
 
     public static func read(_ url: URL) throws -> ImagePreprocessing {
         guard let data = try? Data(contentsOf: url) else { throw ConfigError("\(url.path): cannot read the file") }
@@ -141,6 +153,14 @@ public struct ImagePreprocessing: Equatable, Sendable {
         let crops = try flag("do_center_crop", default: false)
         let cropSize = crops ? try side("crop_size") : nil
         result.size = try cropSize ?? side("size")
+        if let resample = (json["resample"] as? NSNumber)?.intValue, resample != 2 {
+            result.approximations.append("resample \(resample) done as bilinear")
+        }
+        if try !flag("do_resize", default: true) { result.approximations.append("do_resize false, resized anyway") }
+        if let object = json["size"] as? [String: Any], object["shortest_edge"] != nil {
+            result.approximations.append("shortest-edge resize done as a square resize")
+        }
+        if crops { result.approximations.append("center crop done as a resize of the whole image") }
         return result
     }
 

@@ -193,7 +193,8 @@ struct MergeCommand: ParsableCommand {
         }
         if !allowOtherBase { try contents.checkBase(backbone.fingerprint, path: adapter) }
         var config = contents.config
-        (config.mean, config.std) = (backbone.config.mean, backbone.config.std)
+        // The export's input size is the one the base was loaded at (its positions resized to it).
+        (config.mean, config.std, config.imageSize) = (backbone.config.mean, backbone.config.std, backbone.config.imageSize)
         let merged = try Merge.merged(base: backbone.values, adapter: contents)
         try writeClassificationCheckpoint(merged, config: config, classNames: contents.classNames, to: URL(fileURLWithPath: output))
         print("merged \(contents.method) into \(backbone.source): \(output) (HF ViT naming: model.safetensors, config.json, preprocessor_config.json)")

@@ -75,7 +75,7 @@ struct ModelOptions: ParsableArguments {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue {
             let checkpoint = try PretrainedCheckpoint(directory: directory)
-            let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? defaultImageSize ?? checkpoint.config.imageSize,
+            let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? defaultImageSize ?? checkpoint.preferredImageSize,
                                                           classes: classes ?? checkpoint.config.classes)
             return LoadedBackbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
                                   classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
@@ -167,7 +167,7 @@ extension ModelOptions {
         }
         let checkpoint = try PretrainedCheckpoint(directory: directory)
         var config = checkpoint.config
-        if let imageSize { config.imageSize = imageSize }
+        config.imageSize = imageSize ?? checkpoint.preferredImageSize
         return PEFTAdapter.Base(config: config, classNames: checkpoint.classNames, layerScale1: { try checkpoint.layerScale1($0) })
     }
 }

@@ -394,5 +394,5 @@ func tuneOnFirstUse(_ engine: Engine, skip: Bool) throws {
         fflush(nil)
     }
     try cache.store(entry)
-    engine.gemmProfile.tiles = entry.tiles
+    engine.applyCachedTuning(cache: cache)  // tiles and attention rows, as every later run applies them
 }

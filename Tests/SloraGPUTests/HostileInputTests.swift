@@ -291,6 +291,7 @@ struct HostileRunTests {
             (TrainingState(step: 3, position: LoaderPosition(epoch: 0, batch: -2), bestAccuracy: nil, bestStep: nil, seed: 0), "is negative"),
             (TrainingState(step: 3, position: LoaderPosition(), bestAccuracy: .nan, bestStep: 1, seed: 0), "bestAccuracy nan"),
             (TrainingState(step: 3, position: LoaderPosition(), bestAccuracy: 0.5, bestStep: 9, seed: 0), "bestStep 9 is outside 0...3"),
+            (TrainingState(step: 3, position: LoaderPosition(epoch: .max, batch: 0), bestAccuracy: nil, bestStep: nil, seed: 0), "is beyond any run"),
         ]
         for (state, message) in bad {
             // JSONEncoder refuses NaN; write that one by hand.
@@ -321,6 +322,15 @@ struct HostileRunTests {
                         resume: output.appendingPathComponent("checkpoints/last"))
         }
         #expect(error?.description.contains("batch 2 is past the 2 batches of an epoch") == true, "\(error?.description ?? "")")
+        // More epochs than 2 steps of one batch can reach (the overflow that trapped the loader).
+        state.position.epoch = 3
+        try JSONEncoder().encode(state).write(to: stateURL)
+        let epochs = #expect(throws: CheckpointError.self) {
+            try Trainer(model: model, train: train, test: train, options: options, output: output, classNames: train.classNames,
+                        resume: output.appendingPathComponent("checkpoints/last"))
+        }
+        #expect(epochs?.description.contains("epoch 3 is more than 2 steps of 1 batches can reach") == true, "\(epochs?.description ?? "")")
+        state.position.epoch = 0
         state.position.batch = 0
         state.step = 9
         try JSONEncoder().encode(state).write(to: stateURL)

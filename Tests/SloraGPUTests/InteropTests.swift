@@ -110,6 +110,15 @@ struct InteropTests {
         let network = try model(engine, base: parityFixtures.appendingPathComponent("hf-vit"), adapter: adapter)
         let logits = try network.forward(try fixtureBatch(engine).images, keepForBackward: false).download()
         expectClose(logits, try expectedLogits(name), atol: atol, rtol: rtol, "\(name): PEFT's logits against sloragpu's")
+        // On a DINOv2 base, the export's "vit." names address the folded HF ViT form: read back
+        // unscaled (only DINOv2-named adapters get LayerScale).
+        let dinov2 = try PretrainedCheckpoint(directory: parityFixtures.appendingPathComponent("hf-dinov2"))
+        var dinov2Config = dinov2.config
+        dinov2Config.imageSize = 16
+        let onDINOv2 = try PEFTAdapter.load(config: directory.appendingPathComponent("adapter_config.json"),
+                                            weights: directory.appendingPathComponent("adapter_model.safetensors"),
+                                            base: PEFTAdapter.Base(config: dinov2Config, classNames: [], layerScale1: { try dinov2.layerScale1($0) }))
+        #expect(onDINOv2.values == adapter.values)
         // And reading the export back gives the adapter again.
         let back = try PEFTAdapter.load(config: directory.appendingPathComponent("adapter_config.json"),
                                         weights: directory.appendingPathComponent("adapter_model.safetensors"), base: try hfViTBase())
@@ -120,7 +129,7 @@ struct InteropTests {
         let directory = peftFixtures.appendingPathComponent("preprocessor")
         let checkpoint = try PretrainedCheckpoint(directory: directory)
         #expect(checkpoint.normalizationSource == "preprocessor_config.json")
-        #expect(checkpoint.config.mean == [0.5, 0.5, 0.5] && checkpoint.config.std == [0.5, 0.5, 0.5] && checkpoint.config.imageSize == 16)
+        #expect(checkpoint.config.mean == [0.5, 0.5, 0.5] && checkpoint.config.std == [0.5, 0.5, 0.5] && checkpoint.preferredImageSize == 16)
         let engine = try makeEngine()
         let network = try model(engine, base: directory, adapter: nil)
         let logits = try network.forward(try preparedImage(engine, directory.appendingPathComponent("image.png"), config: network.config), keepForBackward: false).download()
@@ -129,6 +138,23 @@ struct InteropTests {
 
     /// merge's output through transformers' AutoImageProcessor and pipeline, and through sloragpu
     /// without an adapter, agree with the adapter it came from.
+    /// A processor asking for more than sloragpu does is approximated with the difference
+    /// printed, and its input size is only a default: an explicit size overrides even a bad one.
+    @Test func preprocessorApproximationsAreNamedAndItsSizeIsADefault() throws {
+        let directory = try makeTemporaryDirectory()
+        for file in ["model.safetensors", "config.json"] {
+            try FileManager.default.copyItem(at: peftFixtures.appendingPathComponent("preprocessor/\(file)"), to: directory.appendingPathComponent(file))
+        }
+        let processor: [String: Any] = ["image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 3,
+                                        "size": ["shortest_edge": 18], "do_center_crop": false]
+        try JSONSerialization.data(withJSONObject: processor).write(to: directory.appendingPathComponent("preprocessor_config.json"))
+        let checkpoint = try PretrainedCheckpoint(directory: directory)
+        #expect(checkpoint.preferredImageSize == 18)
+        #expect(checkpoint.normalizationSource.contains("resample 3 done as bilinear") && checkpoint.normalizationSource.contains("shortest-edge"))
+        #expect(throws: ConfigError.self) { _ = try checkpoint.load(imageSize: checkpoint.preferredImageSize) }  // 18: not a multiple of the patch 4
+        #expect(try checkpoint.load(imageSize: 16).config.imageSize == 16)
+    }
+
     @Test func aMergedCheckpointEvaluatesWithoutTheAdapter() throws {
         let engine = try makeEngine()
         let merged = peftFixtures.appendingPathComponent("merged")
@@ -177,7 +203,8 @@ struct InteropTests {
         let original = try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("adapter_config.json"))) as! [String: Any]
         for (key, value, message) in [("use_dora", true as Any, "DoRA"), ("peft_type", "IA3", "only LORA"), ("bias", "all", "bias 'all'"),
                                       ("layers_to_transform", [0] as Any, "layers_to_transform"), ("rank_pattern", ["q_proj": 8] as Any, "rank_pattern"),
-                                      ("r", 8, "is [4, 32], expected [8, 32]")] {
+                                      ("r", 8, "is [4, 32], expected [8, 32]"), ("r", 1e300, "'r' is"),
+                                      ("lora_alpha", 1e39, "not a finite fp32 value")] {
             var config = original
             config[key] = value
             let directory = try makeTemporaryDirectory()
@@ -216,6 +243,11 @@ struct InteropCommandLineTests {
         let merged = output.appendingPathComponent("merged")
         #expect(try runSloragpu(["merge", "--adapter", adapter, "--model", base, "--output", merged.path]).status == 0)
         let plain = try runSloragpu(["eval", "--model", merged.path] + common)
+        // merge at another input size writes a model of that size (positions resized).
+        let resized = output.appendingPathComponent("merged32")
+        let merge32 = try runSloragpu(["merge", "--adapter", adapter, "--model", base, "--image-size", "32", "--output", resized.path])
+        #expect(merge32.status == 0, "\(merge32.standardError)")
+        #expect(try PretrainedCheckpoint(directory: resized).preferredImageSize == 32)
         let line = { (result: CommandResult) in result.standardOutput.split(separator: "\n").first { $0.hasPrefix("accuracy ") }.map(String.init) }
         #expect(withAdapter.status == 0 && viaPEFT.status == 0 && plain.status == 0, "\(withAdapter.standardError)\(viaPEFT.standardError)\(plain.standardError)")
         #expect(line(withAdapter) != nil && line(withAdapter) == line(viaPEFT) && line(withAdapter) == line(plain))
