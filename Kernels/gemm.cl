@@ -100,6 +100,20 @@ inline floatV gelu_grad_vector(const floatV x)
     return 0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * (0.39894228040143268f * exp(-0.5f * x * x));
 }
 
+// The epilogue of one element: x = alpha * (op(A) op(B))[row][column] in, C[c_at] (and
+// pre[pre_at]) out; the scalar form of what gemm_packed does per vector, shared by its edge
+// columns and by gemm_tiled.
+inline void store_epilogue(float x, const float beta, const int flags, __global float *C, const int c_at,
+                           __global const float *bias, const int bias_at, __global float *pre, const int pre_at)
+{
+    if (beta != 0.0f) x += beta * C[c_at];
+    if (flags & EPILOGUE_BIAS) x += bias[bias_at];
+    if (flags & EPILOGUE_PRE) pre[pre_at] = x;
+    if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
+    if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_at]);
+    C[c_at] = x;
+}
+
 #ifndef TILED
 // The CPU kernels (register tiles over packed panels, the skinny products). A TILED build holds
 // the packing kernels and gemm_tiled only, so the GPU program compiles none of these.
@@ -177,15 +191,9 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
             } else {
                 float lane[VW];
                 vstoreV(value, 0, lane);
-                for (int j = 0; j < N - column; ++j) {
-                    float x = lane[j];
-                    if (beta != 0.0f) x += beta * c_row[j];
-                    if (flags & EPILOGUE_BIAS) x += bias[bias_offset + column + j];
-                    if (flags & EPILOGUE_PRE) pre[pre_base + row * ldc + column + j] = x;
-                    if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
-                    if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_base + row * ldc + column + j]);
-                    c_row[j] = x;
-                }
+                for (int j = 0; j < N - column; ++j)
+                    store_epilogue(lane[j], beta, flags, C, c_base + row * ldc + column + j, bias, bias_offset + column + j,
+                                   pre, pre_base + row * ldc + column + j);
             }
         }
     }
@@ -325,7 +333,7 @@ __kernel void gemm_small_lanes(__global const float *A, const int a_offset, cons
 // past k_total, so the inner loop always runs KWG steps), synchronises, and each work-item
 // accumulates its MWI x NWI outputs, rows ty + i MDIMC and columns tx + j NDIMC: a warp reads
 // one A value per row (a broadcast) and consecutive B values (no bank conflicts), and stores
-// consecutive columns of C (coalesced). The epilogue is the CPU kernel's, element by element.
+// consecutive columns of C (coalesced). The epilogue is store_epilogue, element by element.
 //
 // Tunables (-D): MWG, NWG, KWG, MDIMC, NDIMC, VWM (1, 2 or 4). __local use: 4 KWG (MWG + NWG)
 // bytes, checked by the launcher against the device's limit (48 KiB on NVIDIA).
@@ -418,13 +426,7 @@ void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_
             const int column = q * NWG + tx + j * NDIMC;
             if (column >= N) break;
             const int at = row * ldc + column;
-            float x = alpha * acc[i][j];
-            if (beta != 0.0f) x += beta * C[c_base + at];
-            if (flags & EPILOGUE_BIAS) x += bias[bias_offset + column];
-            if (flags & EPILOGUE_PRE) pre[pre_base + at] = x;
-            if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
-            if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_base + at]);
-            C[c_base + at] = x;
+            store_epilogue(alpha * acc[i][j], beta, flags, C, c_base + at, bias, bias_offset + column, pre, pre_base + at);
         }
     }
 }

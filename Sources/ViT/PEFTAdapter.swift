@@ -95,7 +95,6 @@ public enum PEFTAdapter {
         let d = base.config.width
         var perLayer: [Int: Set<LoRATarget>] = [:]
         var factors: [String: [Float]] = [:]
-        var head: (weight: [Float], bias: [Float])?
         var headWeight: [Float]?, headBias: [Float]?
         var unknown: [String] = []
         for entry in file.entries {
@@ -137,12 +136,6 @@ public enum PEFTAdapter {
             throw CheckpointError(file: weightsURL.path, "keys that are not LoRA factors of q, k, v or o nor the classifier: "
                                   + unknown.prefix(8).joined(separator: ", ") + (unknown.count > 8 ? ", ..." : ""))
         }
-        if let headWeight {
-            guard let headBias, headBias.count == headWeight.count / d else {
-                throw CheckpointError(file: weightsURL.path, tensor: "base_model.model.classifier.bias", "missing or not [\(headWeight.count / d)]")
-            }
-            head = (headWeight, headBias)
-        }
         let targets = perLayer[0] ?? []
         guard !targets.isEmpty, (0..<base.config.layers).allSatisfy({ perLayer[$0] == targets }) else {
             throw CheckpointError(file: weightsURL.path, "sloragpu applies the same LoRA targets to every block; this adapter has "
@@ -153,15 +146,18 @@ public enum PEFTAdapter {
                 throw CheckpointError(file: weightsURL.path, "block \(layer), target \(target.rawValue): lora_A and lora_B must both be present")
             }
         }
-        guard let head else {
+        guard let headWeight else {
             throw CheckpointError(file: weightsURL.path, "holds no classifier (modules_to_save: [\"classifier\"]); sloragpu needs the trained head")
         }
+        guard let headBias, headBias.count == headWeight.count / d else {
+            throw CheckpointError(file: weightsURL.path, tensor: "base_model.model.classifier.bias", "missing or not [\(headWeight.count / d)]")
+        }
         var config = base.config
-        config.classes = head.bias.count
+        config.classes = headBias.count
         try config.validate()
         var values = factors
-        values["head.weight"] = head.weight
-        values["head.bias"] = head.bias
+        values["head.weight"] = headWeight
+        values["head.bias"] = headBias
         let ordered = LoRATarget.allCases.filter(targets.contains)
         return AdapterFile.Contents(method: .lora(rank: rank, alpha: alpha, targets: ordered), config: config,
                                     classNames: base.classNames.count == config.classes ? base.classNames : [], values: values)

@@ -124,18 +124,18 @@ struct SelftestCommand: ParsableCommand {
         let fixtureDirectory = URL(fileURLWithPath: fixtures)
         if FileManager.default.fileExists(atPath: fixtureDirectory.appendingPathComponent("batch.safetensors").path) {
             // The parity tests' tolerances (fp32 against PyTorch fp32).
+            let batch = try SafeTensorsFile(contentsOf: fixtureDirectory.appendingPathComponent("batch.safetensors"))
+            guard let imageShape = batch.entry("images")?.shape, let labelCount = batch.entry("labels")?.shape.first else {
+                throw ValidationError("\(batch.path): expected tensors 'images' and 'labels'")
+            }
+            let images = try engine.tensor(try batch.floats("images"), shape: imageShape)
+            let labels = try engine.tensor(try batch.floats("labels").map { Int32($0) }, shape: [labelCount])
+            let base = try ModelOptions.parse(["--model", fixtureDirectory.appendingPathComponent("hf-vit").path])
             for method in ["serial", "lora", "full", "probe"] {
                 let adapter = try AdapterFile.load(fixtureDirectory.appendingPathComponent("\(method)/initial.safetensors"))
-                let checkpoint = try PretrainedCheckpoint(directory: fixtureDirectory.appendingPathComponent("hf-vit"))
-                let config = adapter.config
-                var values = try CheckpointReader(file: checkpoint.file, naming: .hfViT, config: config).values
-                for (name, tensor) in adapter.values { values[name] = tensor }
-                let parameters = try ViTParameters(engine: engine, specs: ParameterTable.specs(config, adapter.method), values: values)
-                let model = try ViTModel(engine: engine, config: config, method: adapter.method, parameters: parameters)
-                let batch = try SafeTensorsFile(contentsOf: fixtureDirectory.appendingPathComponent("batch.safetensors"))
+                let (model, _) = try buildModel(engine, base, method: adapter.method, classes: adapter.config.classes, seed: 0, adapter: adapter)
+                let parameters = model.parameters
                 let expected = try SafeTensorsFile(contentsOf: fixtureDirectory.appendingPathComponent("\(method)/expected.safetensors"))
-                let images = try engine.tensor(try batch.floats("images"), shape: batch.entry("images")!.shape)
-                let labels = try engine.tensor(try batch.floats("labels").map { Int32($0) }, shape: [batch.entry("labels")!.shape[0]])
                 try parameters.zeroGradients()
                 let logits = try model.forward(images)
                 report("model \(method) logits against PyTorch", try logits.download(), try expected.floats("logits").map(Double.init), atol: 2e-5, rtol: 1e-4)

@@ -315,29 +315,25 @@ struct HostileRunTests {
         let stateURL = output.appendingPathComponent("checkpoints/last/state.json")
         var state = try JSONDecoder().decode(TrainingState.self, from: Data(contentsOf: stateURL))
         (state.step, state.bestStep) = (2, nil)
-        state.position.batch = 2  // 32 images in batches of 16: batches 0 and 1 only
-        try JSONEncoder().encode(state).write(to: stateURL)
-        let error = #expect(throws: CheckpointError.self) {
-            try Trainer(model: model, train: train, test: train, options: options, output: output, classNames: train.classNames,
-                        resume: output.appendingPathComponent("checkpoints/last"))
+        // Writes `state` and resumes from it: the error the resume is refused with.
+        func resumeError(_ state: TrainingState) throws -> CheckpointError? {
+            try JSONEncoder().encode(state).write(to: stateURL)
+            return #expect(throws: CheckpointError.self) {
+                try Trainer(model: model, train: train, test: train, options: options, output: output, classNames: train.classNames,
+                            resume: output.appendingPathComponent("checkpoints/last"))
+            }
         }
+        state.position.batch = 2  // 32 images in batches of 16: batches 0 and 1 only
+        let error = try resumeError(state)
         #expect(error?.description.contains("batch 2 is past the 2 batches of an epoch") == true, "\(error?.description ?? "")")
         // More epochs than 2 steps of one batch can reach (the overflow that trapped the loader).
         state.position.epoch = 3
-        try JSONEncoder().encode(state).write(to: stateURL)
-        let epochs = #expect(throws: CheckpointError.self) {
-            try Trainer(model: model, train: train, test: train, options: options, output: output, classNames: train.classNames,
-                        resume: output.appendingPathComponent("checkpoints/last"))
-        }
+        let epochs = try resumeError(state)
         #expect(epochs?.description.contains("epoch 3 is more than 2 steps of 1 batches can reach") == true, "\(epochs?.description ?? "")")
         state.position.epoch = 0
         state.position.batch = 0
         state.step = 9
-        try JSONEncoder().encode(state).write(to: stateURL)
-        #expect(throws: CheckpointError.self) {
-            try Trainer(model: model, train: train, test: train, options: options, output: output, classNames: train.classNames,
-                        resume: output.appendingPathComponent("checkpoints/last"))
-        }
+        _ = try resumeError(state)
     }
 
     @Test func anOutputDirectoryHoldsOneRunAtATime() throws {
