@@ -40,6 +40,9 @@ public struct TuningEntry: Codable, Equatable, Sendable {
     public var classes: [String: TunedClass]
     /// The flash attention work-group height that was fastest (nil: not tuned).
     public var attentionRows: Int?
+    /// The row-reduction work-group size (LayerNorm, softmax cross-entropy, sums) that was
+    /// fastest (nil: not tuned; entries written before it existed decode with nil).
+    public var reductionSize: Int?
     public var version: String
     public var date: String
 }
@@ -78,6 +81,9 @@ public struct TuningCache: Sendable {
             }
         }
         if let rows = entry.attentionRows, ![32, 64, 128].contains(rows) { return .invalid("\(name): flash rows \(rows) is not 32, 64 or 128") }
+        if let size = entry.reductionSize, !GemmTuner.reductionSizes.contains(size) || size > device.info.maxWorkGroupSize {
+            return .invalid("\(name): reduction work-group \(size) is not one of \(GemmTuner.reductionSizes) within the device's \(device.info.maxWorkGroupSize)")
+        }
         return .hit(entry)
     }
 
@@ -157,6 +163,7 @@ public enum GemmTuner {
     public static func tune(_ engine: Engine, budget: Double, maxCandidates: Int? = nil,
                             shapes: [(name: String, m: Int, n: Int, k: Int)] = vitBase,
                             attentionShape: AttentionShape = AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64),
+                            reductionRows: Int = 1576, reductionWidth: Int = 768,
                             progress: (String) -> Void = { _ in }) throws -> TuningEntry {
         let started = Date()
         var tiles = GemmTiles.seed
@@ -223,6 +230,7 @@ public enum GemmTuner {
         let formatter = ISO8601DateFormatter()
         return TuningEntry(key: try TuningKey(engine: engine), tiles: tiles, classes: classes,
                            attentionRows: try tuneAttention(engine, shape: attentionShape, progress: progress),
+                           reductionSize: try tuneReductions(engine, rows: reductionRows, width: reductionWidth, progress: progress),
                            version: SloraGPU.version, date: formatter.string(from: Date()))
     }
 
@@ -271,6 +279,58 @@ public enum GemmTuner {
         return best?.rows
     }
 
+    /// The row-reduction work-group sizes tried (powers of two; the kernels' trees need one).
+    public static let reductionSizes = [32, 64, 128, 256, 512]
+
+    /// The row-reduction work-group size: each candidate's LayerNorm forward and backward,
+    /// column sums and softmax cross-entropy (over `rows` x `width`, ViT-B/16's at batch 8 by
+    /// default) checked against the row-per-item kernels on the same inputs, then timed.
+    static func tuneReductions(_ engine: Engine, rows: Int, width: Int, progress: (String) -> Void) throws -> Int? {
+        let saved = engine.reductionPath
+        defer { engine.reductionPath = saved }
+        let classes = 1000
+        let x = try engine.tensor(CheckValues.uniform(rows * width, seed: 5).map { $0 * 3 + 1 }, shape: [rows, width])
+        let gamma = try engine.tensor(CheckValues.uniform(width, seed: 6).map { 1 + $0 / 2 }, shape: [width])
+        let beta = try engine.tensor(CheckValues.uniform(width, seed: 7), shape: [width])
+        let dy = try engine.tensor(CheckValues.uniform(rows * width, seed: 8), shape: [rows, width])
+        let logitRows = max(1, rows / 197)
+        let logits = try engine.tensor(CheckValues.uniform(logitRows * classes, seed: 9).map { $0 * 8 }, shape: [logitRows, classes])
+        let labels = try engine.tensor((0..<logitRows).map { Int32($0 * 61 % classes) }, shape: [logitRows])
+        let y = try engine.empty([rows, width]), mean = try engine.empty([rows]), rstd = try engine.empty([rows])
+        let dx = try engine.empty([rows, width]), dGamma = try engine.empty([width]), dBeta = try engine.empty([width])
+        let bias = try engine.empty([width]), losses = try engine.empty([logitRows]), dLogits = try engine.empty([logitRows, classes])
+        func run() throws -> [Float] {
+            try engine.layerNormForward(x, gamma: gamma, beta: beta, eps: 1e-6, into: y, mean: mean, rstd: rstd)
+            try engine.layerNormBackward(dy, x: x, gamma: gamma, mean: mean, rstd: rstd, dx: dx, accumulate: false, dGamma: dGamma, dBeta: dBeta)
+            try engine.columnSums(dy, into: bias)
+            try engine.softmaxCrossEntropy(logits: logits, labels: labels, losses: losses, dLogits: dLogits)
+            return try y.download() + dx.download() + dGamma.download() + dBeta.download() + bias.download()
+                + losses.download() + dLogits.download() + engine.sumOfSquares(dy).download()
+        }
+        engine.reductionPath = .rowPerItem
+        let reference = try run()
+        var best: (size: Int, seconds: Double)?
+        for size in reductionSizes where size <= engine.device.info.maxWorkGroupSize {
+            engine.reductionPath = .workGroup(size: size)
+            let result = try run()
+            // Sums over up to `rows` terms in another order: relative to the values' scale.
+            guard zip(result, reference).allSatisfy({ abs($0 - $1) <= 1e-3 + 1e-3 * abs($1) }) else {
+                progress("  reductions, work-group \(size): wrong result, rejected")
+                continue
+            }
+            var fastest = Double.infinity
+            for _ in 0..<3 {
+                try engine.synchronize()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                _ = try run()
+                fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            if best == nil || fastest < best!.seconds { best = (size, fastest) }
+        }
+        if let best { progress(String(format: "reductions (%d x %d): work-group %d, %.2f ms", rows, width, best.size, best.seconds * 1e3)) }
+        return best?.size
+    }
+
     private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }
 }
 
@@ -299,6 +359,7 @@ extension Engine {
         if case .hit(let entry) = lookup {
             gemmProfile.tiles = entry.tiles
             if let rows = entry.attentionRows, case .flash = attentionPath { attentionPath = .flash(rows: rows) }
+            if let size = entry.reductionSize, case .workGroup = reductionPath { reductionPath = .workGroup(size: size) }
         }
         return lookup
     }

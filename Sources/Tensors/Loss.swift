@@ -21,6 +21,11 @@ extension Engine {
         try expectShape(operation, "losses", losses, [batch])
         if let dLogits { try expectShape(operation, "dLogits", dLogits, logits.shape) }
         let gradient = dLogits ?? losses
+        if case .workGroup(let size) = reductionPath {
+            try launch("softmax_cross_entropy_group", in: "loss", options: "-DLG=\(size)", global: [size, batch], local: [size, 1],
+                logits, labels, losses, gradient, batch, classes, smoothing, 1 / Float(batch), dLogits != nil)
+            return
+        }
         try launch("softmax_cross_entropy", in: "loss", global: [batch],
             logits, labels, losses, gradient, batch, classes, smoothing, 1 / Float(batch), dLogits != nil)
     }

@@ -9,7 +9,7 @@ import ViT
 struct SelftestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selftest",
-        abstract: "Check the selected device's GEMM and attention kernels against the reference implementations (odd shapes, every transpose, the epilogues, forward and backward).",
+        abstract: "Check the selected device's GEMM, attention and reduction kernels against the reference implementations (odd shapes, every transpose, the epilogues, forward and backward).",
         discussion: "Exits non-zero if any check fails. --gpu-kernels forces the GPU kernels (tiled GEMM, flash attention) on any device, e.g. PoCL."
     )
 
@@ -120,6 +120,22 @@ struct SelftestCommand: ParsableCommand {
             try engine.layerNormBackward(try engine.tensor(dy, shape: [rows, width]), x: xTensor, gamma: gammaTensor, mean: mean, rstd: rstd, dx: dx)
             let grads = Reference.layerNormBackward(doubles(dy), x: doubles(x), gamma: doubles(gamma), rows: rows, width: width, eps: 1e-6)
             report("layernorm backward \(rows)x\(width)", try dx.download(), grads.dx, atol: 1e-5, rtol: 1e-4)
+        }
+        for (batch, classes) in [(8, 1000), (17, 10), (3, 21843)] {
+            let logits = values(batch * classes, 15).map { $0 * 8 + 40 }, labels = (0..<batch).map { Int32($0 * 61 % classes) }
+            let losses = try engine.empty([batch]), dLogits = try engine.empty([batch, classes])
+            try engine.softmaxCrossEntropy(logits: try engine.tensor(logits, shape: [batch, classes]), labels: try engine.tensor(labels, shape: [batch]),
+                                           smoothing: 0.1, losses: losses, dLogits: dLogits)
+            let expected = Reference.softmaxCrossEntropy(logits.map(Double.init), labels: labels.map(Int.init), classes: classes, smoothing: 0.1)
+            report("softmax cross-entropy \(batch)x\(classes)", try losses.download(), expected.losses, atol: 1e-5, rtol: 1e-5)
+            report("softmax cross-entropy gradient \(batch)x\(classes)", try dLogits.download(), expected.dlogits, atol: 1e-7, rtol: 1e-4)
+        }
+        do {
+            let (rows, columns) = (197, 65)
+            let dy = values(rows * columns, 16), sums = try engine.empty([columns])
+            try engine.columnSums(try engine.tensor(dy, shape: [rows, columns]), into: sums)
+            report("column sums \(rows)x\(columns)", try sums.download(),
+                   (0..<columns).map { c in (0..<rows).reduce(0.0) { $0 + Double(dy[$1 * columns + c]) } }, atol: 1e-4, rtol: 1e-5)
         }
         let fixtureDirectory = URL(fileURLWithPath: fixtures)
         if FileManager.default.fileExists(atPath: fixtureDirectory.appendingPathComponent("batch.safetensors").path) {

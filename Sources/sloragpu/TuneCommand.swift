@@ -21,7 +21,7 @@ struct TuneCommand: ParsableCommand {
     var budget: Double = 180
     @Option(help: "At most this many candidates per shape class.")
     var maxCandidates: Int?
-    @Flag(help: "Time small products (256 x 256 x 256 and narrow ones) instead of a ViT-B/16 step's: for trying the tuner on a CPU.")
+    @Flag(help: "Time small products (256 x 256 x 256 and narrow ones, 197 x 384 reductions) instead of a ViT-B/16 step's: for trying the tuner on a CPU.")
     var small = false
     @Flag(help: "Tune even if a valid entry is cached.")
     var force = false
@@ -62,7 +62,8 @@ struct TuneCommand: ParsableCommand {
         }
         let shapes = small ? [("large", 256, 256, 256), ("narrowColumns", 256, 8, 256), ("narrowRows", 8, 256, 256)] : GemmTuner.vitBase
         let attention = small ? AttentionShape(batch: 1, tokens: 33, heads: 1, headDimension: 16) : AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64)
-        let entry = try GemmTuner.tune(engine, budget: budget, maxCandidates: maxCandidates, shapes: shapes, attentionShape: attention) { line in
+        let entry = try GemmTuner.tune(engine, budget: budget, maxCandidates: maxCandidates, shapes: shapes, attentionShape: attention,
+                                       reductionRows: small ? 197 : 1576, reductionWidth: small ? 384 : 768) { line in
             print(line)
             fflush(nil)
         }

@@ -150,7 +150,9 @@ struct GemmTunerTests {
         let cacheDirectory = try makeTemporaryDirectory()
         let engine = try makeEngine(cacheDirectory: cacheDirectory)
         let entry = try GemmTuner.tune(engine, budget: 60, maxCandidates: 2, shapes: Self.small,
-                                       attentionShape: AttentionShape(batch: 1, tokens: 33, heads: 2, headDimension: 16))
+                                       attentionShape: AttentionShape(batch: 1, tokens: 33, heads: 2, headDimension: 16),
+                                       reductionRows: 197, reductionWidth: 65)
+        #expect(GemmTuner.reductionSizes.contains(entry.reductionSize ?? 0))
         #expect(entry.classes.count == 3 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
         #expect([32, 64, 128].contains(entry.attentionRows ?? 0))
         for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] { try tile.validate() }
@@ -161,8 +163,10 @@ struct GemmTunerTests {
         let second = try makeEngine(cacheDirectory: cacheDirectory)
         second.gemmProfile = .gpu
         second.attentionPath = .flash(rows: 32)
+        second.reductionPath = .workGroup(size: 1024)
         #expect(second.applyCachedTuning(cache: second.tuningCache) == .hit(entry))
         #expect(second.gemmProfile.tiles == entry.tiles && second.attentionPath == .flash(rows: entry.attentionRows!))
+        #expect(second.reductionPath == .workGroup(size: entry.reductionSize!))
         // The search space honours the limits.
         for name in ["large", "narrowColumns", "narrowRows"] {
             let space = GemmTuner.candidates(for: name, device: engine.device)
@@ -184,6 +188,9 @@ struct GemmTunerTests {
         var badRows = entry
         badRows.attentionRows = 48
         guard case .invalid = TuningCache.verify(try encode(badRows), key: key, device: engine.device, name: "e") else { Issue.record("flash rows 48 accepted"); return }
+        var badReduction = entry
+        badReduction.reductionSize = 96
+        guard case .invalid = TuningCache.verify(try encode(badReduction), key: key, device: engine.device, name: "e") else { Issue.record("reduction work-group 96 accepted"); return }
         entry.tiles.large = TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4)  // 64 KiB of __local
         guard case .invalid = TuningCache.verify(try encode(entry), key: key, device: engine.device, name: "e") else { Issue.record("oversized tile accepted"); return }
     }
