@@ -46,6 +46,8 @@
 // Multiplies by GELU'(pre), pre read with C's layout: the fc2 backward's dh = (dy W2) * GELU'(h_pre)
 // in the GEMM's store instead of another pass over [T, m].
 #define EPILOGUE_GELU_GRAD 8
+// With GELU or GELU_GRAD: CLIP's quick GELU x sigmoid(1.702 x) (and its derivative) instead.
+#define EPILOGUE_QUICK 16
 
 // Packing: one work-item copies one k-row of one panel (MR values of A, NR values of B).
 // Consecutive work-items take consecutive k, so both storage orders read cache-friendly
@@ -100,6 +102,21 @@ inline floatV gelu_grad_vector(const floatV x)
     return 0.5f * (1.0f + erf(x * 0.70710678118654752f)) + x * (0.39894228040143268f * exp(-0.5f * x * x));
 }
 
+// quick_gelu(x) = x s, s = sigmoid(1.702 x); quick_gelu'(x) = s + 1.702 x s (1 - s). For very
+// negative x, exp overflows to inf and s to 0: both stay finite (0 and -0).
+inline float quick_gelu_scalar(const float x) { return x / (1.0f + exp(-1.702f * x)); }
+inline floatV quick_gelu_vector(const floatV x) { return x / (1.0f + exp(-1.702f * x)); }
+inline float quick_gelu_grad_scalar(const float x)
+{
+    const float s = 1.0f / (1.0f + exp(-1.702f * x));
+    return s + 1.702f * x * s * (1.0f - s);
+}
+inline floatV quick_gelu_grad_vector(const floatV x)
+{
+    const floatV s = 1.0f / (1.0f + exp(-1.702f * x));
+    return s + 1.702f * x * s * (1.0f - s);
+}
+
 // The epilogue of one element: x = alpha * (op(A) op(B))[row][column] in, C[c_at] (and
 // pre[pre_at]) out; the scalar form of what gemm_packed does per vector, shared by its edge
 // columns and by gemm_tiled.
@@ -109,8 +126,11 @@ inline void store_epilogue(float x, const float beta, const int flags, __global 
     if (beta != 0.0f) x += beta * C[c_at];
     if (flags & EPILOGUE_BIAS) x += bias[bias_at];
     if (flags & EPILOGUE_PRE) pre[pre_at] = x;
-    if (flags & EPILOGUE_GELU) x = gelu_scalar(x);
-    if (flags & EPILOGUE_GELU_GRAD) x *= gelu_grad_scalar(pre[pre_at]);
+    if (flags & EPILOGUE_GELU) x = (flags & EPILOGUE_QUICK) ? quick_gelu_scalar(x) : gelu_scalar(x);
+    if (flags & EPILOGUE_GELU_GRAD) {
+        const float p = pre[pre_at];
+        x *= (flags & EPILOGUE_QUICK) ? quick_gelu_grad_scalar(p) : gelu_grad_scalar(p);
+    }
     C[c_at] = x;
 }
 
@@ -185,8 +205,11 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
                 if (beta != 0.0f) value += beta * vloadV(0, c_row);
                 if (flags & EPILOGUE_BIAS) value += vloadV(0, bias + bias_offset + column);
                 if (flags & EPILOGUE_PRE) vstoreV(value, 0, pre + pre_base + row * ldc + column);
-                if (flags & EPILOGUE_GELU) value = gelu_vector(value);
-                if (flags & EPILOGUE_GELU_GRAD) value *= gelu_grad_vector(vloadV(0, pre + pre_base + row * ldc + column));
+                if (flags & EPILOGUE_GELU) value = (flags & EPILOGUE_QUICK) ? quick_gelu_vector(value) : gelu_vector(value);
+                if (flags & EPILOGUE_GELU_GRAD) {
+                    const floatV p = vloadV(0, pre + pre_base + row * ldc + column);
+                    value *= (flags & EPILOGUE_QUICK) ? quick_gelu_grad_vector(p) : gelu_grad_vector(p);
+                }
                 vstoreV(value, 0, c_row);
             } else {
                 float lane[VW];

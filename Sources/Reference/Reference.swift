@@ -30,6 +30,15 @@ public enum Reference {
 
     public static func gelu(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot())) }
 
+    /// CLIP's quick GELU, x sigmoid(1.702 x).
+    public static func quickGelu(_ x: Double) -> Double { x / (1 + exp(-1.702 * x)) }
+
+    /// d quick_gelu / dx = s + 1.702 x s (1 - s), s = sigmoid(1.702 x).
+    public static func quickGeluDerivative(_ x: Double) -> Double {
+        let s = 1 / (1 + exp(-1.702 * x))
+        return s + 1.702 * x * s * (1 - s)
+    }
+
     /// d gelu / dx = Phi(x) + x phi(x).
     public static func geluDerivative(_ x: Double) -> Double {
         0.5 * (1 + erf(x / 2.0.squareRoot())) + x * exp(-0.5 * x * x) / (2 * Double.pi).squareRoot()

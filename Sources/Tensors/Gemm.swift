@@ -7,10 +7,21 @@ import CLRuntime
 // and a 2-D operand is shared by every batch (weights). A transposed operand is stored with
 // its two last dimensions swapped: op(A) = A^T means A is stored K x M.
 
-public enum Activation: Sendable, Equatable {
+public enum Activation: String, Sendable, Equatable, Codable {
     case none
     /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
     case gelu
+    /// CLIP's quick GELU, x sigmoid(1.702 x).
+    case quickGELU = "quick_gelu"
+}
+
+/// C *= act'(pre) in a GEMM's epilogue: the backward through an activation fused into the GEMM
+/// that produces its gradient (the fc2 backward's dh = (dy W2) * act'(h_pre)). `preActivation`
+/// has C's layout.
+public struct ActivationDerivative {
+    public var activation: Activation
+    public var preActivation: Tensor
+    public init(_ activation: Activation, at preActivation: Tensor) { (self.activation, self.preActivation) = (activation, preActivation) }
 }
 
 /// A 2-D matrix inside a tensor whose rows are `rowStride` elements apart, e.g. the k columns
@@ -126,13 +137,12 @@ private struct MatrixView {
 
 extension Engine {
     /// C = act(alpha * op(A) op(B) + beta * C + bias). With beta = 0, C is not read.
-    /// `geluGradientOf`: C = (alpha op(A) op(B) + beta C + bias) * GELU'(that tensor), which has
-    /// C's shape (the backward through a GELU, fused into the GEMM that produces its gradient).
+    /// `times`: C = (alpha op(A) op(B) + beta C + bias) * act'(pre), pre of C's shape.
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
                      alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .none,
-                     preActivation: Tensor? = nil, geluGradientOf geluInput: Tensor? = nil) throws {
+                     preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
         try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: .tensor(c),
-                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation, geluGradientOf: geluInput)
+                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
     }
 
     /// C = act(alpha * sum_t scale_t op(A_t) op(B_t) + beta * C + bias), as ONE reduction of
@@ -145,8 +155,9 @@ extension Engine {
     /// C may be a strided matrix (e.g. columns of a wider tensor); `preActivation` then has
     /// C's layout too.
     public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
-                     activation: Activation = .none, preActivation: Tensor? = nil, geluGradientOf geluInput: Tensor? = nil) throws {
+                     activation: Activation = .none, preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
         let operation = "gemm"
+        let derivativeInput = derivative?.preActivation
         guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
         let output = try MatrixView(cOperand, transposed: false, name: "C")
         let c = output.tensor
@@ -172,11 +183,11 @@ extension Engine {
         if let bias, bias.shape != [n] {
             throw TensorError.shapeMismatch(operation: operation, details: "bias must be [\(n)], got \(bias.shape)")
         }
-        if geluInput != nil, preActivation != nil || activation != .none {
-            throw TensorError.shapeMismatch(operation: operation, details: "geluGradientOf excludes an activation and a preActivation output")
+        if derivativeInput != nil, preActivation != nil || activation != .none {
+            throw TensorError.shapeMismatch(operation: operation, details: "an activation derivative excludes an activation and a preActivation output")
         }
         // Both read or write through the kernel's one pre-activation pointer, with C's layout.
-        let preTensor = preActivation ?? geluInput
+        let preTensor = preActivation ?? derivativeInput
         if let preTensor {
             let fits: Bool
             switch cOperand {
@@ -184,7 +195,7 @@ extension Engine {
             case .strided: fits = (m - 1) * output.rowStride + n <= preTensor.count
             }
             guard fits else {
-                throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "geluGradientOf") \(preTensor.shape) does not have C's layout")
+                throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
             }
         }
         let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
@@ -197,15 +208,21 @@ extension Engine {
         }
 
         let profile = gemmProfile
-        if profile.skinny, terms.count == 1, batches == 1, bias == nil, activation == .none, preActivation == nil, geluInput == nil,
+        if profile.skinny, terms.count == 1, batches == 1, bias == nil, activation == .none, preActivation == nil, derivativeInput == nil,
            try skinnyGemm(aViews[0], bViews[0], scale: terms[0].scale, into: output, alpha: alpha, beta: beta) {
             return
         }
         var epilogueFlags: Int32 = 0
         if bias != nil { epilogueFlags |= 1 }
-        if activation == .gelu { epilogueFlags |= 2 }
+        if activation != .none { epilogueFlags |= 2 }
         if preActivation != nil { epilogueFlags |= 4 }
-        if geluInput != nil { epilogueFlags |= 8 }
+        if let derivative {
+            guard derivative.activation != .none else {
+                throw TensorError.shapeMismatch(operation: operation, details: "an activation derivative needs an activation, not none")
+            }
+            epilogueFlags |= 8
+        }
+        if activation == .quickGELU || derivative?.activation == .quickGELU { epilogueFlags |= 16 }
         // A 2-D operand packs once and serves every batch, unless another term of the same
         // side is batched (then the packed buffer holds every batch).
         let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1

@@ -134,7 +134,7 @@ struct BlockLayer {
         precondition(!saved.recompute || p.gradient(name("fc2.weight")) == nil, "fc2 trains but h was not kept")
         try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
         let dh = try engine.empty([rows, m])                                   // (dx W2) * GELU'(hPre)
-        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, geluGradientOf: saved.hPre)
+        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, times: ActivationDerivative(.gelu, at: saved.hPre))
         try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)
         let du = try engine.empty([rows, d])
         try engine.gemm(dh, p.tensor(name("fc1.weight")), into: du)

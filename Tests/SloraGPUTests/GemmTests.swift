@@ -87,7 +87,7 @@ struct GemmTests {
         #expect(try c.download() == [1, 2, 3, 2, 4, 6])
     }
 
-    @Test(arguments: [Activation.none, .gelu])
+    @Test(arguments: [Activation.none, .gelu, .quickGELU])
     func biasGeluAndPreActivationEpilogue(activation: Activation) throws {
         let engine = try makeEngine()
         let (m, n, k) = (37, 53, 24)
@@ -98,16 +98,16 @@ struct GemmTests {
                         transposeB: true, bias: try engine.tensor(bias, shape: [n]), activation: activation, preActivation: pre)
         let product = Reference.matmul(x, w, m: m, n: n, k: k, transposeB: true)
         let expectedPre = (0..<m * n).map { product[$0] + Double(bias[$0 % n]) }
-        let expected = activation == .gelu ? expectedPre.map(Reference.gelu) : expectedPre
+        let expected = activation == .gelu ? expectedPre.map(Reference.gelu) : activation == .quickGELU ? expectedPre.map(Reference.quickGelu) : expectedPre
         expectClose(try pre.download(), expectedPre, atol: 1e-4, rtol: 1e-5, "pre-activation")
         expectClose(try out.download(), expected, atol: 1e-4, rtol: 1e-5, "output")
     }
 
-    /// The fused GELU backward: C = (alpha A B + beta C) * GELU'(pre), over full and edge
-    /// vectors (n = 53) and over several k-blocks (the product must be complete before the
-    /// multiply).
-    @Test(arguments: [24, 700])
-    func geluGradientEpilogue(k: Int) throws {
+    /// The fused activation backward: C = (alpha A B + beta C) * act'(pre) for GELU and quick
+    /// GELU, over full and edge vectors (n = 53) and over several k-blocks (the product must be
+    /// complete before the multiply).
+    @Test(arguments: [24, 700], [Activation.gelu, .quickGELU])
+    func geluGradientEpilogue(k: Int, activation: Activation) throws {
         let engine = try makeEngine()
         if k > 256 { engine.gemmProfile.kBlock = 256 }
         let (m, n) = (37, 53)
@@ -115,13 +115,18 @@ struct GemmTests {
         let pre = uniformValues(m * n, seed: 9, scale: 3), c0 = uniformValues(m * n, seed: 10)
         let c = try engine.tensor(c0, shape: [m, n])
         try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c, alpha: 0.5, beta: 0.25,
-                        geluGradientOf: try engine.tensor(pre, shape: [m, n]))
+                        times: ActivationDerivative(activation, at: try engine.tensor(pre, shape: [m, n])))
         let product = Reference.matmul(a, b, m: m, n: n, k: k)
-        let expected = (0..<m * n).map { (0.5 * product[$0] + 0.25 * Double(c0[$0])) * Reference.geluDerivative(Double(pre[$0])) }
-        expectClose(try c.download(), expected, atol: Self.tolerance(k: k) * 1.2, rtol: 1e-5, "gemm * GELU'(pre), k \(k)")
+        let derivative = activation == .gelu ? Reference.geluDerivative : Reference.quickGeluDerivative
+        let expected = (0..<m * n).map { (0.5 * product[$0] + 0.25 * Double(c0[$0])) * derivative(Double(pre[$0])) }
+        expectClose(try c.download(), expected, atol: Self.tolerance(k: k) * 1.2, rtol: 1e-5, "gemm * \(activation)'(pre), k \(k)")
         #expect(throws: TensorError.self) {
             try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c,
-                            activation: .gelu, geluGradientOf: try engine.tensor(pre, shape: [m, n]))
+                            activation: .gelu, times: ActivationDerivative(activation, at: try engine.tensor(pre, shape: [m, n])))
+        }
+        #expect(throws: TensorError.self) {
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c,
+                            times: ActivationDerivative(.none, at: try engine.tensor(pre, shape: [m, n])))
         }
     }
 

@@ -62,7 +62,10 @@ struct LayerTests {
         for value in [-3.0, -0.5, 0.0, 0.7, 2.5] {
             let numeric = (Reference.gelu(value + 1e-6) - Reference.gelu(value - 1e-6)) / 2e-6
             #expect(abs(Reference.geluDerivative(value) - numeric) < 1e-8)
+            let quick = (Reference.quickGelu(value + 1e-6) - Reference.quickGelu(value - 1e-6)) / 2e-6
+            #expect(abs(Reference.quickGeluDerivative(value) - quick) < 1e-8)
         }
+        #expect(Reference.quickGelu(-1000) == 0 && Reference.quickGeluDerivative(-1000) == 0)
     }
 
     /// Column sums in one pass (CPU) and as row-block partials plus a second pass (GPU), over

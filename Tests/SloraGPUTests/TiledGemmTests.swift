@@ -57,15 +57,23 @@ struct TiledGemmTests {
         let linear = Reference.matmul(x, w, m: m, n: n, k: k, transposeB: true).enumerated().map { $0.element + Double(bias[$0.offset % n]) }
         expectClose(try pre.download(), linear, atol: 1e-4, rtol: 1e-5, "pre-activation")
         expectClose(try out.download(), linear.map(Reference.gelu), atol: 1e-4, rtol: 1e-5, "GELU output")
+        try engine.gemm(try engine.tensor(x, shape: [m, k]), try engine.tensor(w, shape: [n, k]), into: out, transposeB: true,
+                        bias: try engine.tensor(bias, shape: [n]), activation: .quickGELU)
+        expectClose(try out.download(), linear.map(Reference.quickGelu), atol: 1e-4, rtol: 1e-5, "quick GELU output")
 
         // The GELU backward epilogue with beta.
         let g = uniformValues(m * n, seed: 7), c0 = uniformValues(m * k, seed: 8), hPre = uniformValues(m * k, seed: 9, scale: 3)
         let dh = try engine.tensor(c0, shape: [m, k])
         try engine.gemm(try engine.tensor(g, shape: [m, n]), try engine.tensor(w, shape: [n, k]), into: dh, alpha: 0.5, beta: 0.25,
-                        geluGradientOf: try engine.tensor(hPre, shape: [m, k]))
+                        times: ActivationDerivative(.gelu, at: try engine.tensor(hPre, shape: [m, k])))
         let back = Reference.matmul(g, w, m: m, n: k, k: n)
         expectClose(try dh.download(), (0..<m * k).map { (0.5 * back[$0] + 0.25 * Double(c0[$0])) * Reference.geluDerivative(Double(hPre[$0])) },
                     atol: 1e-4, rtol: 1e-5, "GELU' epilogue")
+        let dhQuick = try engine.tensor(c0, shape: [m, k])
+        try engine.gemm(try engine.tensor(g, shape: [m, n]), try engine.tensor(w, shape: [n, k]), into: dhQuick, alpha: 0.5, beta: 0.25,
+                        times: ActivationDerivative(.quickGELU, at: try engine.tensor(hPre, shape: [m, k])))
+        expectClose(try dhQuick.download(), (0..<m * k).map { (0.5 * back[$0] + 0.25 * Double(c0[$0])) * Reference.quickGeluDerivative(Double(hPre[$0])) },
+                    atol: 1e-4, rtol: 1e-5, "quick GELU' epilogue")
 
         // Batched A with a shared and with a batched B.
         let (batch, bm, bn, bk) = (3, 19, 21, 11)
