@@ -63,3 +63,27 @@ __kernel void tokens_backward_params(__global const float *dx, const int dx_offs
     if (want_pos) d_pos[d_pos_offset + i] = accumulate ? d_pos[d_pos_offset + i] + sum : sum;
     if (want_cls && t == 0) d_cls[d_cls_offset + c] = accumulate ? d_cls[d_cls_offset + c] + sum : sum;
 }
+
+// Mean pooling of the patch tokens (CLIPForImageClassification's head input).
+// x [B * N, D] (token 0 the cls) -> pooled [B, D] = mean over t = 1..N-1 of x[b, t].
+// One work-item per (c, b): consecutive work-items read consecutive columns.
+__kernel void mean_patch_tokens(__global const float *x, const int x_offset,
+                                __global float *pooled, const int pooled_offset,
+                                const int N, const int D)
+{
+    const int c = get_global_id(0), b = get_global_id(1);
+    const __global float *rows = x + x_offset + b * N * D + c;
+    float sum = 0.0f;
+    for (int t = 1; t < N; ++t) sum += rows[t * D];
+    pooled[pooled_offset + b * D + c] = sum / (float)(N - 1);
+}
+
+// dx[b, t] = d_pooled[b] / (N - 1) for the patch tokens, 0 for the cls token (written, not
+// accumulated). Global (D, N, B).
+__kernel void mean_patch_tokens_backward(__global const float *d_pooled, const int d_pooled_offset,
+                                         __global float *dx, const int dx_offset,
+                                         const int N, const int D)
+{
+    const int c = get_global_id(0), t = get_global_id(1), b = get_global_id(2);
+    dx[dx_offset + (b * N + t) * D + c] = t == 0 ? 0.0f : d_pooled[d_pooled_offset + b * D + c] / (float)(N - 1);
+}

@@ -51,6 +51,18 @@ def randn(*shape, scale=0.2):
     return (torch.randn(*shape) * scale).float()
 
 
+def block_weights(p):
+    """One block's random tensors under prefix p."""
+    return {
+        p + "norm1.weight": 1 + randn(D), p + "norm1.bias": randn(D),
+        p + "qkv.weight": randn(3 * D, D), p + "qkv.bias": randn(3 * D),
+        p + "proj.weight": randn(D, D), p + "proj.bias": randn(D),
+        p + "norm2.weight": 1 + randn(D), p + "norm2.bias": randn(D),
+        p + "fc1.weight": randn(M, D), p + "fc1.bias": randn(M),
+        p + "fc2.weight": randn(D, M), p + "fc2.bias": randn(D),
+    }
+
+
 def base_weights():
     """Internal names (see Sources/ViT/Parameters.swift), random and non-trivial."""
     w = {
@@ -58,16 +70,33 @@ def base_weights():
         "norm.weight": 1 + randn(D), "norm.bias": randn(D), "head.weight": randn(K, D), "head.bias": randn(K),
     }
     for i in range(L):
-        p = f"blocks.{i}."
-        w.update({
-            p + "norm1.weight": 1 + randn(D), p + "norm1.bias": randn(D),
-            p + "qkv.weight": randn(3 * D, D), p + "qkv.bias": randn(3 * D),
-            p + "proj.weight": randn(D, D), p + "proj.bias": randn(D),
-            p + "norm2.weight": 1 + randn(D), p + "norm2.bias": randn(D),
-            p + "fc1.weight": randn(M, D), p + "fc1.bias": randn(M),
-            p + "fc2.weight": randn(D, M), p + "fc2.bias": randn(D),
-        })
+        w.update(block_weights(f"blocks.{i}."))
     return w
+
+
+def block_forward(w, p, x, kind, s, activation=F.gelu, eps=EPS):
+    """One pre-norm block (names under prefix p) with the method's adapters; x [B, N, D]."""
+    u = F.layer_norm(x, (D,), w[p + "norm1.weight"], w[p + "norm1.bias"], eps)
+    wq, wk, wv = w[p + "qkv.weight"].split(D)
+    bq, bk, bv = w[p + "qkv.bias"].split(D)
+    if kind == "serial":
+        z = u + s * (u @ w[p + "serial.A"].T) @ w[p + "serial.B"].T
+        q, k, v = z @ wq.T + bq, z @ wk.T + bk, z @ wv.T + bv
+    else:
+        q, k, v = u @ wq.T + bq, u @ wk.T + bk, u @ wv.T + bv
+        if kind == "lora":
+            lora = lambda t, inp: s * (inp @ w[p + f"lora.{t}.A"].T) @ w[p + f"lora.{t}.B"].T
+            q, k, v = q + lora("q", u), k + lora("k", u), v + lora("v", u)
+    dh = D // H
+    heads = lambda t: t.reshape(t.shape[0], N, H, dh).transpose(1, 2)
+    scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(dh)
+    a = (scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(x.shape[0], N, D)
+    o = a @ w[p + "proj.weight"].T + w[p + "proj.bias"]
+    if kind == "lora":
+        o = o + s * (a @ w[p + "lora.o.A"].T) @ w[p + "lora.o.B"].T
+    x = x + o
+    u2 = F.layer_norm(x, (D,), w[p + "norm2.weight"], w[p + "norm2.bias"], eps)
+    return x + activation(u2 @ w[p + "fc1.weight"].T + w[p + "fc1.bias"]) @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]
 
 
 def forward(w, images, method):
@@ -77,30 +106,8 @@ def forward(w, images, method):
     patches = F.conv2d(images, w["patch.weight"].reshape(D, C, P, P), w["patch.bias"], stride=P)
     x = patches.flatten(2).transpose(1, 2)                               # [B, Np, D]
     x = torch.cat([w["cls"].expand(x.shape[0], 1, D), x], dim=1) + w["pos"]
-    dh = D // H
     for i in range(L):
-        p = f"blocks.{i}."
-        u = F.layer_norm(x, (D,), w[p + "norm1.weight"], w[p + "norm1.bias"], EPS)
-        wq, wk, wv = w[p + "qkv.weight"].split(D)
-        bq, bk, bv = w[p + "qkv.bias"].split(D)
-        if kind == "serial":
-            z = u + s * (u @ w[p + "serial.A"].T) @ w[p + "serial.B"].T
-            q, k, v = z @ wq.T + bq, z @ wk.T + bk, z @ wv.T + bv
-        else:
-            q, k, v = u @ wq.T + bq, u @ wk.T + bk, u @ wv.T + bv
-            if kind == "lora":
-                lora = lambda t, inp: s * (inp @ w[p + f"lora.{t}.A"].T) @ w[p + f"lora.{t}.B"].T
-                q, k, v = q + lora("q", u), k + lora("k", u), v + lora("v", u)
-        heads = lambda t: t.reshape(t.shape[0], N, H, dh).transpose(1, 2)
-        scores = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(dh)
-        a = (scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(x.shape[0], N, D)
-        o = a @ w[p + "proj.weight"].T + w[p + "proj.bias"]
-        if kind == "lora":
-            o = o + s * (a @ w[p + "lora.o.A"].T) @ w[p + "lora.o.B"].T
-        x = x + o
-        u2 = F.layer_norm(x, (D,), w[p + "norm2.weight"], w[p + "norm2.bias"], EPS)
-        h = F.gelu(u2 @ w[p + "fc1.weight"].T + w[p + "fc1.bias"])
-        x = x + h @ w[p + "fc2.weight"].T + w[p + "fc2.bias"]
+        x = block_forward(w, f"blocks.{i}.", x, kind, s)
     pooled = F.layer_norm(x[:, 0], (D,), w["norm.weight"], w["norm.bias"], EPS)
     return pooled @ w["head.weight"].T + w["head.bias"], pooled
 
@@ -237,6 +244,36 @@ def decays(name):
     return name.endswith(".A") or name.endswith(".B") or (name.endswith("weight") and "norm" not in name)
 
 
+def expectations(w, names, method, logits_of, labels):
+    """Logits, loss, the gradient of every trainable tensor (grad/) and every trainable tensor
+    after 3 AdamW steps (after3/; per-group lr and decay as sloragpu's, LoRA+ and clipping when
+    the method has them). logits_of(weights) runs the reference forward."""
+    params = {n: w[n].clone().requires_grad_(True) for n in names}
+    weights = lambda: {**w, **params}
+    logits = logits_of(weights())
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    expected = {"logits": logits.detach(), "loss": loss.detach().reshape(1)}
+    for n in names:
+        expected["grad/" + n] = params[n].grad.detach().clone()
+    ratio = method.get("lora_plus", 1.0)
+    groups = [
+        {"params": [params[n] for n in names if decays(n) and not n.endswith(".B")], "weight_decay": 0.05, "lr": 1e-2},
+        {"params": [params[n] for n in names if not decays(n)], "weight_decay": 0.0, "lr": 1e-2},
+        {"params": [params[n] for n in names if n.endswith(".B")], "weight_decay": 0.05, "lr": 1e-2 * ratio},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999), eps=1e-8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(logits_of(weights()), labels).backward()
+        if "clip" in method:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), method["clip"])
+        optimizer.step()
+    for n in names:
+        expected["after3/" + n] = params[n].detach().clone()
+    return expected, loss
+
+
 def write_method(key, method, base, images, labels):
     w = {k: v.clone() for k, v in base.items()}
     if method["kind"] in ("serial", "lora"):
@@ -259,31 +296,7 @@ def write_method(key, method, base, images, labels):
         initial = {adapter_external_name(n): w[n].contiguous() for n in names}
     save_file(initial, os.path.join(directory, "initial.safetensors"), metadata=metadata)
 
-    params = {n: w[n].clone().requires_grad_(True) for n in names}
-    weights = lambda: {**w, **params}
-    logits, _ = forward(weights(), images, method)
-    loss = F.cross_entropy(logits, labels)
-    loss.backward()
-    expected = {"logits": logits.detach(), "loss": loss.detach().reshape(1)}
-    for n in names:
-        expected["grad/" + n] = params[n].grad.detach().clone()
-
-    ratio = method.get("lora_plus", 1.0)
-    groups = [
-        {"params": [params[n] for n in names if decays(n) and not n.endswith(".B")], "weight_decay": 0.05, "lr": 1e-2},
-        {"params": [params[n] for n in names if not decays(n)], "weight_decay": 0.0, "lr": 1e-2},
-        {"params": [params[n] for n in names if n.endswith(".B")], "weight_decay": 0.05, "lr": 1e-2 * ratio},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999), eps=1e-8)
-    for _ in range(3):
-        optimizer.zero_grad()
-        logits, _ = forward(weights(), images, method)
-        F.cross_entropy(logits, labels).backward()
-        if "clip" in method:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), method["clip"])
-        optimizer.step()
-    for n in names:
-        expected["after3/" + n] = params[n].detach().clone()
+    expected, loss = expectations(w, names, method, lambda weights: forward(weights, images, method)[0], labels)
     save_file({k: v.contiguous() for k, v in expected.items()}, os.path.join(directory, "expected.safetensors"))
     print(f"{key}: loss {loss.item():.6f}, {len(names)} trainable tensors")
 

@@ -49,6 +49,29 @@ extension Engine {
             dTokens, dPos ?? placeholder, dCls ?? placeholder, batch, patchCount + 1, width, dPos != nil, dCls != nil, accumulate)
     }
 
+    /// pooled [B, d] = the mean of the patch tokens (all but token 0) of tokens [B * N, d].
+    public func meanOfPatchTokens(_ tokens: Tensor, batch: Int, into pooled: Tensor) throws {
+        let (n, width) = try pooledGeometry("meanOfPatchTokens", tokens: tokens, pooled: pooled, batch: batch)
+        try launch("mean_patch_tokens", in: "embedding", global: [width, batch], work: .floats(tokens.count + pooled.count),
+            tokens, pooled, n, width)
+    }
+
+    /// dTokens [B * N, d] = dPooled / (N - 1) on the patch tokens, 0 on the cls tokens.
+    public func meanOfPatchTokensBackward(_ dPooled: Tensor, batch: Int, into dTokens: Tensor) throws {
+        let (n, width) = try pooledGeometry("meanOfPatchTokensBackward", tokens: dTokens, pooled: dPooled, batch: batch)
+        try launch("mean_patch_tokens_backward", in: "embedding", global: [width, n, batch], work: .floats(dTokens.count + dPooled.count),
+            dPooled, dTokens, n, width)
+    }
+
+    private func pooledGeometry(_ operation: String, tokens: Tensor, pooled: Tensor, batch: Int) throws -> (Int, Int) {
+        try checkOperands(operation, [tokens, pooled])
+        guard tokens.shape.count == 2, batch > 0, tokens.shape[0] % batch == 0, tokens.shape[0] / batch >= 2 else {
+            throw TensorError.shapeMismatch(operation: operation, details: "tokens must be [B * N, d] with B = \(batch) and N >= 2, got \(tokens.shape)")
+        }
+        try expectShape(operation, "pooled", pooled, [batch, tokens.shape[1]])
+        return (tokens.shape[0] / batch, tokens.shape[1])
+    }
+
     private func tokenGeometry(_ operation: String, patchOut: Tensor, batch: Int) throws -> (Int, Int) {
         guard patchOut.shape.count == 2, batch > 0, patchOut.shape[0] % batch == 0 else {
             throw TensorError.shapeMismatch(operation: operation, details: "patch rows must be [B * Np, D] with B = \(batch), got \(patchOut.shape)")

@@ -19,11 +19,17 @@ final class Activations {
     let batch: Int
     let patches: Tensor     // [B * Np, C * P * P]
     let patchOut: Tensor    // [B * Np, d]
+    /// With an embedding LayerNorm (CLIP): the tokens before it [T, d] and its stats [T];
+    /// xs[0] is then its output.
+    let embedded: Tensor?
+    let embeddingMean: Tensor?, embeddingRstd: Tensor?
     /// The residual stream entering block i (xs[0] = tokens) and leaving the last: L + 1 x [T, d].
     let xs: [Tensor]
     let blocks: [BlockActivations]
     let clsRows: Tensor     // [B, d]
-    let pooled: Tensor      // [B, d] final LayerNorm of the cls rows
+    let pooled: Tensor      // [B, d] final LayerNorm of the cls rows, or the mean of the patch tokens
+    /// What the head reads [B, f]: the projected pooled features, or `pooled` itself.
+    let features: Tensor
     let finalMean: Tensor   // [B]
     let finalRstd: Tensor   // [B]
     let logits: Tensor      // [B, K]
@@ -36,7 +42,8 @@ final class Activations {
             guard let tensor, seen.insert(ObjectIdentifier(tensor.buffer)).inserted else { return }
             total += tensor.buffer.byteCount
         }
-        for tensor in [patches, patchOut, clsRows, pooled, finalMean, finalRstd, logits] + xs { add(tensor) }
+        for tensor in [patches, patchOut, clsRows, pooled, features, finalMean, finalRstd, logits] + xs { add(tensor) }
+        for tensor in [embedded, embeddingMean, embeddingRstd] { add(tensor) }
         for block in blocks {
             for tensor in [block.u1, block.mean1, block.rstd1, block.qkv, block.attention, block.lse, block.xMid,
                            block.u2, block.mean2, block.rstd2, block.hPre, block.h] { add(tensor) }
@@ -56,6 +63,10 @@ final class Activations {
         let d = config.width, t = batch * config.tokens
         patches = try engine.empty([batch * config.patchCount, config.patchValues])
         patchOut = try engine.empty([batch * config.patchCount, d])
+        let embeddingNorm = config.architecture.embeddingNorm
+        embedded = embeddingNorm ? try engine.empty([t, d]) : nil
+        embeddingMean = embeddingNorm ? try engine.empty([t]) : nil
+        embeddingRstd = embeddingNorm ? try engine.empty([t]) : nil
         if method == .probe || inference {
             let (even, odd) = (try engine.empty([t, d]), try engine.empty([t, d]))
             xs = (0...config.layers).map { $0 % 2 == 0 ? even : odd }
@@ -82,6 +93,7 @@ final class Activations {
         }
         clsRows = try engine.empty([batch, d])
         pooled = try engine.empty([batch, d])
+        features = config.architecture.projection == nil ? pooled : try engine.empty([batch, config.featureWidth])
         finalMean = try engine.empty([batch])
         finalRstd = try engine.empty([batch])
         logits = try engine.empty([batch, config.classes])

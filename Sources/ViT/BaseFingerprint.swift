@@ -20,6 +20,12 @@ public enum BaseFingerprint {
         }
         for field in [config.patchSize, config.channels, config.width, config.layers, config.heads, config.mlpWidth] { mix(0, UInt64(field)) }
         mix(1, UInt64(config.layerNormEpsilon.bitPattern))
+        // ViT fingerprints predate families and stay as they were.
+        if config.architecture != .vit {
+            for byte in "\(config.architecture.family.rawValue) \(config.architecture.activation.rawValue) \(config.architecture.pooling.rawValue) \(config.architecture.projection ?? 0)".utf8 {
+                mix(1, UInt64(byte))
+            }
+        }
         for spec in ParameterTable.specs(config, .probe) where spec.role == .backbone && spec.name != "pos" {
             for byte in spec.name.utf8 { mix(2, UInt64(byte)) }
             guard let tensor = values[spec.name] else { mix(3, 0xDEAD); continue }

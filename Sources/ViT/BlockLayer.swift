@@ -10,7 +10,7 @@ import Tensors
 //   lora:    qkv = u1 W_qkv^T + b_qkv, then per target x in q/k/v: qkv[:, x] += s (u1 A_x^T) B_x^T
 //   a = attention(qkv)
 //   xMid = x + a W_o^T + b_o   (+ s (a A_o^T) B_o^T for LoRA on o)
-//   u2 = LN2(xMid); h = GELU(u2 W1^T + b1); out = xMid + h W2^T + b2
+//   u2 = LN2(xMid); h = act(u2 W1^T + b1); out = xMid + h W2^T + b2   (act: GELU, CLIP's quick GELU)
 // Backward (dx: gradient of the block output, updated in place to the gradient of its input):
 //   the same in reverse; frozen weights get no weight gradients; every gradient accumulates.
 //   Under the recompute plan (Activations.swift) it first rebuilds u1, qkv, xMid, u2 and the
@@ -40,7 +40,7 @@ struct BlockLayer {
                                     eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
         try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.h, transposeB: true, bias: p.tensor(name("fc1.bias")),
-                        activation: .gelu, preActivation: saved.recompute ? nil : saved.hPre)
+                        activation: config.architecture.activation, preActivation: saved.recompute ? nil : saved.hPre)
         try engine.copy(saved.xMid, into: output)
         try engine.gemm(saved.h, p.tensor(name("fc2.weight")), into: output, transposeB: true, beta: 1, bias: p.tensor(name("fc2.bias")))
     }
@@ -134,7 +134,7 @@ struct BlockLayer {
         precondition(!saved.recompute || p.gradient(name("fc2.weight")) == nil, "fc2 trains but h was not kept")
         try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
         let dh = try engine.empty([rows, m])                                   // (dx W2) * GELU'(hPre)
-        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, times: ActivationDerivative(.gelu, at: saved.hPre))
+        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, times: ActivationDerivative(config.architecture.activation, at: saved.hPre))
         try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)
         let du = try engine.empty([rows, d])
         try engine.gemm(dh, p.tensor(name("fc1.weight")), into: du)

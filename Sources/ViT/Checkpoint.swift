@@ -1,17 +1,17 @@
 import Foundation
 
 /// Reads a backbone (and, when present and of the right shape, a classifier head) from a
-/// safetensors file in one of the three namings, into internal names (see ParameterTable).
-/// Every expected key must be present with its shape, every key present must be understood:
-/// missing, unexpected or mis-shaped keys are one error that lists them all. Nothing is ever
-/// silently random-initialised.
+/// safetensors file in one of the namings, into internal names (see ParameterTable), through
+/// the naming's CheckpointLayout. Every expected key must be present with its shape, every key
+/// present must be understood: missing, unexpected or mis-shaped keys are one error that lists
+/// them all. Nothing is ever silently random-initialised.
 public struct CheckpointReader {
     public let file: SafeTensorsFile
     public let naming: CheckpointNaming
     public let config: ViTConfig
 
     /// Internal name -> host values, for every backbone tensor; plus head.weight/head.bias when
-    /// the file has a classifier for exactly `config.classes` classes on a width-d input.
+    /// the file has a classifier for exactly `config.classes` classes on the pooled features.
     public let values: [String: [Float]]
     /// Whether the head came from the file.
     public var hasHead: Bool { values["head.weight"] != nil }
@@ -22,140 +22,64 @@ public struct CheckpointReader {
         self.config = config
         var reader = KeyReader(file: file)
         var values: [String: [Float]] = [:]
-        let d = config.width, m = config.mlpWidth
-        let keys = Self.keys(naming, file)
-
-        values["patch.weight"] = try reader.read(keys.patchWeight, shape: [d, config.channels, config.patchSize, config.patchSize])
-        values["patch.bias"] = try reader.read(keys.patchBias, shape: [d])
-        values["cls"] = try reader.read(keys.cls, shape: [1, 1, d])
-        if let entry = file.entry(keys.pos), entry.shape.count == 3, entry.shape[0] == 1, entry.shape[2] == d {
-            let stored = try reader.read(keys.pos, shape: entry.shape)
-            values["pos"] = try PositionEmbedding.resize(stored, tokens: entry.shape[1], width: d, toGrid: config.gridSize, file: file.path, tensor: keys.pos)
-        } else {
-            values["pos"] = try reader.read(keys.pos, shape: [1, config.tokens, d])
-        }
-        for i in 0..<config.layers {
-            let block = keys.block(i)
-            let p = "blocks.\(i)."
-            values[p + "norm1.weight"] = try reader.read(block.norm1 + ".weight", shape: [d])
-            values[p + "norm1.bias"] = try reader.read(block.norm1 + ".bias", shape: [d])
-            switch block.qkv {
-            case .fused(let key):
-                values[p + "qkv.weight"] = try reader.read(key + ".weight", shape: [3 * d, d])
-                values[p + "qkv.bias"] = try reader.read(key + ".bias", shape: [3 * d])
-            case .separate(let q, let k, let v):
-                values[p + "qkv.weight"] = try [q, k, v].flatMap { try reader.read($0 + ".weight", shape: [d, d]) }
-                values[p + "qkv.bias"] = try [q, k, v].flatMap { try reader.read($0 + ".bias", shape: [d]) }
+        let d = config.width
+        let layout = CheckpointLayout(naming, config: config, file: file)
+        for stored in layout.tensors {
+            var tensor: [Float]
+            switch stored.form {
+            case .single(let key, let shape) where stored.name == "pos":
+                // Any 1 + square grid of positions, resized to this image size.
+                if let entry = file.entry(key), entry.shape.count == shape.count, entry.shape.last == d, entry.shape.prefix(shape.count - 2).allSatisfy({ $0 == 1 }) {
+                    let stored = try reader.read(key, shape: entry.shape)
+                    tensor = try PositionEmbedding.resize(stored, tokens: entry.shape[entry.shape.count - 2], width: d, toGrid: config.gridSize, file: file.path, tensor: key)
+                } else {
+                    tensor = try reader.read(key, shape: shape)
+                }
+            case .single(let key, let shape):
+                tensor = try reader.read(key, shape: shape)
+            case .stacked(let keys, let shape):
+                let parts = try keys.map { try reader.read($0, shape: shape) }
+                tensor = parts.allSatisfy({ !$0.isEmpty }) ? parts.flatMap { $0 } : []
+            case .transposed(let key, let shape):
+                let stored = try reader.read(key, shape: shape)
+                tensor = stored.isEmpty ? [] : transpose(stored, rows: shape[0], columns: shape[1])
             }
-            var projWeight = try reader.read(block.proj + ".weight", shape: [d, d])
-            var projBias = try reader.read(block.proj + ".bias", shape: [d])
-            values[p + "norm2.weight"] = try reader.read(block.norm2 + ".weight", shape: [d])
-            values[p + "norm2.bias"] = try reader.read(block.norm2 + ".bias", shape: [d])
-            values[p + "fc1.weight"] = try reader.read(block.fc1 + ".weight", shape: [m, d])
-            values[p + "fc1.bias"] = try reader.read(block.fc1 + ".bias", shape: [m])
-            var fc2Weight = try reader.read(block.fc2 + ".weight", shape: [d, m])
-            var fc2Bias = try reader.read(block.fc2 + ".bias", shape: [d])
-            // LayerScale: lambda * (W x + b) = (diag(lambda) W) x + lambda b, exactly.
-            if let (scale1, scale2) = block.layerScale {
-                let lambda1 = try reader.read(scale1, shape: [d]), lambda2 = try reader.read(scale2, shape: [d])
+            if let scaleKey = stored.layerScale {
                 // A missing or mis-shaped tensor reads as empty and is reported by finish().
-                let complete = lambda1.count == d && lambda2.count == d && projWeight.count == d * d && fc2Weight.count == d * m
-                    && projBias.count == d && fc2Bias.count == d
-                for row in 0..<(complete ? d : 0) {
-                    for column in 0..<d { projWeight[row * d + column] *= lambda1[row] }
-                    for column in 0..<m { fc2Weight[row * m + column] *= lambda2[row] }
-                    projBias[row] *= lambda1[row]
-                    fc2Bias[row] *= lambda2[row]
+                let lambda = try reader.read(scaleKey, shape: [d])
+                if lambda.count == d, tensor.count % d == 0, !tensor.isEmpty {
+                    let columns = tensor.count / d
+                    for row in 0..<d { for column in 0..<columns { tensor[row * columns + column] *= lambda[row] } }
                 }
             }
-            values[p + "proj.weight"] = projWeight
-            values[p + "proj.bias"] = projBias
-            values[p + "fc2.weight"] = fc2Weight
-            values[p + "fc2.bias"] = fc2Bias
+            values[stored.name] = tensor
         }
-        values["norm.weight"] = try reader.read(keys.norm + ".weight", shape: [d])
-        values["norm.bias"] = try reader.read(keys.norm + ".bias", shape: [d])
-        if let headKey = keys.head, let entry = file.entry(headKey + ".weight") {
-            if entry.shape == [config.classes, d], file.entry(headKey + ".bias")?.shape == [config.classes] {
-                values["head.weight"] = try reader.read(headKey + ".weight", shape: [config.classes, d])
-                values["head.bias"] = try reader.read(headKey + ".bias", shape: [config.classes])
+        let head = layout.head
+        if let entry = file.entry(head + ".weight") {
+            if entry.shape == [config.classes, config.featureWidth], file.entry(head + ".bias")?.shape == [config.classes] {
+                values["head.weight"] = try reader.read(head + ".weight", shape: [config.classes, config.featureWidth])
+                values["head.bias"] = try reader.read(head + ".bias", shape: [config.classes])
             } else {
                 // A classifier for another task (other classes, or DINOv2's [cls | mean] input):
                 // the head is new, which the caller reports.
-                reader.ignore(headKey + ".weight")
-                reader.ignore(headKey + ".bias")
+                reader.ignore(head + ".weight")
+                reader.ignore(head + ".bias")
             }
         }
-        for key in keys.ignorable { reader.ignore(key) }
+        for key in file.names where layout.ignorable(key) { reader.ignore(key) }
         try reader.finish()
         self.values = values
     }
 
-    private struct BlockKeys {
-        enum QKV {
-            case fused(String)
-            case separate(String, String, String)
-        }
-
-        var norm1: String, qkv: QKV, proj: String, norm2: String, fc1: String, fc2: String
-        var layerScale: (String, String)?
-    }
-
-    private struct Keys {
-        var patchWeight: String, patchBias: String, cls: String, pos: String, norm: String
-        var head: String?
-        var ignorable: [String]
-        var block: (Int) -> BlockKeys
-    }
-
-    /// The key layout of each naming; HF files may carry a model prefix (`vit.`, `dinov2.`).
-    private static func keys(_ naming: CheckpointNaming, _ file: SafeTensorsFile) -> Keys {
-        switch naming {
-        case .hfViT:
-            let prefix = file.entry("vit.embeddings.cls_token") != nil ? "vit." : ""
-            return Keys(patchWeight: prefix + "embeddings.patch_embeddings.projection.weight",
-                        patchBias: prefix + "embeddings.patch_embeddings.projection.bias",
-                        cls: prefix + "embeddings.cls_token", pos: prefix + "embeddings.position_embeddings",
-                        norm: prefix + "layernorm", head: "classifier",
-                        ignorable: [prefix + "pooler.dense.weight", prefix + "pooler.dense.bias", prefix + "embeddings.mask_token"]) { i in
-                let b = prefix + "encoder.layer.\(i)."
-                return BlockKeys(norm1: b + "layernorm_before",
-                                 qkv: .separate(b + "attention.attention.query", b + "attention.attention.key", b + "attention.attention.value"),
-                                 proj: b + "attention.output.dense", norm2: b + "layernorm_after",
-                                 fc1: b + "intermediate.dense", fc2: b + "output.dense")
-            }
-        case .hfDinov2:
-            let prefix = file.entry("dinov2.embeddings.cls_token") != nil ? "dinov2." : ""
-            return Keys(patchWeight: prefix + "embeddings.patch_embeddings.projection.weight",
-                        patchBias: prefix + "embeddings.patch_embeddings.projection.bias",
-                        cls: prefix + "embeddings.cls_token", pos: prefix + "embeddings.position_embeddings",
-                        norm: prefix + "layernorm", head: "classifier", ignorable: [prefix + "embeddings.mask_token"]) { i in
-                let b = prefix + "encoder.layer.\(i)."
-                return BlockKeys(norm1: b + "norm1",
-                                 qkv: .separate(b + "attention.attention.query", b + "attention.attention.key", b + "attention.attention.value"),
-                                 proj: b + "attention.output.dense", norm2: b + "norm2", fc1: b + "mlp.fc1", fc2: b + "mlp.fc2",
-                                 layerScale: (b + "layer_scale1.lambda1", b + "layer_scale2.lambda1"))
-            }
-        case .timm:
-            let hasLayerScale = file.entry("blocks.0.ls1.gamma") != nil
-            return Keys(patchWeight: "patch_embed.proj.weight", patchBias: "patch_embed.proj.bias", cls: "cls_token", pos: "pos_embed",
-                        norm: "norm", head: "head", ignorable: ["mask_token"]) { i in
-                let b = "blocks.\(i)."
-                return BlockKeys(norm1: b + "norm1", qkv: .fused(b + "attn.qkv"), proj: b + "attn.proj", norm2: b + "norm2",
-                                 fc1: b + "mlp.fc1", fc2: b + "mlp.fc2",
-                                 layerScale: hasLayerScale ? (b + "ls1.gamma", b + "ls2.gamma") : nil)
-            }
-        }
-    }
-
     /// Guesses the naming from the keys, for files without a config.json.
-    public static func detectNaming(_ file: SafeTensorsFile) -> CheckpointNaming? {
-        let names = Set(file.names)
-        if names.contains("cls_token") || names.contains("patch_embed.proj.weight") { return .timm }
-        if names.contains(where: { $0.hasSuffix("encoder.layer.0.layernorm_before.weight") }) { return .hfViT }
-        if names.contains(where: { $0.hasSuffix("encoder.layer.0.norm1.weight") }) { return .hfDinov2 }
-        return nil
-    }
+    public static func detectNaming(_ file: SafeTensorsFile) -> CheckpointNaming? { CheckpointLayout.detectNaming(file) }
+}
+
+/// [rows, columns] -> [columns, rows].
+func transpose(_ values: [Float], rows: Int, columns: Int) -> [Float] {
+    var out = [Float](repeating: 0, count: values.count)
+    for r in 0..<rows { for c in 0..<columns { out[c * rows + r] = values[r * columns + c] } }
+    return out
 }
 
 /// Reads keys with shape checks and remembers what was used, so that what is missing,

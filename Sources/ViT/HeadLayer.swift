@@ -1,36 +1,65 @@
 import Tensors
 
-// Final LayerNorm of the cls rows and the classifier head.
-// Forward: clsRows = x[b, 0] [B, d]; pooled = LN(clsRows); logits = pooled W^T + b [B, K].
-// Backward: dW += dLogits^T pooled, db += column sums, dPooled = dLogits W; LN backward;
-// returns dx [T, d], zero except the cls rows (nil for a linear probe: nothing below trains).
+// Pooling, CLIP's projection and the classifier head.
+// Forward: cls pooling: clsRows = x[b, 0] [B, d], pooled = LN(clsRows); mean pooling: pooled =
+// the mean of x[b, 1...] [B, d]; features = pooled Wp^T [B, f] with a projection, else pooled;
+// logits = features W^T + b [B, K].
+// Backward: dW += dLogits^T features, db += column sums, dFeatures = dLogits W; through the
+// projection (dWp += dFeatures^T pooled when it trains) and the pooling; returns dx [T, d]
+// (nil for a linear probe: nothing below trains).
 struct HeadLayer {
     let config: ViTConfig
 
     func forward(_ engine: Engine, _ parameters: ViTParameters, _ saved: Activations) throws {
-        let d = config.width
-        try engine.copy(try StridedMatrix(saved.xs[config.layers], rows: saved.batch, columns: d, rowStride: config.tokens * d),
-                        into: try StridedMatrix(saved.clsRows, rows: saved.batch, columns: d, rowStride: d))
-        try engine.layerNormForward(saved.clsRows, gamma: parameters.tensor("norm.weight"), beta: parameters.tensor("norm.bias"),
-                                    eps: config.layerNormEpsilon, into: saved.pooled, mean: saved.finalMean, rstd: saved.finalRstd)
-        try engine.gemm(saved.pooled, parameters.tensor("head.weight"), into: saved.logits, transposeB: true,
+        let d = config.width, last = saved.xs[config.layers]
+        switch config.architecture.pooling {
+        case .cls:
+            try engine.copy(try StridedMatrix(last, rows: saved.batch, columns: d, rowStride: config.tokens * d),
+                            into: try StridedMatrix(saved.clsRows, rows: saved.batch, columns: d, rowStride: d))
+            try engine.layerNormForward(saved.clsRows, gamma: parameters.tensor("norm.weight"), beta: parameters.tensor("norm.bias"),
+                                        eps: config.layerNormEpsilon, into: saved.pooled, mean: saved.finalMean, rstd: saved.finalRstd)
+        case .meanPatches:
+            try engine.meanOfPatchTokens(last, batch: saved.batch, into: saved.pooled)
+        }
+        if config.architecture.projection != nil {
+            try engine.gemm(saved.pooled, parameters.tensor("projection.weight"), into: saved.features, transposeB: true)
+        }
+        try engine.gemm(saved.features, parameters.tensor("head.weight"), into: saved.logits, transposeB: true,
                         bias: parameters.tensor("head.bias"))
     }
 
     func backward(_ engine: Engine, _ parameters: ViTParameters, dLogits: Tensor, _ saved: Activations, needInputGradient: Bool) throws -> Tensor? {
-        try engine.gemm(dLogits, saved.pooled, into: parameters.gradient("head.weight")!, transposeA: true, beta: 1)
-        try engine.columnSums(dLogits, into: parameters.gradient("head.bias")!, accumulate: true)
+        guard let dHeadWeight = parameters.gradient("head.weight"), let dHeadBias = parameters.gradient("head.bias") else {
+            throw TensorError.shapeMismatch(operation: "HeadLayer.backward", details: "the head has no gradients (it always trains)")
+        }
+        try engine.gemm(dLogits, saved.features, into: dHeadWeight, transposeA: true, beta: 1)
+        try engine.columnSums(dLogits, into: dHeadBias, accumulate: true)
         guard needInputGradient else { return nil }
         let d = config.width
-        let dPooled = try engine.empty([saved.batch, d])
+        var dPooled = try engine.empty([saved.batch, config.featureWidth])
         try engine.gemm(dLogits, parameters.tensor("head.weight"), into: dPooled)
-        let dCls = try engine.empty([saved.batch, d])
-        try engine.layerNormBackward(dPooled, x: saved.clsRows, gamma: parameters.tensor("norm.weight"), mean: saved.finalMean,
-                                     rstd: saved.finalRstd, dx: dCls, dGamma: parameters.gradient("norm.weight"),
-                                     dBeta: parameters.gradient("norm.bias"), accumulateParameters: true)
-        let dx = try engine.zeros([saved.batch * config.tokens, d])
-        try engine.copy(try StridedMatrix(dCls, rows: saved.batch, columns: d, rowStride: d),
-                        into: try StridedMatrix(dx, rows: saved.batch, columns: d, rowStride: config.tokens * d))
-        return dx
+        if config.architecture.projection != nil {
+            let dFeatures = dPooled
+            if let dProjection = parameters.gradient("projection.weight") {
+                try engine.gemm(dFeatures, saved.pooled, into: dProjection, transposeA: true, beta: 1)
+            }
+            dPooled = try engine.empty([saved.batch, d])
+            try engine.gemm(dFeatures, parameters.tensor("projection.weight"), into: dPooled)
+        }
+        switch config.architecture.pooling {
+        case .cls:
+            let dCls = try engine.empty([saved.batch, d])
+            try engine.layerNormBackward(dPooled, x: saved.clsRows, gamma: parameters.tensor("norm.weight"), mean: saved.finalMean,
+                                         rstd: saved.finalRstd, dx: dCls, dGamma: parameters.gradient("norm.weight"),
+                                         dBeta: parameters.gradient("norm.bias"), accumulateParameters: true)
+            let dx = try engine.zeros([saved.batch * config.tokens, d])
+            try engine.copy(try StridedMatrix(dCls, rows: saved.batch, columns: d, rowStride: d),
+                            into: try StridedMatrix(dx, rows: saved.batch, columns: d, rowStride: config.tokens * d))
+            return dx
+        case .meanPatches:
+            let dx = try engine.empty([saved.batch * config.tokens, d])
+            try engine.meanOfPatchTokensBackward(dPooled, batch: saved.batch, into: dx)
+            return dx
+        }
     }
 }

@@ -92,7 +92,7 @@ public enum PEFTAdapter {
         if json["use_rslora"] as? Bool == true { alpha *= Float(rank).squareRoot() }
         guard alpha.isFinite else { throw fail("'lora_alpha' is \(alphaNumber), not a finite fp32 value") }
 
-        let d = base.config.width
+        let d = base.config.width, features = base.config.featureWidth
         var perLayer: [Int: Set<LoRATarget>] = [:]
         var factors: [String: [Float]] = [:]
         var headWeight: [Float]?, headBias: [Float]?
@@ -100,8 +100,8 @@ public enum PEFTAdapter {
         for entry in file.entries {
             let name = entry.name
             if name == "base_model.model.classifier.weight" || name == "base_model.model.classifier.modules_to_save.weight" {
-                guard entry.shape.count == 2, entry.shape[1] == d, (1...ViTConfig.Limits.classes).contains(entry.shape[0]) else {
-                    throw CheckpointError(file: weightsURL.path, tensor: name, "is \(entry.shape), expected [classes, \(d)]")
+                guard entry.shape.count == 2, entry.shape[1] == features, (1...ViTConfig.Limits.classes).contains(entry.shape[0]) else {
+                    throw CheckpointError(file: weightsURL.path, tensor: name, "is \(entry.shape), expected [classes, \(features)]")
                 }
                 headWeight = try file.finiteFloats(name)
                 continue
@@ -149,8 +149,8 @@ public enum PEFTAdapter {
         guard let headWeight else {
             throw CheckpointError(file: weightsURL.path, "holds no classifier (modules_to_save: [\"classifier\"]); sloragpu needs the trained head")
         }
-        guard let headBias, headBias.count == headWeight.count / d else {
-            throw CheckpointError(file: weightsURL.path, tensor: "base_model.model.classifier.bias", "missing or not [\(headWeight.count / d)]")
+        guard let headBias, headBias.count == headWeight.count / features else {
+            throw CheckpointError(file: weightsURL.path, tensor: "base_model.model.classifier.bias", "missing or not [\(headWeight.count / features)]")
         }
         var config = base.config
         config.classes = headBias.count
@@ -177,10 +177,10 @@ public enum PEFTAdapter {
         let factor = parts[parts.count - 2] == "lora_A" ? "A" : "B"
         parts.removeLast(2)
         var family = ""
-        if ["vit", "dinov2"].contains(parts[0]) { family = parts.removeFirst() }
+        if ["vit", "dinov2", "vision_model"].contains(parts[0]) { family = parts.removeFirst() }
         let module: ArraySlice<String>
         let layer: Int?
-        if parts.count >= 3, parts[0] == "encoder", parts[1] == "layer" {
+        if parts.count >= 3, parts[0] == "encoder", parts[1] == "layer" || parts[1] == "layers" {
             (layer, module) = (Int(parts[2]), parts[3...])
         } else if parts.count >= 2, parts[0] == "layers" {
             (layer, module) = (Int(parts[1]), parts[2...])
@@ -192,13 +192,16 @@ public enum PEFTAdapter {
             ["attention", "attention", "query"]: .q, ["attention", "attention", "key"]: .k, ["attention", "attention", "value"]: .v,
             ["attention", "output", "dense"]: .o,
             ["attention", "q_proj"]: .q, ["attention", "k_proj"]: .k, ["attention", "v_proj"]: .v, ["attention", "o_proj"]: .o,
+            ["self_attn", "q_proj"]: .q, ["self_attn", "k_proj"]: .k, ["self_attn", "v_proj"]: .v, ["self_attn", "out_proj"]: .o,
         ]
         guard let target = targets[Array(module)] else { return nil }
         return (layer, target, factor, family)
     }
 
-    /// The PEFT module name of a target in HF ViT naming.
-    static func moduleName(layer: Int, target: LoRATarget, naming: PEFTNaming) -> String {
+    /// The PEFT module name of a target: HF ViT's in either generation; CLIP's (the same in
+    /// both) from its layout.
+    static func moduleName(layer: Int, target: LoRATarget, naming: PEFTNaming, config: ViTConfig) -> String {
+        if config.architecture.family == .clip, let module = AdapterFile.adapterLayout(config).targetModules[layer][target] { return module }
         switch naming {
         case .transformers4:
             let module = ["q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value", "o": "attention.output.dense"]
@@ -222,17 +225,18 @@ public enum PEFTAdapter {
                     guard let values = contents.values["blocks.\(layer).lora.\(target.rawValue).\(factor)"] else {
                         throw CheckpointError(file: directory.path, tensor: "blocks.\(layer).lora.\(target.rawValue).\(factor)", "no values to export")
                     }
-                    tensors.append(("base_model.model.\(moduleName(layer: layer, target: target, naming: naming)).lora_\(factor).weight", shape, values))
+                    tensors.append(("base_model.model.\(moduleName(layer: layer, target: target, naming: naming, config: config)).lora_\(factor).weight", shape, values))
                 }
             }
         }
         guard let headWeight = contents.values["head.weight"], let headBias = contents.values["head.bias"] else {
             throw CheckpointError(file: directory.path, tensor: "head.weight", "no values to export")
         }
-        tensors.append(("base_model.model.classifier.weight", [config.classes, d], headWeight))
+        tensors.append(("base_model.model.classifier.weight", [config.classes, config.featureWidth], headWeight))
         tensors.append(("base_model.model.classifier.bias", [config.classes], headBias))
         let targetModules: [String] = targets.map { target in
-            switch naming {
+            if config.architecture.family == .clip { return ["q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"][target.rawValue]! }
+            return switch naming {
             case .transformers4: ["q": "query", "k": "key", "v": "value", "o": "attention.output.dense"][target.rawValue]!
             case .transformers5: "\(target.rawValue)_proj"
             }

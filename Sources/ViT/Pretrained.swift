@@ -20,19 +20,31 @@ public struct PretrainedCheckpoint {
 
     public init(directory: URL, preset: ViTConfig? = nil) throws {
         self.directory = directory
-        let weights = directory.appendingPathComponent("model.safetensors")
-        guard FileManager.default.fileExists(atPath: weights.path) else {
+        let fileManager = FileManager.default
+        let openCLIPConfig = directory.appendingPathComponent("open_clip_config.json")
+        // open_clip's hub repositories name the weights open_clip_model.safetensors.
+        var weights = directory.appendingPathComponent("model.safetensors")
+        if !fileManager.fileExists(atPath: weights.path), fileManager.fileExists(atPath: openCLIPConfig.path) {
+            weights = directory.appendingPathComponent("open_clip_model.safetensors")
+        }
+        guard fileManager.fileExists(atPath: weights.path) else {
             throw CheckpointError(file: weights.path, "no such file (a checkpoint directory holds model.safetensors and config.json)")
         }
         file = try SafeTensorsFile(contentsOf: weights)
         let configURL = directory.appendingPathComponent("config.json")
         var config: ViTConfig
         var source = "the ImageNet default (mean 0.485 0.456 0.406, std 0.229 0.224 0.225)"
-        if FileManager.default.fileExists(atPath: configURL.path) {
+        if fileManager.fileExists(atPath: openCLIPConfig.path), !fileManager.fileExists(atPath: configURL.path) {
+            guard let data = try? Data(contentsOf: openCLIPConfig) else { throw CheckpointError(file: openCLIPConfig.path, "cannot read the file") }
+            (config, naming, classNames) = try ViTConfig.fromOpenCLIP(data, path: openCLIPConfig.path)
+            source = "open_clip_config.json"
+        } else if fileManager.fileExists(atPath: configURL.path) {
             (config, naming, classNames) = try ViTConfig.fromHuggingFace(configURL)
             if let text = try? Data(contentsOf: configURL), let json = try? JSONSerialization.jsonObject(with: text) as? [String: Any],
                json["image_mean"] != nil {
                 source = "config.json"
+            } else if naming == .hfCLIP {
+                source = "the OpenAI CLIP default (mean 0.481 0.458 0.408, std 0.269 0.261 0.276)"
             }
         } else if let preset, let detected = CheckpointReader.detectNaming(file) {
             (config, naming, classNames) = (preset, detected, [])

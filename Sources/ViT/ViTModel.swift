@@ -62,8 +62,8 @@ public final class ViTModel {
     /// Device bytes the last forward keeps for the backward (0 before any forward).
     public var savedActivationBytes: Int { saved?.bytes ?? 0 }
 
-    /// The final-LayerNorm cls features [B, d] of the last forward (what a linear head sees).
-    public var pooledFeatures: Tensor? { saved?.pooled }
+    /// The pooled (and projected) features [B, f] of the last forward: what the linear head sees.
+    public var pooledFeatures: Tensor? { saved?.features }
 
     /// Accumulates the gradients of every trainable tensor for dLogits [B, K] of the last
     /// forward. Frozen weights get none; for a linear probe only the head is visited.

@@ -221,7 +221,7 @@ struct TrainBench: ParsableCommand {
         // The host copies of the weights are a temporary: once uploaded they are gone, as in a
         // real run, so the peak RSS measures what training holds.
         let parameters = try ViTParameters(engine: engine, specs: specs, values: {
-            var values = initialValues(for: specs, width: config.width, seed: 2)
+            var values = initialValues(for: specs, seed: 2)
             for (name, value) in randomBackboneValues(for: config, seed: 3) { values[name] = value }
             return values
         }())

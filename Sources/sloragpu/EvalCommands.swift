@@ -173,8 +173,8 @@ struct PredictCommand: ParsableCommand {
 struct MergeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "merge",
-        abstract: "Base checkpoint + adapter -> a plain HF ViT classification checkpoint (model.safetensors, config.json, preprocessor_config.json) with the adapter folded in.",
-        discussion: "The output loads in transformers (ViTForImageClassification, AutoImageProcessor, pipeline(\"image-classification\")) and in sloragpu eval and predict without an adapter."
+        abstract: "Base checkpoint + adapter -> a plain classification checkpoint (model.safetensors, config file, preprocessor_config.json) with the adapter folded in.",
+        discussion: "ViT bases (HF ViT, DINOv2, timm) give an HF ViT checkpoint that loads in transformers (ViTForImageClassification, AutoImageProcessor, pipeline(\"image-classification\")); CLIP bases keep their naming (HF CLIP: CLIPForImageClassification; open_clip: visual.* plus the classifier). Both load in sloragpu eval and predict without an adapter."
     )
 
     @Option(help: "Adapter: a sloragpu adapter file or a PEFT LoRA directory.")
@@ -188,26 +188,16 @@ struct MergeCommand: ParsableCommand {
     func run() throws {
         let contents = try loadAdapter(adapter, modelOptions: modelOptions)
         let backbone = try modelOptions.load(classes: contents.config.classes, defaultImageSize: contents.config.imageSize)
-        guard backbone.config.width == contents.config.width, backbone.config.layers == contents.config.layers else {
-            throw ValidationError("the adapter does not fit \(backbone.source) (width \(backbone.config.width), \(backbone.config.layers) layers)")
-        }
+        try contents.checkFits(backbone.config, source: backbone.source, checkClasses: false)
         if !allowOtherBase { try contents.checkBase(backbone.fingerprint, path: adapter) }
         var config = contents.config
         // The export's input size is the one the base was loaded at (its positions resized to it).
         (config.mean, config.std, config.imageSize) = (backbone.config.mean, backbone.config.std, backbone.config.imageSize)
         let merged = try Merge.merged(base: backbone.values, adapter: contents)
-        try writeClassificationCheckpoint(merged, config: config, classNames: contents.classNames, to: URL(fileURLWithPath: output))
-        print("merged \(contents.method) into \(backbone.source): \(output) (HF ViT naming: model.safetensors, config.json, preprocessor_config.json)")
+        let naming = backbone.naming.exportNaming
+        try CheckpointExport.write(merged, config: config, naming: naming, classNames: contents.classNames, to: URL(fileURLWithPath: output))
+        print("merged \(contents.method) into \(backbone.source): \(output) (\(naming.rawValue) naming)")
     }
-}
-
-/// Writes an HF ViTForImageClassification directory: model.safetensors, config.json (id2label
-/// from `classNames`) and the preprocessor_config.json of its normalisation and input size.
-func writeClassificationCheckpoint(_ values: [String: [Float]], config: ViTConfig, classNames: [String], to directory: URL) throws {
-    let weights = directory.appendingPathComponent("model.safetensors")
-    try SafeTensorsFile.write(try HFViTExport.tensors(values, config: config, file: weights.path), to: weights)
-    try writeAtomically(try HFViTExport.configJSON(config, classNames: classNames), to: directory.appendingPathComponent("config.json"))
-    try writeAtomically(try ImagePreprocessing.viTImageProcessorJSON(config), to: directory.appendingPathComponent("preprocessor_config.json"))
 }
 
 struct ExportCommand: ParsableCommand {
@@ -248,7 +238,7 @@ struct ExportPEFT: ParsableCommand {
 struct ExportBase: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "base",
-        abstract: "The base model, without any adapter folded in, as an HF ViT classification checkpoint (the base a PEFT adapter attaches to).",
+        abstract: "The base model, without any adapter folded in, as a classification checkpoint (HF ViT for ViT bases, the base's own naming for CLIP): the base a PEFT adapter attaches to.",
         discussion: "With --adapter, the head, classes, class names and image size are the adapter's; else the checkpoint's own head."
     )
 
@@ -271,8 +261,9 @@ struct ExportBase: ParsableCommand {
         guard backbone.hasHead else {
             throw ValidationError("\(backbone.source) has no classification head for \(backbone.config.classes) classes: give --adapter to take its head")
         }
-        try writeClassificationCheckpoint(backbone.values, config: backbone.config, classNames: classNames, to: URL(fileURLWithPath: output))
-        print("exported \(backbone.source) to \(output) (HF ViT naming, fingerprint \(backbone.fingerprint))")
+        let naming = backbone.naming.exportNaming
+        try CheckpointExport.write(backbone.values, config: backbone.config, naming: naming, classNames: classNames, to: URL(fileURLWithPath: output))
+        print("exported \(backbone.source) to \(output) (\(naming.rawValue) naming, fingerprint \(backbone.fingerprint))")
     }
 }
 

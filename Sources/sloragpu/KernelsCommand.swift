@@ -47,7 +47,7 @@ struct KernelsCommand: ParsableCommand {
             let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: LoRATarget.allCases)
             try fineTuning.validate(width: config.width)
             let specs = ParameterTable.specs(config, fineTuning)
-            var values = initialValues(for: specs, width: config.width, seed: 1)
+            var values = initialValues(for: specs, seed: 1)
             for (name, value) in randomBackboneValues(for: config, seed: 2) { values[name] = value }
             let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
             let model = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)

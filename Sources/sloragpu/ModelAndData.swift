@@ -39,9 +39,12 @@ struct LoadedBackbone {
     var normalization: String
     /// Whether the checkpoint's head was loaded (kept when `values` is handed on).
     var hasHead: Bool
+    /// The checkpoint's naming (HF ViT for presets).
+    var naming: CheckpointNaming
 
-    init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String) {
-        (self.config, self.values, self.source, self.classNames) = (config, values, source, classNames)
+    init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String,
+         naming: CheckpointNaming = .hfViT) {
+        (self.config, self.values, self.source, self.classNames, self.naming) = (config, values, source, classNames, naming)
         (self.fingerprint, self.normalization) = (fingerprint, normalization)
         hasHead = values["head.weight"] != nil
     }
@@ -79,7 +82,7 @@ struct ModelOptions: ParsableArguments {
                                                           classes: classes ?? checkpoint.config.classes)
             return LoadedBackbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
                                   classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
-                                  normalization: checkpoint.normalizationSource)
+                                  normalization: checkpoint.normalizationSource, naming: checkpoint.naming)
         }
         let name = model ?? ""
         if name.lowercased().hasPrefix("vit-") {
@@ -134,13 +137,11 @@ func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuni
     let config = backbone.config
     try method.validate(width: config.width)
     if let adapter {
-        guard adapter.config.width == config.width, adapter.config.layers == config.layers, adapter.config.classes == config.classes else {
-            throw ValidationError("the adapter was trained for a \(adapter.config.width)-wide, \(adapter.config.layers)-layer model with \(adapter.config.classes) classes; --model gives \(config.width), \(config.layers), \(config.classes)")
-        }
+        try adapter.checkFits(config, source: "--model")
         if !allowOtherBase { try adapter.checkBase(backbone.fingerprint, path: adapterPath) }
     }
     let specs = ParameterTable.specs(config, method)
-    var values = initialValues(for: specs, width: config.width, seed: seed)
+    var values = initialValues(for: specs, seed: seed)
     // Moved out so that ViTParameters holds the only reference to each host array and can free
     // it once uploaded.
     let backboneValues = backbone.values

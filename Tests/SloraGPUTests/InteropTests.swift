@@ -183,8 +183,7 @@ struct InteropTests {
         var exportable = dinov2.values
         (exportable["head.weight"], exportable["head.bias"]) = ([Float](repeating: 0, count: 5 * 32), [Float](repeating: 0, count: 5))
         let exported = try makeTemporaryDirectory()
-        try SafeTensorsFile.write(try HFViTExport.tensors(exportable, config: dinov2.config, file: "x"), to: exported.appendingPathComponent("model.safetensors"))
-        try HFViTExport.configJSON(dinov2.config, classNames: []).write(to: exported.appendingPathComponent("config.json"))
+        try CheckpointExport.write(exportable, config: dinov2.config, naming: CheckpointNaming.hfDinov2.exportNaming, classNames: [], to: exported)
         let reloaded = try PretrainedCheckpoint(directory: exported).load(classes: 5)
         #expect(BaseFingerprint.of(reloaded.values, config: reloaded.config) == BaseFingerprint.of(dinov2.values, config: dinov2.config))
         var adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("lora/initial.safetensors"))

@@ -63,8 +63,7 @@ struct ModelTests {
         // The merged weights, written as an HF ViT checkpoint and read back, run with no adapter.
         let directory = try makeTemporaryDirectory()
         let file = directory.appendingPathComponent("model.safetensors")
-        try SafeTensorsFile.write(try HFViTExport.tensors(merged, config: model.config, file: file.path), to: file)
-        try writeAtomically(try HFViTExport.configJSON(model.config, classNames: adapter.classNames), to: directory.appendingPathComponent("config.json"))
+        try CheckpointExport.write(merged, config: model.config, naming: .hfViT, classNames: adapter.classNames, to: directory)
         let (config, naming, names) = try ViTConfig.fromHuggingFace(directory.appendingPathComponent("config.json"))
         #expect(naming == .hfViT && names == adapter.classNames && config == model.config)
         let reader = try CheckpointReader(file: try SafeTensorsFile(contentsOf: file), naming: .hfViT, config: config)
@@ -224,7 +223,7 @@ struct RealCheckpointTests {
         let (config, values, loadedHead) = try checkpoint.load(imageSize: 112, classes: 10)
         #expect(!loadedHead)
         var all = values
-        for (name, value) in initialValues(for: ParameterTable.specs(config, .probe), width: config.width, seed: 1) { all[name] = value }
+        for (name, value) in initialValues(for: ParameterTable.specs(config, .probe), seed: 1) { all[name] = value }
         let model = try ViTModel(engine: engine, config: config, method: .probe,
                                  parameters: try ViTParameters(engine: engine, specs: ParameterTable.specs(config, .probe), values: all))
         let fixture = try SafeTensorsFile(contentsOf: parityFixtures.deletingLastPathComponent().appendingPathComponent("dinov2/fashion_mnist_112.safetensors"))

@@ -7,6 +7,10 @@ import Testing
 /// models checked against its reference there).
 let parityFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/parity")
+/// Written by scripts/make_clip_fixtures.py (transformers' CLIPForImageClassification and
+/// open_clip's VisionTransformer checked against its reference there). Per naming a checkpoint
+/// and per method its initial adapter and expectations: NAMING/METHOD/*.safetensors.
+let clipFixtures = parityFixtures.deletingLastPathComponent().appendingPathComponent("clip")
 
 struct ParityCase: Sendable, CustomTestStringConvertible {
     var naming: CheckpointNaming
@@ -15,6 +19,12 @@ struct ParityCase: Sendable, CustomTestStringConvertible {
     /// Run every GEMM through the GPU profile's work-group tiled kernel and attention through
     /// the flash kernels: a training step on the GPU kernels.
     var gpuKernels = false
+    var isCLIP: Bool { naming == .hfCLIP || naming == .openCLIP }
+    /// The fixture set: its batch.safetensors, and a checkpoint directory per naming.
+    var root: URL { isCLIP ? clipFixtures : parityFixtures }
+    /// Where the method's initial.safetensors and expected.safetensors are (the ViT fixtures
+    /// share one base in three namings, so one set per method).
+    var methodDirectory: URL { root.appendingPathComponent(isCLIP ? "\(naming.rawValue)/\(method)" : method) }
     var testDescription: String {
         "\(naming.rawValue) \(method)" + (activations == .recompute ? "" : " (activations: \(activations))") + (gpuKernels ? " (GPU kernels)" : "")
     }
@@ -22,14 +32,19 @@ struct ParityCase: Sendable, CustomTestStringConvertible {
 
 /// A model built from a fixture checkpoint in `naming` plus the method's initial adapter file.
 func fixtureModel(_ engine: Engine, naming: CheckpointNaming, method methodName: String) throws -> (ViTModel, AdapterFile.Contents) {
-    let adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("\(methodName)/initial.safetensors"))
-    let directory = parityFixtures.appendingPathComponent(naming.rawValue)
+    let c = ParityCase(naming: naming, method: methodName)
+    let adapter = try AdapterFile.load(c.methodDirectory.appendingPathComponent("initial.safetensors"))
+    let directory = c.root.appendingPathComponent(naming.rawValue)
     var config = adapter.config
     if naming != .timm {
-        let (fileConfig, fileNaming, _) = try ViTConfig.fromHuggingFace(directory.appendingPathComponent("config.json"))
+        // The architecture as the checkpoint's own config file states it.
+        let (fileConfig, fileNaming, _) = naming == .openCLIP
+            ? try ViTConfig.fromOpenCLIP(try Data(contentsOf: directory.appendingPathComponent("open_clip_config.json")), path: "open_clip_config.json")
+            : try ViTConfig.fromHuggingFace(directory.appendingPathComponent("config.json"))
         #expect(fileNaming == naming)
         #expect(fileConfig.width == config.width && fileConfig.layers == config.layers && fileConfig.heads == config.heads)
         #expect(fileConfig.mlpWidth == config.mlpWidth && fileConfig.layerNormEpsilon == config.layerNormEpsilon)
+        #expect(fileConfig.architecture == config.architecture && fileConfig.mean == config.mean)
         config.classes = adapter.config.classes
     }
     let file = try SafeTensorsFile(contentsOf: directory.appendingPathComponent("model.safetensors"))
@@ -41,8 +56,8 @@ func fixtureModel(_ engine: Engine, naming: CheckpointNaming, method methodName:
     return (try ViTModel(engine: engine, config: config, method: adapter.method, parameters: parameters), adapter)
 }
 
-func fixtureBatch(_ engine: Engine) throws -> (images: Tensor, labels: Tensor) {
-    let batch = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("batch.safetensors"))
+func fixtureBatch(_ engine: Engine, root: URL = parityFixtures) throws -> (images: Tensor, labels: Tensor) {
+    let batch = try SafeTensorsFile(contentsOf: root.appendingPathComponent("batch.safetensors"))
     let images = try engine.tensor(try batch.floats("images"), shape: batch.entry("images")!.shape)
     let labels = try engine.tensor(try batch.floats("labels").map { Int32($0) }, shape: [batch.entry("labels")!.shape[0]])
     return (images, labels)
@@ -55,7 +70,7 @@ struct ParityTests {
     static let cases = CheckpointNaming.allCases.flatMap { naming in
         ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0) }
             + ["serial", "lora"].map { ParityCase(naming: naming, method: $0, activations: .keep) }
-    } + ["serial", "lora", "full", "probe"].map { ParityCase(naming: .hfViT, method: $0, gpuKernels: true) }
+    } + [CheckpointNaming.hfViT, .hfCLIP].flatMap { naming in ["serial", "lora", "full", "probe"].map { ParityCase(naming: naming, method: $0, gpuKernels: true) } }
 
     // Tolerances (fp32 against PyTorch fp32): logits and loss atol 2e-5 + rtol 1e-4;
     // gradients atol 2e-5 + rtol 1e-3 (relative error around 1e-5 on typical entries);
@@ -70,8 +85,8 @@ struct ParityTests {
         }
         let (model, adapter) = try fixtureModel(engine, naming: c.naming, method: c.method)
         model.activationMemory = c.activations
-        let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/expected.safetensors"))
-        let (images, labels) = try fixtureBatch(engine)
+        let expected = try SafeTensorsFile(contentsOf: c.methodDirectory.appendingPathComponent("expected.safetensors"))
+        let (images, labels) = try fixtureBatch(engine, root: c.root)
 
         try model.parameters.zeroGradients()
         let logits = try model.forward(images)
@@ -115,8 +130,11 @@ struct ParityTests {
 
     /// qkv.bias before training (from the full method's initial file, HF ViT names).
     private func fixtureInitialBias(_ name: String, _ c: ParityCase) throws -> [Float] {
-        let file = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(c.method)/initial.safetensors"))
+        let file = try SafeTensorsFile(contentsOf: c.methodDirectory.appendingPathComponent("initial.safetensors"))
         let layer = name.split(separator: ".")[1]
+        if c.isCLIP {
+            return try ["q", "k", "v"].flatMap { try file.floats("vision_model.encoder.layers.\(layer).self_attn.\($0)_proj.bias") }
+        }
         return try ["query", "key", "value"].flatMap { try file.floats("vit.encoder.layer.\(layer).attention.attention.\($0).bias") }
     }
 

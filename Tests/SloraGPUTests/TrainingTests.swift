@@ -11,7 +11,7 @@ func tinyModel(_ engine: Engine, method: FineTuningMethod, classes: Int = 10, im
     let checkpoint = try PretrainedCheckpoint(directory: parityFixtures.appendingPathComponent("hf-vit"))
     let (config, backbone, _) = try checkpoint.load(imageSize: imageSize, classes: classes)
     let specs = ParameterTable.specs(config, method)
-    var values = initialValues(for: specs, width: config.width, seed: seed)
+    var values = initialValues(for: specs, seed: seed)
     for (name, value) in backbone where name != "head.weight" && name != "head.bias" { values[name] = value }
     return try ViTModel(engine: engine, config: config, method: method, parameters: try ViTParameters(engine: engine, specs: specs, values: values))
 }
