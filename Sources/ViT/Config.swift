@@ -355,6 +355,10 @@ extension ViTConfig {
         if let pool = vision["pool_type"] as? String, pool != "tok" { throw fail("vision_cfg.pool_type '\(pool)' is not supported (tok)") }
         if let type = vision["pos_embed_type"] as? String, type != "learnable" { throw fail("vision_cfg.pos_embed_type '\(type)' is not supported (learnable)") }
         if vision["timm_model_name"] is String { throw fail("timm vision towers (vision_cfg.timm_model_name) are not supported") }
+        for key in ["norm_kwargs", "act_kwargs"] {
+            if let value = vision[key], !(value is NSNull) { throw fail("vision_cfg.\(key) is not supported (LayerNorm eps 1e-5 and the plain activation only)") }
+        }
+        if let block = vision["block_type"] as? String, block != "default" { throw fail("vision_cfg.block_type '\(block)' is not supported") }
         if vision["layers"] is [Any] { throw fail("ResNet vision towers (vision_cfg.layers as a list) are not supported") }
         if let size = vision["image_size"] as? [Any], size.count != 2 || "\(size[0])" != "\(size[1])" { throw fail("vision_cfg.image_size must be square, got \(size)") }
         let imageSize = try (vision["image_size"] as? [NSNumber])?.first.map { try integer(["s": $0], "s", 1...Limits.imageSize, default: 224) }

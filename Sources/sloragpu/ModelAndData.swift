@@ -52,7 +52,7 @@ struct LoadedBackbone {
 
 /// --model and --image-size: a checkpoint directory or a preset.
 struct ModelOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("A checkpoint directory (model.safetensors + config.json: HF ViT or DINOv2) or a preset such as vit-s/14 (random weights). Default: weights/dinov2-small here or beside the sloragpu checkout.", valueName: "dir|preset"))
+    @Option(help: ArgumentHelp("A checkpoint directory (model.safetensors + config.json: HF ViT, DINOv2 or CLIP; or open_clip_config.json) or a preset such as vit-s/14 (random weights). Default: weights/dinov2-small here or beside the sloragpu checkout.", valueName: "dir|preset"))
     var model: String?
 
     @Option(help: "Image size in pixels, a multiple of the patch size (default: the adapter's; for train 112; for a plain checkpoint its preprocessor's).")

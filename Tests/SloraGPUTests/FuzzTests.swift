@@ -176,8 +176,14 @@ struct FuzzTests {
 
     @Test func configFiles() throws {
         let seeds = try ["hf-vit", "hf-dinov2"].map { [UInt8](try Data(contentsOf: parityFixtures.appendingPathComponent("\($0)/config.json"))) }
+            + [[UInt8](try Data(contentsOf: clipFixtures.appendingPathComponent("hf-clip/config.json")))]
         fuzz("config.json", seeds: seeds, seed: 7, text: true) { bytes in
             let (config, _, _) = try ViTConfig.fromHuggingFace(Data(bytes), path: "fuzz")
+            try config.validate()
+        }
+        let openCLIP = [[UInt8](try Data(contentsOf: clipFixtures.appendingPathComponent("open-clip/open_clip_config.json")))]
+        fuzz("open_clip_config.json", seeds: openCLIP, seed: 8, text: true) { bytes in
+            let (config, _, _) = try ViTConfig.fromOpenCLIP(Data(bytes), path: "fuzz")
             try config.validate()
         }
     }
