@@ -48,7 +48,8 @@ final class Activations {
             for tensor in [block.u1, block.mean1, block.rstd1, block.qkv, block.attention, block.lse, block.xMid,
                            block.u2, block.mean2, block.rstd2, block.hPre, block.h] { add(tensor) }
             add(block.serialC)
-            for tensor in block.lowRank.values { add(tensor) }
+            add(block.serialT)
+            for tensor in block.loraT.values { add(tensor) }
         }
         return total
     }
@@ -102,10 +103,11 @@ final class Activations {
 
 final class BlockActivations {
     let u1: Tensor, mean1: Tensor, rstd1: Tensor     // LN1 output [T, d], stats [T]
-    /// Serial: "serial" -> t = u1 A^T [T, r]; LoRA: target -> u A^T [T, r] (u = u1, or attn for o).
-    var lowRank: [String: Tensor] = [:]
-    /// Serial: C = W_qkv B [3d, r], computed in the forward from the current weights.
-    let serialC: Tensor?
+    /// Serial: t = u1 A^T [T, r] and C = W_qkv B [3d, r], computed in the forward from the
+    /// current weights.
+    let serialT: Tensor?, serialC: Tensor?
+    /// LoRA: per target u A^T [T, r] (u = u1, or the attention output for o).
+    let loraT: [LoRATarget: Tensor]
     let qkv: Tensor                                   // [T, 3d]
     let attention: Tensor                             // [T, d] heads concatenated
     let lse: Tensor                                   // [B, H, N]
@@ -127,13 +129,12 @@ final class BlockActivations {
         rstd1 = try engine.empty([t])
         switch method {
         case .serial(let rank, _):
-            lowRank["serial"] = try engine.empty([t, rank])
-            serialC = try engine.empty([3 * d, rank])
+            (serialT, serialC, loraT) = (try engine.empty([t, rank]), try engine.empty([3 * d, rank]), [:])
         case .lora(let rank, _, let targets):
-            for target in targets { lowRank[target.rawValue] = try engine.empty([t, rank]) }
-            serialC = nil
+            (serialT, serialC) = (nil, nil)
+            loraT = try Dictionary(uniqueKeysWithValues: targets.map { ($0, try engine.empty([t, rank])) })
         case .full, .probe:
-            serialC = nil
+            (serialT, serialC, loraT) = (nil, nil, [:])
         }
         qkv = try scratch.qkv ?? engine.empty([t, 3 * d])
         attention = try engine.empty([t, d])

@@ -12,213 +12,230 @@ import Tensors
 //   xMid = x + a W_o^T + b_o   (+ s (a A_o^T) B_o^T for LoRA on o)
 //   u2 = LN2(xMid); h = act(u2 W1^T + b1); out = xMid + h W2^T + b2   (act: GELU, CLIP's quick GELU)
 // Backward (dx: gradient of the block output, updated in place to the gradient of its input):
-//   the same in reverse; frozen weights get no weight gradients; every gradient accumulates.
-//   Under the recompute plan (Activations.swift) it first rebuilds u1, qkv, xMid, u2 and the
-//   fc1 pre-activation from the saved input and attention output.
+//   the same in reverse, one helper per sub-layer mirroring the forward's; frozen weights get
+//   no weight gradients; every gradient accumulates. Under the recompute plan (Activations.swift)
+//   it first rebuilds u1, qkv, xMid, u2 and the fc1 pre-activation from the saved input and
+//   attention output.
 struct BlockLayer {
     let config: ViTConfig
     let method: FineTuningMethod
-    let index: Int
+    let weights: BlockParameters
     /// Serial LoRA through the fused two-operand GEMMs (default), or the unfused reference
     /// path that materialises z = u + s t B^T [T, d] and dz, kept for cross-checking.
     let fusedSerial: Bool
 
-    private func name(_ suffix: String) -> String { "blocks.\(index).\(suffix)" }
+    private var activation: Activation { config.architecture.activation }
 
     private func heads(_ qkv: Tensor, _ part: Int) throws -> HeadLayout {
         let d = config.width
         return HeadLayout(try qkv.view(offset: part * d, shape: [qkv.count - part * d]), rowStride: 3 * d)
     }
 
-    func forward(_ engine: Engine, _ p: ViTParameters, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
-        try projectQKV(engine, p, input: x, saved)
-        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
-        try engine.attentionForward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
+    private func attentionShape(_ batch: Int) -> AttentionShape {
+        AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
+    }
+
+    /// What a block needs of its saved tensors that only some methods have.
+    private func required(_ tensor: Tensor?, _ what: String) throws -> Tensor {
+        guard let tensor else { throw TensorError.shapeMismatch(operation: "BlockLayer", details: "no \(what) saved for \(method.name) (a bug)") }
+        return tensor
+    }
+
+    func forward(_ engine: Engine, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
+        try projectQKV(engine, input: x, saved)
+        try engine.attentionForward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
                                     output: saved.attention, lse: saved.lse)
-        try projectOutput(engine, p, input: x, saved)
-        try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
-                                    eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
+        try projectOutput(engine, input: x, saved)
+        try normalizeMid(engine, saved)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
-        try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.h, transposeB: true, bias: p.tensor(name("fc1.bias")),
-                        activation: config.architecture.activation, preActivation: saved.recompute ? nil : saved.hPre)
+        try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.h, transposeB: true, bias: weights.fc1.bias.value,
+                        activation: activation, preActivation: saved.recompute ? nil : saved.hPre)
         try engine.copy(saved.xMid, into: output)
-        try engine.gemm(saved.h, p.tensor(name("fc2.weight")), into: output, transposeB: true, beta: 1, bias: p.tensor(name("fc2.bias")))
+        try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, bias: weights.fc2.bias.value)
+    }
+
+    private func normalizeMid(_ engine: Engine, _ saved: BlockActivations) throws {
+        try engine.layerNormForward(saved.xMid, gamma: weights.norm2.weight.value, beta: weights.norm2.bias.value,
+                                    eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
     }
 
     /// u1 = LN1(x) and qkv = adapted projection of u1 (+ the method's low-rank intermediates).
     /// The backward calls it again (`rebuilding`) to rebuild u1 and qkv: the same kernels on the
     /// same inputs give the forward's values bit for bit; the low-rank intermediates (t, C) are
     /// kept per block, so those are not recomputed.
-    private func projectQKV(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations,
-                            rebuilding: Bool = false) throws {
+    private func projectQKV(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         let d = config.width
-        try engine.layerNormForward(x, gamma: p.tensor(name("norm1.weight")), beta: p.tensor(name("norm1.bias")),
+        try engine.layerNormForward(x, gamma: weights.norm1.weight.value, beta: weights.norm1.bias.value,
                                     eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
-        let wqkv = p.tensor(name("qkv.weight")), bqkv = p.tensor(name("qkv.bias"))
-        switch method {
-        case .serial(_, _) where fusedSerial:
-            let t = saved.lowRank["serial"]!, c = saved.serialC!
+        let wqkv = weights.qkv.weight.value, bqkv = weights.qkv.bias.value
+        if let serial = weights.serial {
+            let t = try required(saved.serialT, "t = u A^T")
+            guard fusedSerial else {
+                try engine.gemm(saved.u1, serial.a, into: t, transposeB: true)
+                let z = try engine.empty(saved.u1.shape)
+                try engine.copy(saved.u1, into: z)
+                try engine.gemm(t, serial.b, into: z, transposeB: true, alpha: method.scale, beta: 1)
+                try engine.gemm(z, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
+                return
+            }
+            let c = try required(saved.serialC, "C = W B")
             if !rebuilding {
                 try engine.withProfileScope(ProfileScope.adapter) {
-                    try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
-                    try engine.gemm(wqkv, p.tensor(name("serial.B")), into: c)
+                    try engine.gemm(saved.u1, serial.a, into: t, transposeB: true)
+                    try engine.gemm(wqkv, serial.b, into: c)
                 }
             }
             try engine.withProfileScope(ProfileScope.fusedQKV) {
                 try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
                                 into: saved.qkv, bias: bqkv)
             }
-        case .serial(_, _):
-            let t = saved.lowRank["serial"]!
-            try engine.gemm(saved.u1, p.tensor(name("serial.A")), into: t, transposeB: true)
-            let z = try engine.empty(saved.u1.shape)
-            try engine.copy(saved.u1, into: z)
-            try engine.gemm(t, p.tensor(name("serial.B")), into: z, transposeB: true, alpha: method.scale, beta: 1)
-            try engine.gemm(z, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
-        case .lora(_, _, let targets):
-            try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
-            try engine.withProfileScope(ProfileScope.adapter) {
-                for target in targets {
-                    guard let part = target.qkvIndex else { continue }
-                    let t = saved.lowRank[target.rawValue]!
-                    if !rebuilding { try engine.gemm(saved.u1, p.tensor(name("lora.\(target.rawValue).A")), into: t, transposeB: true) }
-                    try engine.gemm(sum: [GemmTerm(t, p.tensor(name("lora.\(target.rawValue).B")), transposeB: true)],
-                                    into: .strided(try .columns(part * d, d, of: saved.qkv)), alpha: method.scale, beta: 1)
-                }
+            return
+        }
+        try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
+        try engine.withProfileScope(ProfileScope.adapter) {
+            for (target, pair) in weights.lora {
+                guard let part = target.qkvIndex else { continue }
+                let t = try required(saved.loraT[target], "t for LoRA \(target.rawValue)")
+                if !rebuilding { try engine.gemm(saved.u1, pair.a, into: t, transposeB: true) }
+                try engine.gemm(sum: [GemmTerm(t, pair.b, transposeB: true)],
+                                into: .strided(try .columns(part * d, d, of: saved.qkv)), alpha: method.scale, beta: 1)
             }
-        case .full, .probe:
-            try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
         }
     }
 
     /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
-    private func projectOutput(_ engine: Engine, _ p: ViTParameters, input x: Tensor, _ saved: BlockActivations,
-                               rebuilding: Bool = false) throws {
+    private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         try engine.copy(x, into: saved.xMid)
-        try engine.gemm(saved.attention, p.tensor(name("proj.weight")), into: saved.xMid, transposeB: true, beta: 1,
-                        bias: p.tensor(name("proj.bias")))
-        if case .lora(_, _, let targets) = method, targets.contains(.o) {
-            let t = saved.lowRank["o"]!
+        try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, bias: weights.proj.bias.value)
+        if let pair = weights.loraO {
+            let t = try required(saved.loraT[.o], "t for LoRA o")
             try engine.withProfileScope(ProfileScope.adapter) {
-                if !rebuilding { try engine.gemm(saved.attention, p.tensor(name("lora.o.A")), into: t, transposeB: true) }
-                try engine.gemm(t, p.tensor(name("lora.o.B")), into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
+                if !rebuilding { try engine.gemm(saved.attention, pair.a, into: t, transposeB: true) }
+                try engine.gemm(t, pair.b, into: saved.xMid, transposeB: true, alpha: method.scale, beta: 1)
             }
         }
     }
 
     /// dW += dY^T X and db += column sums of dY, when the layer trains.
-    private func linearWeightGradients(_ engine: Engine, _ p: ViTParameters, _ layer: String, dY: Tensor, x: Tensor) throws {
-        guard let dWeight = p.gradient(name(layer + ".weight")), let dBias = p.gradient(name(layer + ".bias")) else { return }
+    private func linearWeightGradients(_ engine: Engine, _ layer: LinearView, dY: Tensor, x: Tensor) throws {
+        guard let dWeight = layer.weight.gradient, let dBias = layer.bias.gradient else { return }
         try engine.gemm(dY, x, into: dWeight, transposeA: true, beta: 1)
         try engine.columnSums(dY, into: dBias, accumulate: true)
     }
 
-    func backward(_ engine: Engine, _ p: ViTParameters, input x: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
-        let d = config.width, m = config.mlpWidth, rows = x.shape[0]
-        let s = method.scale
+    /// dx += LN backward of du (x the LayerNorm's input), and the LayerNorm's own gradients.
+    private func layerNormBackward(_ engine: Engine, _ norm: LinearView, du: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, dx: Tensor) throws {
+        try engine.layerNormBackward(du, x: x, gamma: norm.weight.value, mean: mean, rstd: rstd, dx: dx, accumulate: true,
+                                     dGamma: norm.weight.gradient, dBeta: norm.bias.gradient, accumulateParameters: true)
+    }
 
+    func backward(_ engine: Engine, input x: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
         if saved.recompute {
             // Everything but the block input, the attention output and lse lives in scratch shared
             // by all blocks: rebuild u1, qkv, xMid, u2 and the fc1 pre-activation with the
             // forward's own kernels (bit-identical values).
-            try projectQKV(engine, p, input: x, saved, rebuilding: true)
-            try projectOutput(engine, p, input: x, saved, rebuilding: true)
-            try engine.layerNormForward(saved.xMid, gamma: p.tensor(name("norm2.weight")), beta: p.tensor(name("norm2.bias")),
-                                        eps: config.layerNormEpsilon, into: saved.u2, mean: saved.mean2, rstd: saved.rstd2)
-            try engine.gemm(saved.u2, p.tensor(name("fc1.weight")), into: saved.hPre, transposeB: true, bias: p.tensor(name("fc1.bias")))
+            try projectQKV(engine, input: x, saved, rebuilding: true)
+            try projectOutput(engine, input: x, saved, rebuilding: true)
+            try normalizeMid(engine, saved)
+            try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.hPre, transposeB: true, bias: weights.fc1.bias.value)
         }
-
-        // MLP: out = xMid + GELU(u2 W1^T + b1) W2^T + b2.
-        // With recompute, h's buffer holds the pre-activation by now; only full fine-tuning
-        // (which keeps h) trains fc2.
-        precondition(!saved.recompute || p.gradient(name("fc2.weight")) == nil, "fc2 trains but h was not kept")
-        try linearWeightGradients(engine, p, "fc2", dY: dx, x: saved.h)
-        let dh = try engine.empty([rows, m])                                   // (dx W2) * GELU'(hPre)
-        try engine.gemm(dx, p.tensor(name("fc2.weight")), into: dh, times: ActivationDerivative(config.architecture.activation, at: saved.hPre))
-        try linearWeightGradients(engine, p, "fc1", dY: dh, x: saved.u2)
-        let du = try engine.empty([rows, d])
-        try engine.gemm(dh, p.tensor(name("fc1.weight")), into: du)
-        try engine.layerNormBackward(du, x: saved.xMid, gamma: p.tensor(name("norm2.weight")), mean: saved.mean2, rstd: saved.rstd2,
-                                     dx: dx, accumulate: true, dGamma: p.gradient(name("norm2.weight")),
-                                     dBeta: p.gradient(name("norm2.bias")), accumulateParameters: true)
-
-        // Output projection (dx is now the gradient of xMid).
-        try linearWeightGradients(engine, p, "proj", dY: dx, x: saved.attention)
-        let dAttention = try engine.empty([rows, d])
-        var attentionTerms = [GemmTerm(dx, p.tensor(name("proj.weight")))]
-        if case .lora(_, _, let targets) = method, targets.contains(.o) {
-            let a = p.tensor(name("lora.o.A")), b = p.tensor(name("lora.o.B")), t = saved.lowRank["o"]!
-            let g = try engine.empty([rows, a.shape[0]])
-            try engine.withProfileScope(ProfileScope.adapter) {
-                try engine.gemm(dx, b, into: g)                                                       // g = dx B      [T, r]
-                try engine.gemm(dx, t, into: p.gradient(name("lora.o.B"))!, transposeA: true, alpha: s, beta: 1)  // dB += s dx^T t
-                try engine.gemm(g, saved.attention, into: p.gradient(name("lora.o.A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T a
-            }
-            attentionTerms.append(GemmTerm(g, a, scale: s))                                           // da += s g A
-        }
-        try engine.gemm(sum: attentionTerms, into: dAttention)
-
-        let dqkv = try engine.empty([rows, 3 * d])
-        let shape = AttentionShape(batch: batch, tokens: config.tokens, heads: config.heads, headDimension: config.headDimension)
-        try engine.attentionBackward(shape, q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
+        try mlpBackward(engine, dx: dx, saved)
+        let dAttention = try attentionOutputBackward(engine, dx: dx, saved)
+        let dqkv = try engine.empty([x.shape[0], 3 * config.width])
+        try engine.attentionBackward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
                                      output: saved.attention, lse: saved.lse, dOutput: dAttention,
                                      dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+        try qkvBackward(engine, input: x, dqkv: dqkv, dx: dx, saved)
+    }
 
-        // qkv projection and its adapters: du1 = dqkv W_qkv (+ adapter terms), one reduction.
-        let wqkv = p.tensor(name("qkv.weight"))
-        var inputTerms = [GemmTerm(dqkv, wqkv)]
-        switch method {
-        case .serial(let rank, _) where !fusedSerial:
-            // dz = G W; dB += s dz^T t; g = dz B; dA += s g^T u; du = dz + s g A.
-            let a = p.tensor(name("serial.A")), b = p.tensor(name("serial.B")), t = saved.lowRank["serial"]!
-            let dz = try engine.empty([rows, d])
-            try engine.gemm(dqkv, wqkv, into: dz)
-            try engine.gemm(dz, t, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1)
-            let g = try engine.empty([rows, rank])
-            try engine.gemm(dz, b, into: g)
-            try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)
-            try engine.copy(dz, into: du)
-            try engine.gemm(g, a, into: du, alpha: s, beta: 1)
-            try engine.layerNormBackward(du, x: x, gamma: p.tensor(name("norm1.weight")), mean: saved.mean1, rstd: saved.rstd1,
-                                         dx: dx, accumulate: true, dGamma: p.gradient(name("norm1.weight")),
-                                         dBeta: p.gradient(name("norm1.bias")), accumulateParameters: true)
-            return
-        case .serial(let rank, _):
-            let a = p.tensor(name("serial.A")), t = saved.lowRank["serial"]!
-            let g = try engine.empty([rows, rank])
-            let projected = try engine.empty([3 * d, rank])
-            try engine.withProfileScope(ProfileScope.adapter) {
-                try engine.gemm(dqkv, saved.serialC!, into: g)                                         // g = G C        [T, r]
-                try engine.gemm(g, saved.u1, into: p.gradient(name("serial.A"))!, transposeA: true, alpha: s, beta: 1)  // dA += s g^T u
-                try engine.gemm(dqkv, t, into: projected, transposeA: true)                            // P = G^T t      [3d, r]
-                try engine.gemm(wqkv, projected, into: p.gradient(name("serial.B"))!, transposeA: true, alpha: s, beta: 1) // dB += s W^T P
-            }
-            inputTerms.append(GemmTerm(g, a, scale: s))                                                // du += s g A
-        case .lora(let rank, _, let targets):
-            for target in targets {
-                guard let part = target.qkvIndex else { continue }
-                let key = target.rawValue
-                let gx = GemmOperand.strided(try .columns(part * d, d, of: dqkv))                     // G_x [T, d]
-                let g = try engine.empty([rows, rank])
-                try engine.withProfileScope(ProfileScope.adapter) {
-                    try engine.gemm(sum: [GemmTerm(gx, .tensor(p.tensor(name("lora.\(key).B"))))], into: .tensor(g))  // g = G_x B
-                    try engine.gemm(sum: [GemmTerm(gx, .tensor(saved.lowRank[key]!), transposeA: true)],
-                                    into: .tensor(p.gradient(name("lora.\(key).B"))!), alpha: s, beta: 1)           // dB += s G_x^T t
-                    try engine.gemm(g, saved.u1, into: p.gradient(name("lora.\(key).A"))!, transposeA: true, alpha: s, beta: 1) // dA += s g^T u
-                }
-                inputTerms.append(GemmTerm(g, p.tensor(name("lora.\(key).A")), scale: s))               // du += s g A
-            }
-        case .full, .probe:
-            break
+    /// out = xMid + act(u2 W1^T + b1) W2^T + b2: dx (the gradient of out) becomes that of xMid.
+    /// With recompute, h's buffer holds the pre-activation by now; only full fine-tuning (which
+    /// keeps h) trains fc2.
+    private func mlpBackward(_ engine: Engine, dx: Tensor, _ saved: BlockActivations) throws {
+        let rows = dx.shape[0]
+        guard !saved.recompute || weights.fc2.weight.gradient == nil else {
+            throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc2 trains but h was not kept (a bug)")
         }
-        try linearWeightGradients(engine, p, "qkv", dY: dqkv, x: saved.u1)
+        try linearWeightGradients(engine, weights.fc2, dY: dx, x: saved.h)
+        let dh = try engine.empty([rows, config.mlpWidth])                      // (dx W2) * act'(hPre)
+        try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
+        try linearWeightGradients(engine, weights.fc1, dY: dh, x: saved.u2)
+        let du = try engine.empty([rows, config.width])
+        try engine.gemm(dh, weights.fc1.weight.value, into: du)
+        try layerNormBackward(engine, weights.norm2, du: du, x: saved.xMid, mean: saved.mean2, rstd: saved.rstd2, dx: dx)
+    }
+
+    /// xMid = x + a W_o^T + b_o (+ s (a A_o^T) B_o^T): the gradient of a; dx (of xMid) also
+    /// flows to x unchanged.
+    private func attentionOutputBackward(_ engine: Engine, dx: Tensor, _ saved: BlockActivations) throws -> Tensor {
+        let s = method.scale
+        try linearWeightGradients(engine, weights.proj, dY: dx, x: saved.attention)
+        let dAttention = try engine.empty([dx.shape[0], config.width])
+        var terms = [GemmTerm(dx, weights.proj.weight.value)]
+        if let pair = weights.loraO {
+            let t = try required(saved.loraT[.o], "t for LoRA o")
+            let g = try engine.empty([dx.shape[0], pair.a.shape[0]])
+            try engine.withProfileScope(ProfileScope.adapter) {
+                try engine.gemm(dx, pair.b, into: g)                                                 // g = dx B      [T, r]
+                try engine.gemm(dx, t, into: pair.dB, transposeA: true, alpha: s, beta: 1)           // dB += s dx^T t
+                try engine.gemm(g, saved.attention, into: pair.dA, transposeA: true, alpha: s, beta: 1) // dA += s g^T a
+            }
+            terms.append(GemmTerm(g, pair.a, scale: s))                                              // da += s g A
+        }
+        try engine.gemm(sum: terms, into: dAttention)
+        return dAttention
+    }
+
+    /// qkv = adapted projection of u1 = LN1(x): du1 = dqkv W_qkv (+ the adapters' terms, one
+    /// reduction), the adapters' gradients, then LN1's backward into dx.
+    private func qkvBackward(_ engine: Engine, input x: Tensor, dqkv: Tensor, dx: Tensor, _ saved: BlockActivations) throws {
+        let d = config.width, rows = x.shape[0], s = method.scale
+        let wqkv = weights.qkv.weight.value
+        let du = try engine.empty([rows, d])
+        var inputTerms = [GemmTerm(dqkv, wqkv)]
+        if let serial = weights.serial {
+            let t = try required(saved.serialT, "t = u A^T"), rank = serial.a.shape[0]
+            let g = try engine.empty([rows, rank])
+            if fusedSerial {
+                let projected = try engine.empty([3 * d, rank])
+                try engine.withProfileScope(ProfileScope.adapter) {
+                    try engine.gemm(dqkv, try required(saved.serialC, "C = W B"), into: g)              // g = G C        [T, r]
+                    try engine.gemm(g, saved.u1, into: serial.dA, transposeA: true, alpha: s, beta: 1)   // dA += s g^T u
+                    try engine.gemm(dqkv, t, into: projected, transposeA: true)                         // P = G^T t      [3d, r]
+                    try engine.gemm(wqkv, projected, into: serial.dB, transposeA: true, alpha: s, beta: 1) // dB += s W^T P
+                }
+                inputTerms.append(GemmTerm(g, serial.a, scale: s))                                      // du += s g A
+            } else {
+                // dz = G W; dB += s dz^T t; g = dz B; dA += s g^T u; du = dz + s g A.
+                let dz = try engine.empty([rows, d])
+                try engine.gemm(dqkv, wqkv, into: dz)
+                try engine.gemm(dz, t, into: serial.dB, transposeA: true, alpha: s, beta: 1)
+                try engine.gemm(dz, serial.b, into: g)
+                try engine.gemm(g, saved.u1, into: serial.dA, transposeA: true, alpha: s, beta: 1)
+                try engine.copy(dz, into: du)
+                try engine.gemm(g, serial.a, into: du, alpha: s, beta: 1)
+                try layerNormBackward(engine, weights.norm1, du: du, x: x, mean: saved.mean1, rstd: saved.rstd1, dx: dx)
+                return
+            }
+        }
+        for (target, pair) in weights.lora {
+            guard let part = target.qkvIndex else { continue }
+            let gx = GemmOperand.strided(try .columns(part * d, d, of: dqkv))                          // G_x [T, d]
+            let g = try engine.empty([rows, pair.a.shape[0]])
+            let t = try required(saved.loraT[target], "t for LoRA \(target.rawValue)")
+            try engine.withProfileScope(ProfileScope.adapter) {
+                try engine.gemm(sum: [GemmTerm(gx, .tensor(pair.b))], into: .tensor(g))                  // g = G_x B
+                try engine.gemm(sum: [GemmTerm(gx, .tensor(t), transposeA: true)], into: .tensor(pair.dB), alpha: s, beta: 1) // dB += s G_x^T t
+                try engine.gemm(g, saved.u1, into: pair.dA, transposeA: true, alpha: s, beta: 1)         // dA += s g^T u
+            }
+            inputTerms.append(GemmTerm(g, pair.a, scale: s))                                           // du += s g A
+        }
+        try linearWeightGradients(engine, weights.qkv, dY: dqkv, x: saved.u1)
         // With the adapters' terms this is one reduction over 3d + (number of adapters) r.
         try engine.withProfileScope(inputTerms.count > 1 ? ProfileScope.fusedInput : nil) {
             try engine.gemm(sum: inputTerms, into: du)
         }
-        try engine.layerNormBackward(du, x: x, gamma: p.tensor(name("norm1.weight")), mean: saved.mean1, rstd: saved.rstd1,
-                                     dx: dx, accumulate: true, dGamma: p.gradient(name("norm1.weight")),
-                                     dBeta: p.gradient(name("norm1.bias")), accumulateParameters: true)
+        try layerNormBackward(engine, weights.norm1, du: du, x: x, mean: saved.mean1, rstd: saved.rstd1, dx: dx)
     }
 }
 

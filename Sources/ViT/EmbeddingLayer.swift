@@ -8,32 +8,31 @@ import Tensors
 // dPatchOut, dPos, dCls from dE; dW += dPatchOut^T patches, db += column sums.
 struct EmbeddingLayer {
     let config: ViTConfig
+    let weights: EmbeddingParameters
 
-    func forward(_ engine: Engine, _ parameters: ViTParameters, images: Tensor, _ saved: Activations) throws {
+    func forward(_ engine: Engine, images: Tensor, _ saved: Activations) throws {
         try engine.extractPatches(images, patchSize: config.patchSize, into: saved.patches)
-        try engine.gemm(saved.patches, parameters.tensor("patch.weight"), into: saved.patchOut, transposeB: true,
-                        bias: config.architecture.patchBias ? parameters.tensor("patch.bias") : nil)
-        try engine.assembleTokens(patchOut: saved.patchOut, cls: parameters.tensor("cls"), pos: parameters.tensor("pos"),
+        try engine.gemm(saved.patches, weights.patchWeight.value, into: saved.patchOut, transposeB: true, bias: weights.patchBias?.value)
+        try engine.assembleTokens(patchOut: saved.patchOut, cls: weights.cls.value, pos: weights.pos.value,
                                   batch: saved.batch, into: saved.embedded ?? saved.xs[0])
-        if let embedded = saved.embedded, let mean = saved.embeddingMean, let rstd = saved.embeddingRstd {
-            try engine.layerNormForward(embedded, gamma: parameters.tensor("embedding_norm.weight"), beta: parameters.tensor("embedding_norm.bias"),
-                                        eps: config.layerNormEpsilon, into: saved.xs[0], mean: mean, rstd: rstd)
+        if let norm = weights.norm, let embedded = saved.embedded, let mean = saved.embeddingMean, let rstd = saved.embeddingRstd {
+            try engine.layerNormForward(embedded, gamma: norm.weight.value, beta: norm.bias.value, eps: config.layerNormEpsilon,
+                                        into: saved.xs[0], mean: mean, rstd: rstd)
         }
     }
 
-    func backward(_ engine: Engine, _ parameters: ViTParameters, dTokens: Tensor, _ saved: Activations) throws {
-        guard let dWeight = parameters.gradient("patch.weight") else { return }
+    func backward(_ engine: Engine, dTokens: Tensor, _ saved: Activations) throws {
+        guard let dWeight = weights.patchWeight.gradient else { return }
         var dEmbedded = dTokens
-        if let embedded = saved.embedded, let mean = saved.embeddingMean, let rstd = saved.embeddingRstd {
+        if let norm = weights.norm, let embedded = saved.embedded, let mean = saved.embeddingMean, let rstd = saved.embeddingRstd {
             dEmbedded = try engine.empty(dTokens.shape)
-            try engine.layerNormBackward(dTokens, x: embedded, gamma: parameters.tensor("embedding_norm.weight"), mean: mean, rstd: rstd,
-                                         dx: dEmbedded, dGamma: parameters.gradient("embedding_norm.weight"),
-                                         dBeta: parameters.gradient("embedding_norm.bias"), accumulateParameters: true)
+            try engine.layerNormBackward(dTokens, x: embedded, gamma: norm.weight.value, mean: mean, rstd: rstd, dx: dEmbedded,
+                                         dGamma: norm.weight.gradient, dBeta: norm.bias.gradient, accumulateParameters: true)
         }
         let dPatchOut = try engine.empty(saved.patchOut.shape)
-        try engine.assembleTokensBackward(dEmbedded, batch: saved.batch, dPatchOut: dPatchOut, dPos: parameters.gradient("pos"),
-                                          dCls: parameters.gradient("cls"), accumulate: true)
+        try engine.assembleTokensBackward(dEmbedded, batch: saved.batch, dPatchOut: dPatchOut, dPos: weights.pos.gradient,
+                                          dCls: weights.cls.gradient, accumulate: true)
         try engine.gemm(dPatchOut, saved.patches, into: dWeight, transposeA: true, beta: 1)
-        if let dBias = parameters.gradient("patch.bias") { try engine.columnSums(dPatchOut, into: dBias, accumulate: true) }
+        if let dBias = weights.patchBias?.gradient { try engine.columnSums(dPatchOut, into: dBias, accumulate: true) }
     }
 }

@@ -128,11 +128,18 @@ public enum Merge {
             return out
         }
         let s = Double(adapter.method.scale)
+        // Every tensor with the count its role needs (the arithmetic below indexes by shape).
+        func tensor(_ name: String, _ count: Int) throws -> [Float] {
+            guard let values = result[name], values.count == count else {
+                throw ConfigError("merge: \(name) is \(result[name].map { "\($0.count) values" } ?? "missing"), expected \(count) values")
+            }
+            return values
+        }
         for i in 0..<config.layers {
             let p = "blocks.\(i)."
             switch adapter.method {
             case .serial(let rank, _):
-                let w = result[p + "qkv.weight"]!, a = result[p + "serial.A"]!, b = result[p + "serial.B"]!
+                let w = try tensor(p + "qkv.weight", 3 * d * d), a = try tensor(p + "serial.A", rank * d), b = try tensor(p + "serial.B", d * rank)
                 let c = product(w, b, rows: 3 * d, inner: d, columns: rank).map(Float.init)    // W B   [3d, r]
                 let delta = product(c, a, rows: 3 * d, inner: rank, columns: d)                // (W B) A [3d, d]
                 result[p + "qkv.weight"] = zip(w, delta).map { Float(Double($0) + s * $1) }
@@ -140,10 +147,10 @@ public enum Merge {
                 result[p + "serial.B"] = nil
             case .lora(let rank, _, let targets):
                 for target in targets {
-                    let a = result[p + "lora.\(target.rawValue).A"]!, b = result[p + "lora.\(target.rawValue).B"]!
+                    let a = try tensor(p + "lora.\(target.rawValue).A", rank * d), b = try tensor(p + "lora.\(target.rawValue).B", d * rank)
                     let delta = product(b, a, rows: d, inner: rank, columns: d)                // B A [d, d]
                     let (key, offset) = target.qkvIndex.map { (p + "qkv.weight", $0 * d * d) } ?? (p + "proj.weight", 0)
-                    var w = result[key]!
+                    var w = try tensor(key, (target.qkvIndex == nil ? 1 : 3) * d * d)
                     for index in 0..<d * d { w[offset + index] = Float(Double(w[offset + index]) + s * delta[index]) }
                     result[key] = w
                     result[p + "lora.\(target.rawValue).A"] = nil

@@ -152,8 +152,9 @@ public final class ViTParameters {
 
     public var trainableCount: Int { slab.count }
 
-    public func tensor(_ name: String) -> Tensor {
-        guard let tensor = tensors[name] else { preconditionFailure("no parameter '\(name)' (a bug: names come from ParameterTable)") }
+    /// The named parameter, or an error naming it (names come from ParameterTable).
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let tensor = tensors[name] else { throw ConfigError("no parameter '\(name)' in this model") }
         return tensor
     }
 

@@ -30,9 +30,11 @@ public final class ViTModel {
         self.config = config
         self.method = method
         self.parameters = parameters
-        embedding = EmbeddingLayer(config: config)
-        blocks = (0..<config.layers).map { BlockLayer(config: config, method: method, index: $0, fusedSerial: fusedSerial) }
-        head = HeadLayer(config: config)
+        embedding = EmbeddingLayer(config: config, weights: try EmbeddingParameters(parameters, architecture: config.architecture))
+        blocks = try (0..<config.layers).map {
+            BlockLayer(config: config, method: method, weights: try BlockParameters(parameters, block: $0, method: method), fusedSerial: fusedSerial)
+        }
+        head = HeadLayer(config: config, weights: try HeadParameters(parameters, architecture: config.architecture))
     }
 
     /// images [B, C, S, S] (normalised) -> logits [B, K]. The returned tensor is reused by the
@@ -50,12 +52,12 @@ public final class ViTModel {
             saved = try Activations(engine: engine, config: config, method: method, batch: batch, memory: activationMemory,
                                     inference: !keepForBackward)
         }
-        let saved = saved!
-        try embedding.forward(engine, parameters, images: images, saved)
+        guard let saved else { throw TensorError.shapeMismatch(operation: "ViTModel.forward", details: "no activations (a bug)") }
+        try embedding.forward(engine, images: images, saved)
         for (index, block) in blocks.enumerated() {
-            try block.forward(engine, parameters, input: saved.xs[index], output: saved.xs[index + 1], saved.blocks[index], batch: batch)
+            try block.forward(engine, input: saved.xs[index], output: saved.xs[index + 1], saved.blocks[index], batch: batch)
         }
-        try head.forward(engine, parameters, saved)
+        try head.forward(engine, saved)
         return saved.logits
     }
 
@@ -74,11 +76,11 @@ public final class ViTModel {
         guard !saved.inference || method == .probe else {
             throw TensorError.shapeMismatch(operation: "ViTModel.backward", details: "the last forward kept nothing for a backward (keepForBackward: false)")
         }
-        guard let dx = try head.backward(engine, parameters, dLogits: dLogits, saved, needInputGradient: method != .probe) else { return }
+        guard let dx = try head.backward(engine, dLogits: dLogits, saved, needInputGradient: method != .probe) else { return }
         for (index, block) in blocks.enumerated().reversed() {
-            try block.backward(engine, parameters, input: saved.xs[index], dx: dx, saved.blocks[index], batch: saved.batch)
+            try block.backward(engine, input: saved.xs[index], dx: dx, saved.blocks[index], batch: saved.batch)
         }
-        try embedding.backward(engine, parameters, dTokens: dx, saved)
+        try embedding.backward(engine, dTokens: dx, saved)
     }
 
     /// Mean softmax cross-entropy of the last logits and the gradient for `backward`.

@@ -34,7 +34,7 @@ struct ModelTests {
         }
         let step: Float = 1e-2
         for (name, index) in probes {
-            let tensor = model.parameters.tensor(name)
+            let tensor = try model.parameters.tensor(name)
             let analytic = Double(try model.parameters.gradient(name)!.download()[index])
             let original = try tensor.download()
             var values = original
