@@ -216,16 +216,11 @@ struct TrainBench: ParsableCommand {
         let engine = try Engine(deviceSpec: deviceOption.device)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
         let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: [.q, .k, .v, .o])
-        let specs = ParameterTable.specs(config, fineTuning)
         var generator = SeededGenerator(seed: 1)
         // The host copies of the weights are a temporary: once uploaded they are gone, as in a
         // real run, so the peak RSS measures what training holds.
-        let parameters = try ViTParameters(engine: engine, specs: specs, values: {
-            var values = initialValues(for: specs, seed: 2)
-            for (name, value) in randomBackboneValues(for: config, seed: 3) { values[name] = value }
-            return values
-        }())
-        let network = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)
+        let network = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 3), seed: 2)
+        let parameters = network.parameters
         network.activationMemory = activations
         let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
         let images = try engine.tensor(generator.uniform(batch * 3 * imageSize * imageSize, bound: 2), shape: [batch, 3, imageSize, imageSize])

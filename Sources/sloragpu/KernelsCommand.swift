@@ -46,11 +46,8 @@ struct KernelsCommand: ParsableCommand {
             config.classes = classes
             let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: LoRATarget.allCases)
             try fineTuning.validate(width: config.width)
-            let specs = ParameterTable.specs(config, fineTuning)
-            var values = initialValues(for: specs, seed: 1)
-            for (name, value) in randomBackboneValues(for: config, seed: 2) { values[name] = value }
-            let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
-            let model = try ViTModel(engine: engine, config: config, method: fineTuning, parameters: parameters)
+            let model = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 2), seed: 1)
+            let parameters = model.parameters
             model.activationMemory = activations
             let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4), maxGradientNorm: 1)
             let images = try engine.zeros([2, 3, config.imageSize, config.imageSize])

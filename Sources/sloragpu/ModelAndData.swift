@@ -26,30 +26,6 @@ func defaultWeightsDirectory() -> URL? {
     return candidates.first { fileManager.fileExists(atPath: $0.appendingPathComponent("model.safetensors").path) }
 }
 
-/// A backbone as loaded, with what the commands print and check.
-struct LoadedBackbone {
-    var config: ViTConfig
-    /// Internal names -> values: the backbone, and head.weight/head.bias when the checkpoint's
-    /// head fits the requested classes.
-    var values: [String: [Float]]
-    var source: String
-    /// The checkpoint's own class names (id2label), empty when it has none.
-    var classNames: [String]
-    var fingerprint: String
-    var normalization: String
-    /// Whether the checkpoint's head was loaded (kept when `values` is handed on).
-    var hasHead: Bool
-    /// The checkpoint's naming (HF ViT for presets).
-    var naming: CheckpointNaming
-
-    init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String,
-         naming: CheckpointNaming = .hfViT) {
-        (self.config, self.values, self.source, self.classNames, self.naming) = (config, values, source, classNames, naming)
-        (self.fingerprint, self.normalization) = (fingerprint, normalization)
-        hasHead = values["head.weight"] != nil
-    }
-}
-
 /// --model and --image-size: a checkpoint directory or a preset.
 struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("A checkpoint directory (model.safetensors + config.json: HF ViT, DINOv2 or CLIP; or open_clip_config.json) or a preset such as vit-s/14 (random weights). Default: weights/dinov2-small here or beside the sloragpu checkout.", valueName: "dir|preset"))
@@ -66,7 +42,7 @@ struct ModelOptions: ParsableArguments {
 
     /// `classes` nil: the checkpoint's own (a plain classifier). `defaultImageSize` nil: the
     /// checkpoint's (preprocessor_config.json, else config.json).
-    func load(classes: Int?, defaultImageSize: Int?) throws -> LoadedBackbone {
+    func load(classes: Int?, defaultImageSize: Int?) throws -> Backbone {
         let directory: URL
         if let model {
             directory = URL(fileURLWithPath: model)
@@ -77,23 +53,11 @@ struct ModelOptions: ParsableArguments {
         }
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            let checkpoint = try PretrainedCheckpoint(directory: directory)
-            let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? defaultImageSize ?? checkpoint.preferredImageSize,
-                                                          classes: classes ?? checkpoint.config.classes)
-            return LoadedBackbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
-                                  classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
-                                  normalization: checkpoint.normalizationSource, naming: checkpoint.naming)
+            return try Backbone.load(directory: directory, imageSize: imageSize ?? defaultImageSize, classes: classes)
         }
         let name = model ?? ""
         if name.lowercased().hasPrefix("vit-") {
-            let parts = name.split(separator: "/")
-            let patch = parts.count > 1 ? Int(parts[1]) : 16
-            guard let patch else { throw ValidationError("preset '\(name)': the patch size after / must be a number") }
-            let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize ?? defaultImageSize ?? 224,
-                                              classes: classes ?? 1000)
-            let values = randomBackboneValues(for: config, seed: 0x5EED)
-            return LoadedBackbone(config: config, values: values, source: "\(name) (random initialisation, no pretrained weights)", classNames: [],
-                                  fingerprint: BaseFingerprint.of(values, config: config), normalization: "the ImageNet default")
+            return try Backbone.preset(name, imageSize: imageSize ?? defaultImageSize ?? 224, classes: classes ?? 1000)
         }
         throw ValidationError("--model \(name): no such checkpoint directory, and not a preset (vit-ti, vit-s, vit-b, vit-l with /14 or /16)")
     }
@@ -126,33 +90,15 @@ func loadData(_ spec: String, imageSize: Int, seed: UInt64) throws -> (ImageData
     throw ValidationError("--data \(spec): use fashion-mnist, idx:DIR, folder:DIR or synthetic")
 }
 
-/// Builds a model: backbone from `modelOptions`, trainable tensors from `adapter` when given
-/// (else fresh: A Kaiming-uniform, B zero, a new head unless the checkpoint's fits).
-/// `adapterPath` names the adapter in errors; `allowOtherBase` skips the fingerprint check.
-/// `classes` nil: the checkpoint's own head and classes.
+/// The backbone `modelOptions` name and a model of `method` on it (ViTModel.build: the
+/// adapter's tensors when given, else fresh ones from `seed`). `classes` nil: the checkpoint's
+/// own head and classes.
 func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuningMethod, classes: Int?, seed: UInt64,
                 adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false,
-                defaultImageSize: Int? = 112) throws -> (ViTModel, LoadedBackbone) {
+                defaultImageSize: Int? = 112) throws -> (ViTModel, Backbone) {
     var backbone = try modelOptions.load(classes: classes, defaultImageSize: adapter?.config.imageSize ?? defaultImageSize)
-    let config = backbone.config
-    try method.validate(width: config.width)
-    if let adapter {
-        try adapter.checkFits(config, source: "--model")
-        if !allowOtherBase { try adapter.checkBase(backbone.fingerprint, path: adapterPath) }
-    }
-    let specs = ParameterTable.specs(config, method)
-    var values = initialValues(for: specs, seed: seed)
-    // Moved out so that ViTParameters holds the only reference to each host array and can free
-    // it once uploaded.
-    let backboneValues = backbone.values
-    backbone.values = [:]
-    values.merge(consume backboneValues) { $1 }
-    if let adapter {
-        for (name, value) in adapter.values { values[name] = value }
-    }
-    let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values)
-    let model = try ViTModel(engine: engine, config: config, method: method, parameters: parameters)
-    model.baseFingerprint = backbone.fingerprint
+    let model = try ViTModel.build(engine, backbone: &backbone, method: method, seed: seed, adapter: adapter, adapterPath: adapterPath,
+                                   allowOtherBase: allowOtherBase)
     return (model, backbone)
 }
 

@@ -76,8 +76,7 @@ struct CLIPTests {
         #expect(checkpoint.classNames == ["zero", "one", "two", "three", "four"])
         let loaded = try checkpoint.load()
         #expect(loaded.loadedHead)
-        let parameters = try ViTParameters(engine: engine, specs: ParameterTable.specs(loaded.config, .probe), values: loaded.values)
-        let model = try ViTModel(engine: engine, config: loaded.config, method: .probe, parameters: parameters)
+        let model = try ViTModel.assemble(engine, config: loaded.config, method: .probe, backbone: loaded.values, seed: 0)
         let (images, _) = try fixtureBatch(engine, root: clipFixtures)
         let expected = try SafeTensorsFile(contentsOf: clipFixtures.appendingPathComponent("\(naming.rawValue)/probe/expected.safetensors"))
         expectClose(try model.forward(images, keepForBackward: false).download(), try expected.floats("logits"), atol: 2e-5, rtol: 1e-4,
@@ -122,8 +121,7 @@ struct CLIPTests {
         try CheckpointExport.write(merged, config: adapter.config, naming: naming, classNames: adapter.classNames, to: directory)
         let plain = try PretrainedCheckpoint(directory: directory).load()
         #expect(plain.loadedHead)
-        let parameters = try ViTParameters(engine: engine, specs: ParameterTable.specs(plain.config, .probe), values: plain.values)
-        let mergedModel = try ViTModel(engine: engine, config: plain.config, method: .probe, parameters: parameters)
+        let mergedModel = try ViTModel.assemble(engine, config: plain.config, method: .probe, backbone: plain.values, seed: 0)
         expectClose(try mergedModel.forward(images).download(), adapted.map(Double.init), atol: 1e-4, rtol: 1e-4, "\(naming.rawValue) \(method) merged")
 
         guard method == "lora" else { return }

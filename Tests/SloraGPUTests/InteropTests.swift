@@ -19,11 +19,7 @@ func model(_ engine: Engine, base directory: URL, adapter: AdapterFile.Contents?
     let checkpoint = try PretrainedCheckpoint(directory: directory)
     let method = adapter?.method ?? .probe
     let (config, backbone, _) = try checkpoint.load(imageSize: adapter?.config.imageSize, classes: adapter?.config.classes)
-    var values = backbone
-    for (name, value) in adapter?.values ?? [:] { values[name] = value }
-    let specs = ParameterTable.specs(config, method)
-    let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
-    return try ViTModel(engine: engine, config: config, method: method, parameters: parameters)
+    return try ViTModel.assemble(engine, config: config, method: method, backbone: backbone, adapter: adapter, seed: 0)
 }
 
 func expectedLogits(_ name: String) throws -> [Float] {

@@ -68,8 +68,7 @@ struct ModelTests {
         #expect(naming == .hfViT && names == adapter.classNames && config == model.config)
         let reader = try CheckpointReader(file: try SafeTensorsFile(contentsOf: file), naming: .hfViT, config: config)
         #expect(reader.hasHead)
-        let plain = try ViTModel(engine: engine, config: config, method: .probe,
-                                 parameters: try ViTParameters(engine: engine, specs: ParameterTable.specs(config, .probe), values: reader.values))
+        let plain = try ViTModel.assemble(engine, config: config, method: .probe, backbone: reader.values, seed: 0)
         expectClose(try plain.forward(images).download(), adapted, atol: 2e-5, rtol: 1e-4, "\(method) merged forward")
     }
 
@@ -222,10 +221,7 @@ struct RealCheckpointTests {
         #expect(checkpoint.naming == .hfDinov2 && checkpoint.config.imageSize == 518 && checkpoint.config.width == 384)
         let (config, values, loadedHead) = try checkpoint.load(imageSize: 112, classes: 10)
         #expect(!loadedHead)
-        var all = values
-        for (name, value) in initialValues(for: ParameterTable.specs(config, .probe), seed: 1) { all[name] = value }
-        let model = try ViTModel(engine: engine, config: config, method: .probe,
-                                 parameters: try ViTParameters(engine: engine, specs: ParameterTable.specs(config, .probe), values: all))
+        let model = try ViTModel.assemble(engine, config: config, method: .probe, backbone: values, seed: 1)
         let fixture = try SafeTensorsFile(contentsOf: parityFixtures.deletingLastPathComponent().appendingPathComponent("dinov2/fashion_mnist_112.safetensors"))
         _ = try model.forward(try engine.tensor(try fixture.floats("image"), shape: [1, 3, 112, 112]))
         let pooled = try model.pooledFeatures!.download(), expected = try fixture.floats("pooled")

@@ -49,11 +49,7 @@ func fixtureModel(_ engine: Engine, naming: CheckpointNaming, method methodName:
     }
     let file = try SafeTensorsFile(contentsOf: directory.appendingPathComponent("model.safetensors"))
     let backbone = try CheckpointReader(file: file, naming: naming, config: config)
-    var values = backbone.values
-    for (name, tensor) in adapter.values { values[name] = tensor }
-    let specs = ParameterTable.specs(config, adapter.method)
-    let parameters = try ViTParameters(engine: engine, specs: specs, values: values)
-    return (try ViTModel(engine: engine, config: config, method: adapter.method, parameters: parameters), adapter)
+    return (try ViTModel.assemble(engine, config: config, method: adapter.method, backbone: backbone.values, adapter: adapter, seed: 0), adapter)
 }
 
 func fixtureBatch(_ engine: Engine, root: URL = parityFixtures) throws -> (images: Tensor, labels: Tensor) {

@@ -10,10 +10,7 @@ import Testing
 func tinyModel(_ engine: Engine, method: FineTuningMethod, classes: Int = 10, imageSize: Int = 16, seed: UInt64 = 3) throws -> ViTModel {
     let checkpoint = try PretrainedCheckpoint(directory: parityFixtures.appendingPathComponent("hf-vit"))
     let (config, backbone, _) = try checkpoint.load(imageSize: imageSize, classes: classes)
-    let specs = ParameterTable.specs(config, method)
-    var values = initialValues(for: specs, seed: seed)
-    for (name, value) in backbone where name != "head.weight" && name != "head.bias" { values[name] = value }
-    return try ViTModel(engine: engine, config: config, method: method, parameters: try ViTParameters(engine: engine, specs: specs, values: values))
+    return try ViTModel.assemble(engine, config: config, method: method, backbone: backbone.filter { !$0.key.hasPrefix("head.") }, seed: seed)
 }
 
 @Suite("Training")
