@@ -156,6 +156,98 @@ extension Engine {
     /// C's layout too.
     public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
                      activation: Activation = .none, preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
+        let problem = try GemmProblem(self, terms, into: cOperand, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
+        let profile = gemmProfile
+        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0,
+           try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
+            return
+        }
+        if let tiles = profile.tiles {
+            try launchTiled(problem, tiles: tiles, alpha: alpha, beta: beta)
+        } else {
+            try launchPacked(problem, profile: profile, alpha: alpha, beta: beta)
+        }
+    }
+
+    /// gemm_tiled (GPUs): both operands packed into the shape class's work-group tiles.
+    private func launchTiled(_ p: GemmProblem, tiles: GemmTiles, alpha: Float, beta: Float) throws {
+        let (m, n) = (p.m, p.n)
+        let tile = tiles.tile(m: m, n: n)
+        try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))
+        let options = tile.buildOptions
+        let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
+        let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: tile.mwg, columns: tile.nwg,
+                                          m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packA: true)
+        let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
+        try kernel.setArguments([
+            .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(p.kTotal)),
+            .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
+            .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
+            .float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags))
+        try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, p.batches], local: [tile.ndimc, tile.mdimc, 1],
+                    work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(p.kTotal) * Double(p.batches)))
+    }
+
+    /// gemm_packed (CPUs): register tiles over packed panels, A read in place when it can be,
+    /// long reductions as k-blocks.
+    private func launchPacked(_ p: GemmProblem, profile: GemmProfile, alpha: Float, beta: Float) throws {
+        let (m, n, kTotal, batches) = (p.m, p.n, p.kTotal, p.batches)
+        let options = profile.buildOptions
+        let mr = profile.rowsPerItem, nr = profile.columnsPerItem
+        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
+        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
+        let directA = p.terms.count == 1 && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && profile.directA
+        let microOptions = directA ? options + " -DDIRECT_A" : options
+        let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
+                                          batches: (p.aPackedBatches, p.bPackedBatches), packA: !directA)
+
+        let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
+        let global: [Int], local: [Int]?
+        if let (lx, ly) = profile.localSize {
+            (global, local) = ([roundUp(nPanels, lx), roundUp(mPanels, ly), batches], [lx, ly, 1])
+        } else {
+            (global, local) = ([nPanels, mPanels, batches], nil)
+        }
+        // Long reductions run as k-blocks: every block after the first accumulates into C
+        // (beta 1), and only the last applies the epilogue.
+        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
+        var kBegin = 0
+        while kBegin < kTotal {
+            let kEnd = min(kTotal, kBegin + blockLength)
+            let isFirst = kBegin == 0, isLast = kEnd == kTotal
+            try micro.setArguments([
+                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
+                .int32(Int32(kBegin)), .int32(Int32(kEnd)),
+                .int32(Int32(directA ? p.aViews[0].tensor.offset : 0)), .int32(Int32(directA ? p.aViews[0].rowStride : 0)),
+                .int32(Int32(directA ? p.aViews[0].batchStride : 0)),
+                .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
+                .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
+                .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0))
+            try enqueue(micro, global: global, local: local,
+                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
+            kBegin = kEnd
+        }
+    }
+}
+
+/// A validated GEMM: the operand views, the output's geometry, and the epilogue as the
+/// kernels' flags (Kernels/gemm.cl: 1 bias, 2 activation, 4 pre-activation copy, 8 times the
+/// activation's derivative, 16 quick GELU).
+private struct GemmProblem {
+    let terms: [GemmTerm]
+    let aViews: [MatrixView], bViews: [MatrixView]
+    let output: MatrixView
+    let m: Int, n: Int, batches: Int, kTotal: Int
+    /// A 2-D operand packs once and serves every batch, unless another term of the same side is
+    /// batched (then the packed buffer holds every batch).
+    let aPackedBatches: Int, bPackedBatches: Int
+    let bias: Tensor?
+    /// The one pre-activation pointer: written (a pre-activation copy) or read (a derivative).
+    let preTensor: Tensor?
+    let flags: Int32
+
+    init(_ engine: Engine, _ terms: [GemmTerm], into cOperand: GemmOperand, bias: Tensor?, activation: Activation, preActivation: Tensor?,
+         times derivative: ActivationDerivative?) throws {
         let operation = "gemm"
         let derivativeInput = derivative?.preActivation
         guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
@@ -200,96 +292,42 @@ extension Engine {
         }
         let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
         for tensor in tensors {
-            guard tensor.engine === self else { throw TensorError.foreignEngine(operation: operation) }
+            guard tensor.engine === engine else { throw TensorError.foreignEngine(operation: operation) }
             try tensor.expect(.float32, operation)
             guard tensor.offset + tensor.count <= Int(Int32.max) else {
                 throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
             }
         }
-
-        let profile = gemmProfile
-        if profile.skinny, terms.count == 1, batches == 1, bias == nil, activation == .none, preActivation == nil, derivativeInput == nil,
-           try skinnyGemm(aViews[0], bViews[0], scale: terms[0].scale, into: output, alpha: alpha, beta: beta) {
-            return
-        }
-        var epilogueFlags: Int32 = 0
-        if bias != nil { epilogueFlags |= 1 }
-        if activation != .none { epilogueFlags |= 2 }
-        if preActivation != nil { epilogueFlags |= 4 }
+        var flags: Int32 = 0
+        if bias != nil { flags |= 1 }
+        if activation != .none { flags |= 2 }
+        if preActivation != nil { flags |= 4 }
         if let derivative {
             guard derivative.activation != .none else {
                 throw TensorError.shapeMismatch(operation: operation, details: "an activation derivative needs an activation, not none")
             }
-            epilogueFlags |= 8
+            flags |= 8
         }
-        if activation == .quickGELU || derivative?.activation == .quickGELU { epilogueFlags |= 16 }
-        // A 2-D operand packs once and serves every batch, unless another term of the same
-        // side is batched (then the packed buffer holds every batch).
-        let aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
-        let bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
-        let kTotal = aViews.reduce(0) { $0 + $1.columns }
+        if activation == .quickGELU || derivative?.activation == .quickGELU { flags |= 16 }
 
-        if let tiles = profile.tiles {
-            let tile = tiles.tile(m: m, n: n)
-            try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))
-            let options = tile.buildOptions
-            let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
-            let (packedA, packedB) = try pack(terms, aViews, bViews, options: options, rows: tile.mwg, columns: tile.nwg,
-                                              m: m, n: n, kTotal: kTotal, batches: (aPackedBatches, bPackedBatches), packA: true)
-            let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
-            try kernel.setArguments([
-                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
-                .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
-                .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
-                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),
-                .float(alpha), .float(beta),
-                .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(epilogueFlags),
-                .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset)),
-            ])
-            try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, batches], local: [tile.ndimc, tile.mdimc, 1],
-                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kTotal) * Double(batches)))
-            return
-        }
+        (self.terms, self.aViews, self.bViews, self.output) = (terms, aViews, bViews, output)
+        (self.m, self.n, self.batches, self.kTotal) = (m, n, batches, aViews.reduce(0) { $0 + $1.columns })
+        aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
+        bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
+        (self.bias, self.preTensor, self.flags) = (bias, preTensor, flags)
+    }
 
-        let options = profile.buildOptions
-        let mr = profile.rowsPerItem, nr = profile.columnsPerItem
-        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
-        let directA = terms.count == 1 && aViews[0].columnStride == 1 && terms[0].scale == 1 && profile.directA
-        let microOptions = directA ? options + " -DDIRECT_A" : options
-        let (packedA, packedB) = try pack(terms, aViews, bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
-                                          batches: (aPackedBatches, bPackedBatches), packA: !directA)
+    /// C, its offset, row stride and batch stride.
+    var cArguments: [KernelArgument] {
+        let c = output.tensor
+        return [.buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride))]
+    }
 
-        let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
-        let global: [Int], local: [Int]?
-        if let (lx, ly) = profile.localSize {
-            (global, local) = ([roundUp(nPanels, lx), roundUp(mPanels, ly), batches], [lx, ly, 1])
-        } else {
-            (global, local) = ([nPanels, mPanels, batches], nil)
-        }
-        // Long reductions run as k-blocks: every block after the first accumulates into C
-        // (beta 1), and only the last applies the epilogue.
-        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
-        var kBegin = 0
-        while kBegin < kTotal {
-            let kEnd = min(kTotal, kBegin + blockLength)
-            let isFirst = kBegin == 0, isLast = kEnd == kTotal
-            try micro.setArguments([
-                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
-                .int32(Int32(kBegin)), .int32(Int32(kEnd)),
-                .int32(Int32(directA ? aViews[0].tensor.offset : 0)), .int32(Int32(directA ? aViews[0].rowStride : 0)),
-                .int32(Int32(directA ? aViews[0].batchStride : 0)),
-                .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
-                .int32(aPackedBatches > 1 ? 1 : 0), .int32(bPackedBatches > 1 ? 1 : 0),
-                .buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride)),
-                .float(alpha), .float(isFirst ? beta : 1),
-                .buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(isLast ? epilogueFlags : 0),
-                .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset)),
-            ])
-            try enqueue(micro, global: global, local: local,
-                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
-            kBegin = kEnd
-        }
+    /// Bias, flags and the pre-activation pointer (C stands in for absent ones).
+    func epilogueArguments(flags: Int32) -> [KernelArgument] {
+        let c = output.tensor
+        return [.buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(flags),
+                .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset))]
     }
 }
 

@@ -195,29 +195,10 @@ public final class Trainer {
         try metrics?.seekToEnd()
         defer { try? metrics?.close() }
 
-        let engine = model.engine, config = model.config
-        let parameters = model.parameters
         let firstStep = state.step
         while state.step < options.steps {
             let stepStarted = Date()
-            try parameters.zeroGradients()
-            var lossSum: Float = 0
-            var images = 0
-            for _ in 0..<options.accumulation {
-                guard let batch = trainLoader.next() else { break }
-                let imageTensor = try engine.tensor(batch.images, shape: [batch.count, 3, config.imageSize, config.imageSize])
-                let labels = try engine.tensor(batch.labels, shape: [batch.count])
-                _ = try model.forward(imageTensor)
-                let (loss, dLogits) = try model.loss(labels: labels, smoothing: options.labelSmoothing)
-                if options.accumulation > 1 { try engine.scale(dLogits, by: 1 / Float(options.accumulation), into: dLogits) }
-                try model.backward(dLogits)
-                lossSum += try loss.download()[0]
-                images += batch.count
-            }
-            // A repeating loader always has a batch (checked at init); a step without images
-            // would "train" on nothing with loss 0.
-            guard images > 0 else { throw TrainingError.invalidOptions("the training data gave no batch at step \(state.step + 1)") }
-            let loss = lossSum / Float(options.accumulation)
+            let (loss, images) = try accumulateGradients()
             let step = state.step + 1
             guard loss.isFinite else {
                 // Nothing of this step reached the parameters; the last checkpoint on disk is good.
@@ -232,35 +213,67 @@ public final class Trainer {
             report(.step(step: step, total: options.steps, epoch: trainLoader.position.epoch, loss: loss, learningRate: rate, imagesPerSecond: imagesPerSecond))
             writeMetrics(["kind": "step", "step": step, "loss": Double(loss), "learning_rate": Double(rate), "images_per_second": imagesPerSecond,
                           "epoch": trainLoader.position.epoch])
-
-            var saveNow = options.checkpointInterval > 0 && step % options.checkpointInterval == 0
-            if options.evaluationInterval > 0, step % options.evaluationInterval == 0, step < options.steps {
-                let result = try evaluate(step: step, report)
-                saveNow = true
-                if result.accuracy > (state.bestAccuracy ?? -1) {
-                    state.bestAccuracy = result.accuracy
-                    state.bestStep = step
-                    try save(to: bestCheckpoint, step: step, report)
-                }
-            }
-            if stopRequested.load(ordering: .relaxed) {
-                try save(to: lastCheckpoint, step: step, report)
-                throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path, output: output.path)
-            }
-            if saveNow { try save(to: lastCheckpoint, step: step, report) }
+            try afterStep(step, report)
         }
+        return try finish(started: started, metricsURL: metricsURL, report)
+    }
 
+    /// One optimizer step's gradients: `accumulation` micro-batches forward and backward, the
+    /// mean loss and the number of images.
+    private func accumulateGradients() throws -> (loss: Float, images: Int) {
+        let engine = model.engine, size = model.config.imageSize
+        try model.parameters.zeroGradients()
+        var lossSum: Float = 0
+        var images = 0
+        for _ in 0..<options.accumulation {
+            guard let batch = trainLoader.next() else { break }
+            let imageTensor = try engine.tensor(batch.images, shape: [batch.count, 3, size, size])
+            let labels = try engine.tensor(batch.labels, shape: [batch.count])
+            _ = try model.forward(imageTensor)
+            let (loss, dLogits) = try model.loss(labels: labels, smoothing: options.labelSmoothing)
+            if options.accumulation > 1 { try engine.scale(dLogits, by: 1 / Float(options.accumulation), into: dLogits) }
+            try model.backward(dLogits)
+            lossSum += try loss.download()[0]
+            images += batch.count
+        }
+        // A repeating loader always has a batch (checked at init); a step without images
+        // would "train" on nothing with loss 0.
+        guard images > 0 else { throw TrainingError.invalidOptions("the training data gave no batch at step \(state.step + 1)") }
+        return (lossSum / Float(options.accumulation), images)
+    }
+
+    /// Evaluation and the best checkpoint at their interval, the last checkpoint at its
+    /// interval, and a requested stop (which saves first).
+    private func afterStep(_ step: Int, _ report: (TrainingEvent) -> Void) throws {
+        var saveNow = options.checkpointInterval > 0 && step % options.checkpointInterval == 0
+        if options.evaluationInterval > 0, step % options.evaluationInterval == 0, step < options.steps {
+            let result = try evaluate(step: step, report)
+            saveNow = true
+            try keepIfBest(result, step: step, report)
+        }
+        if stopRequested.load(ordering: .relaxed) {
+            try save(to: lastCheckpoint, step: step, report)
+            throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path, output: output.path)
+        }
+        if saveNow { try save(to: lastCheckpoint, step: step, report) }
+    }
+
+    private func keepIfBest(_ result: EvaluationResult, step: Int, _ report: (TrainingEvent) -> Void) throws {
+        guard result.accuracy > (state.bestAccuracy ?? -1) else { return }
+        state.bestAccuracy = result.accuracy
+        state.bestStep = step
+        try save(to: bestCheckpoint, step: step, report)
+    }
+
+    /// The final evaluation, checkpoints, adapter, summary.json and curves.svg.
+    private func finish(started: Date, metricsURL: URL, _ report: (TrainingEvent) -> Void) throws -> TrainingSummary {
         let final = try evaluate(step: state.step, report)
-        if final.accuracy > (state.bestAccuracy ?? -1) {
-            state.bestAccuracy = final.accuracy
-            state.bestStep = state.step
-            try save(to: bestCheckpoint, step: state.step, report)
-        }
+        try keepIfBest(final, step: state.step, report)
         try save(to: lastCheckpoint, step: state.step, report)
         let adapterPath = output.appendingPathComponent("adapter.safetensors")
         try AdapterFile.save(try adapterContents(), to: adapterPath)
-        let summary = TrainingSummary(steps: state.step, method: model.method.description, trainableParameters: parameters.trainableCount,
-                                      adapterParameters: ParameterTable.adapterParameterCount(config, model.method), final: final,
+        let summary = TrainingSummary(steps: state.step, method: model.method.description, trainableParameters: model.parameters.trainableCount,
+                                      adapterParameters: ParameterTable.adapterParameterCount(model.config, model.method), final: final,
                                       bestAccuracy: state.bestAccuracy, bestStep: state.bestStep,
                                       seconds: Date().timeIntervalSince(started), adapterPath: adapterPath.path,
                                       options: options, classNames: classNames, baseFingerprint: model.baseFingerprint, version: SloraGPU.version)

@@ -128,21 +128,7 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        var options = runOptions
-        var resumeCheckpoint: URL?
-        if let resume {
-            let directory = URL(fileURLWithPath: resume)
-            let runFile = directory.appendingPathComponent("run.json")
-            guard let data = FileManager.default.contents(atPath: runFile.path),
-                  let saved = try? JSONDecoder().decode([String].self, from: data) else {
-                throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
-            }
-            do { options = try RunOptions.parse(saved) } catch {
-                throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
-            }
-            options.output = directory.path
-            resumeCheckpoint = directory.appendingPathComponent("checkpoints/last")
-        }
+        let (options, resumeCheckpoint) = try resolvedOptions()
         let output = URL(fileURLWithPath: options.output ?? "runs/\(options.method)")
         let targets = try parseTargets(options.targets)
         let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
@@ -166,7 +152,49 @@ struct TrainCommand: ParsableCommand {
                                                seed: options.seed, adapter: initial, adapterPath: options.initAdapter ?? "",
                                                allowOtherBase: options.allowOtherBase)
         model.activationMemory = options.activations
+        let training = try trainingOptions(options, trainImages: train.count)
 
+        // Claimed once every input has been checked (so a bad option is reported as such), and
+        // before anything in the directory is read (a resume may move checkpoints) or written;
+        // held to the end.
+        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
+        defer { withExtendedLifetime(runDirectory) {} }
+        let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
+                                  classNames: train.classNames, resume: resumeCheckpoint)
+        if resume == nil { try recordFreshRun(runDirectory, output: output) }
+
+        print("device:   \(engine.device.name)")
+        print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)")
+        print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
+        print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
+        print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
+        if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
+        fflush(nil)
+        try runUntilDoneOrStopped(trainer, training: training, testImages: test.count, output: output, method: method,
+                                  peftNaming: options.peftNaming, baseSource: backbone.source)
+    }
+
+    /// The run's options: the command line's, or on --resume those saved in run.json (with the
+    /// checkpoint to resume from).
+    private func resolvedOptions() throws -> (RunOptions, URL?) {
+        guard let resume else { return (runOptions, nil) }
+        let directory = URL(fileURLWithPath: resume)
+        let runFile = directory.appendingPathComponent("run.json")
+        guard let data = FileManager.default.contents(atPath: runFile.path),
+              let saved = try? JSONDecoder().decode([String].self, from: data) else {
+            throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
+        }
+        var options: RunOptions
+        do { options = try RunOptions.parse(saved) } catch {
+            throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
+        }
+        options.output = directory.path
+        return (options, directory.appendingPathComponent("checkpoints/last"))
+    }
+
+    /// The library's TrainingOptions from the command line's (steps from --epochs over
+    /// `trainImages`), validated.
+    private func trainingOptions(_ options: RunOptions, trainImages: Int) throws -> TrainingOptions {
         var training = TrainingOptions()
         guard let optimizerKind = TrainingOptions.OptimizerKind(rawValue: options.optimizer) else {
             throw ValidationError("--optimizer \(options.optimizer): use adamw or sgd")
@@ -180,9 +208,9 @@ struct TrainCommand: ParsableCommand {
         training.accumulation = options.accumulation
         if let epochs = options.epochs {
             // Both factors are bounded by validate(), so the quotient is finite.
-            let steps = (epochs * Double(train.count) / (Double(options.batch) * Double(options.accumulation))).rounded(.down)
+            let steps = (epochs * Double(trainImages) / (Double(options.batch) * Double(options.accumulation))).rounded(.down)
             guard steps <= Double(TrainingOptions.maximumSteps) else {
-                throw ValidationError("--epochs \(epochs) over \(train.count) images is \(steps) steps, more than \(TrainingOptions.maximumSteps)")
+                throw ValidationError("--epochs \(epochs) over \(trainImages) images is \(steps) steps, more than \(TrainingOptions.maximumSteps)")
             }
             training.steps = max(1, Int(steps))
         } else {
@@ -196,33 +224,24 @@ struct TrainCommand: ParsableCommand {
         training.checkpointInterval = options.checkpointInterval
         training.shuffle = !options.noShuffle
         training.augment = !options.noAugment
-
-        // Claimed once every input has been checked (so a bad option is reported as such), and
-        // before anything in the directory is read (a resume may move checkpoints) or written;
-        // held to the end.
         try training.validate()
-        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
-        defer { withExtendedLifetime(runDirectory) {} }
-        let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
-                                  classNames: train.classNames, resume: resumeCheckpoint)
-        if resume == nil {
-            try runDirectory.prepareForFreshRun()
-            // The run's own arguments (after `train`), minus --device: a resume may use another device.
-            var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
-            if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
-            arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
-            try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
-        }
+        return training
+    }
 
-        print("device:   \(engine.device.name)")
-        print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)")
-        print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
-        print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
-        print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
-        if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
-        fflush(nil)
+    /// A fresh run's directory is emptied of another run's files, and run.json records the
+    /// run's own arguments (after `train`) minus --device, since a resume may use another device.
+    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL) throws {
+        try runDirectory.prepareForFreshRun()
+        var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
+        if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
+        arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
+        try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
+    }
 
-        // Ctrl-C, and SIGTERM (what schedulers and `docker stop` send): finish the step, save, exit.
+    /// Trains to the end, or, on Ctrl-C or SIGTERM (what schedulers and `docker stop` send),
+    /// finishes the step, saves and exits 128 + the signal with the command that resumes.
+    private func runUntilDoneOrStopped(_ trainer: Trainer, training: TrainingOptions, testImages: Int, output: URL, method: FineTuningMethod,
+                                       peftNaming: PEFTNaming, baseSource: String) throws {
         let received = Mutex<Int32>(0)
         let signalSources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
@@ -238,7 +257,7 @@ struct TrainCommand: ParsableCommand {
         }
         defer { for source in signalSources { source.cancel() } }
 
-        let progress = ProgressPrinter(total: training.steps, evaluationInterval: training.evaluationInterval, testImages: test.count,
+        let progress = ProgressPrinter(total: training.steps, evaluationInterval: training.evaluationInterval, testImages: testImages,
                                        batchImages: training.batchSize * training.accumulation)
         do {
             let summary = try trainer.run(progress.handle)
@@ -249,7 +268,7 @@ struct TrainCommand: ParsableCommand {
             print("adapter:  \(summary.adapterPath)")
             if case .lora = method {
                 let peft = output.appendingPathComponent("peft")
-                try PEFTAdapter.write(try trainer.adapterContents(), to: peft, naming: options.peftNaming, baseModel: backbone.source)
+                try PEFTAdapter.write(try trainer.adapterContents(), to: peft, naming: peftNaming, baseModel: baseSource)
                 print("peft:     \(peft.path) (attach it to the base from: sloragpu export base --adapter \(summary.adapterPath) --output DIR)")
             }
             print("curves:   \(output.appendingPathComponent("curves.svg").path); metrics: \(output.appendingPathComponent("metrics.jsonl").path)")
