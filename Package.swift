@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> ViT -> Training -> sloragpu (CLI);
+// Layers (arrows: depends on): COpenCL -> CLRuntime -> Tensors -> ViT -> Optimizers -> Training -> sloragpu (CLI);
+// Formats (the model description and every file format; no device code) -> ViT;
 // Datasets (no device code) -> Training.
 // Kernels/*.cl are embedded into Tensors at build time by EmbedKernelsPlugin, so the
 // built binary never reads the source tree.
@@ -9,7 +10,7 @@ let package = Package(
     name: "sloragpu",
     platforms: [.macOS(.v15)],
     products: [
-        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training"]),
+        .library(name: "SloraGPU", targets: ["CLRuntime", "Tensors", "Formats", "ViT", "Optimizers", "Datasets", "Training"]),
         .executable(name: "sloragpu", targets: ["sloragpu"]),
     ],
     dependencies: [
@@ -33,18 +34,22 @@ let package = Package(
             dependencies: ["CLRuntime"],
             plugins: ["EmbedKernelsPlugin"]
         ),
-        .target(name: "ViT", dependencies: ["Tensors"]),
+        .target(name: "Formats"),
+        .target(name: "ViT", dependencies: ["Tensors", "Formats"]),
+        .target(name: "Optimizers", dependencies: ["ViT"]),
         .systemLibrary(
             name: "CImageCodecs",
             providers: [.apt(["zlib1g-dev", "libpng-dev", "libturbojpeg0-dev"])]
         ),
         .target(name: "Datasets", dependencies: ["CImageCodecs"]),
-        .target(name: "Training", dependencies: ["ViT", "Datasets"]),
+        .target(name: "Training", dependencies: ["Formats", "ViT", "Optimizers", "Datasets"]),
         .executableTarget(
             name: "sloragpu",
             dependencies: [
                 "Tensors",
+                "Formats",
                 "ViT",
+                "Optimizers",
                 "Datasets",
                 "Training",
                 // `sloragpu selftest` checks a device against it where no test toolchain exists.
@@ -58,7 +63,7 @@ let package = Package(
             name: "SloraGPUTests",
             // Depending on the executable makes `swift test` build it: the CLI tests run it
             // as a fresh process (disk-cache hits, exit codes, messages).
-            dependencies: ["CLRuntime", "Tensors", "ViT", "Datasets", "Training", "CImageCodecs", "Reference", "sloragpu"]
+            dependencies: ["CLRuntime", "Tensors", "Formats", "ViT", "Optimizers", "Datasets", "Training", "CImageCodecs", "Reference", "sloragpu"]
         ),
     ]
 )

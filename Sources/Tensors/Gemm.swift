@@ -7,12 +7,12 @@ import CLRuntime
 // and a 2-D operand is shared by every batch (weights). A transposed operand is stored with
 // its two last dimensions swapped: op(A) = A^T means A is stored K x M.
 
-public enum Activation: String, Sendable, Equatable, Codable {
+public enum Activation: Sendable, Equatable {
     case none
     /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
     case gelu
     /// CLIP's quick GELU, x sigmoid(1.702 x).
-    case quickGELU = "quick_gelu"
+    case quickGELU
 }
 
 /// C *= act'(pre) in a GEMM's epilogue: the backward through an activation fused into the GEMM

@@ -1,6 +1,8 @@
 import Datasets
 import Foundation
 import Tensors
+import Formats
+import Optimizers
 import ViT
 
 /// Accuracy, mean loss, per-class accuracy and the confusion matrix (rows: true class,

@@ -2,6 +2,8 @@ import Datasets
 import Foundation
 import Synchronization
 import Tensors
+import Formats
+import Optimizers
 import ViT
 
 public struct TrainingOptions: Codable, Sendable, Equatable {

@@ -1,6 +1,8 @@
 import Datasets
 import Foundation
 import Tensors
+import Formats
+import Optimizers
 import ViT
 
 /// What a run saves so that a process killed at any moment resumes where it left off:

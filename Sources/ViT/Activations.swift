@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 /// What the forward saves for the backward, for one batch size; allocated once per batch size

@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 // One pre-norm transformer block, forward and backward side by side.
@@ -24,7 +25,12 @@ struct BlockLayer {
     /// path that materialises z = u + s t B^T [T, d] and dz, kept for cross-checking.
     let fusedSerial: Bool
 
-    private var activation: Activation { config.architecture.activation }
+    private var activation: Activation {
+        switch config.architecture.activation {
+        case .gelu: .gelu
+        case .quickGELU: .quickGELU
+        }
+    }
 
     private func heads(_ qkv: Tensor, _ part: Int) throws -> HeadLayout {
         let d = config.width

@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 // Patch embedding + cls + positions (+ CLIP's LayerNorm over the tokens).

@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 // Pooling, CLIP's projection and the classifier head.

@@ -1,51 +1,6 @@
+import Formats
 import Foundation
 import Tensors
-
-/// A backbone as loaded, with what callers print and check: the values in internal names
-/// (and head.weight/head.bias when the checkpoint's head fits the requested classes).
-public struct Backbone {
-    public var config: ViTConfig
-    public var values: [String: [Float]]
-    /// The checkpoint directory and naming, or the preset.
-    public var source: String
-    /// The checkpoint's own class names (id2label), empty when it has none.
-    public var classNames: [String]
-    public var fingerprint: String
-    /// Where the input normalisation came from.
-    public var normalization: String
-    /// Whether the checkpoint's head was loaded (kept when `values` is handed on).
-    public var hasHead: Bool
-    /// The checkpoint's naming (HF ViT for presets).
-    public var naming: CheckpointNaming
-
-    public init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String,
-                naming: CheckpointNaming = .hfViT) {
-        (self.config, self.values, self.source, self.classNames, self.naming) = (config, values, source, classNames, naming)
-        (self.fingerprint, self.normalization) = (fingerprint, normalization)
-        hasHead = values["head.weight"] != nil
-    }
-
-    /// A checkpoint directory at `imageSize` (nil: the checkpoint's preferred size) with
-    /// `classes` classes (nil: the checkpoint's own).
-    public static func load(directory: URL, imageSize: Int?, classes: Int?) throws -> Backbone {
-        let checkpoint = try PretrainedCheckpoint(directory: directory)
-        let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? checkpoint.preferredImageSize, classes: classes ?? checkpoint.config.classes)
-        return Backbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))", classNames: checkpoint.classNames,
-                        fingerprint: BaseFingerprint.of(values, config: config), normalization: checkpoint.normalizationSource,
-                        naming: checkpoint.naming)
-    }
-
-    /// A preset (`vit-s/14`) with random weights.
-    public static func preset(_ name: String, imageSize: Int, classes: Int) throws -> Backbone {
-        let parts = name.split(separator: "/")
-        let patch = parts.count > 1 ? Int(parts[1]) : 16
-        guard let patch else { throw ConfigError("preset '\(name)': the patch size after / must be a number") }
-        let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize, classes: classes)
-        let values = randomBackboneValues(for: config, seed: 0x5EED)
-        return Backbone(config: config, values: values, source: "\(name) (random initialisation, no pretrained weights)", classNames: [],
-                        fingerprint: BaseFingerprint.of(values, config: config), normalization: "the ImageNet default")
-    }
-}
 
 extension ViTModel {
     /// A model of `config` under `method` on `backbone`'s values (its head too when they hold

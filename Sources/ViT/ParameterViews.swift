@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 // Typed views of ViTParameters, built once per model from the table, so that the forward and

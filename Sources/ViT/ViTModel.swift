@@ -1,3 +1,4 @@
+import Formats
 import Tensors
 
 /// A Vision Transformer on the device: the forward as a script of layers, the backward as

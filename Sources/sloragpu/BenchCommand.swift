@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Tensors
+import Formats
+import Optimizers
 import ViT
 
 struct BenchCommand: ParsableCommand {

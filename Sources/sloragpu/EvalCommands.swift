@@ -3,6 +3,8 @@ import Datasets
 import Foundation
 import Tensors
 import Training
+import Formats
+import Optimizers
 import ViT
 
 struct EvalCommand: ParsableCommand {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Formats
+import Optimizers
 import ViT
 
 /// `--method` and friends -> a FineTuningMethod, with errors worded for the command line.

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Reference
 import Tensors
+import Formats
+import Optimizers
 import ViT
 
 /// Correctness of the device's kernels against the slow, obvious references, on the device at

@@ -5,6 +5,8 @@ import Foundation
 import Synchronization
 import Tensors
 import Training
+import Formats
+import Optimizers
 import ViT
 
 struct TrainCommand: ParsableCommand {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import Tensors
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 /// CLIP vision towers beyond the parity fixtures (ParityTests runs every method on both

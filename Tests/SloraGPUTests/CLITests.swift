@@ -2,6 +2,8 @@ import CImageCodecs
 import Foundation
 import Testing
 @testable import Training
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 /// The `sloragpu` executable as a user runs it: fresh processes, exit codes, messages.

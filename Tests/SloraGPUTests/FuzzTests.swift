@@ -3,6 +3,8 @@ import Foundation
 import Testing
 @testable import Tensors
 @testable import Training
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 /// Inputs per parser: a short fixed-seed run in the suite; set SLORAGPU_FUZZ_ITERATIONS for a

@@ -4,6 +4,8 @@ import Foundation
 import Testing
 @testable import Tensors
 @testable import Training
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 // Hostile and damaged input, one representative case per class of failure and the rule it

@@ -3,6 +3,8 @@ import Foundation
 import Testing
 @testable import Tensors
 @testable import Training
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 /// Fixtures written by scripts/make_peft_fixtures.py with transformers 5.23 / 4.57 and PEFT 0.21.

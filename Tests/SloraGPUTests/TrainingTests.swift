@@ -4,6 +4,8 @@ import Foundation
 import Testing
 @testable import Tensors
 @testable import Training
+@testable import Formats
+@testable import Optimizers
 @testable import ViT
 
 /// The tiny fixture architecture (d 32, 2 blocks) with the fixture backbone, for fast runs.

@@ -1,4 +1,6 @@
+import Formats
 import Tensors
+import ViT
 
 /// AdamW over a model's trainable slab in one launch per step: groups give biases, norms, cls
 /// and positions no weight decay, and adapter B matrices `loraPlusRatio` times the learning

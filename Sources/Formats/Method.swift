@@ -58,7 +58,7 @@ public enum LoRATarget: String, Sendable, CaseIterable, Codable {
     case q, k, v, o
 
     /// Index of q/k/v within the fused qkv projection.
-    var qkvIndex: Int? {
+    public var qkvIndex: Int? {
         switch self {
         case .q: 0
         case .k: 1

@@ -1,5 +1,4 @@
 import Foundation
-import Tensors
 
 /// Which checkpoint naming a file uses (DATA_AND_WEIGHTS.md): Linear weights are [out, in]
 /// in all of them (open_clip's visual.proj excepted, which is [in, out]). Each naming's key
@@ -45,6 +44,14 @@ public struct Architecture: Sendable, Codable, Equatable {
         /// The mean of the patch tokens of the last block, without a final LayerNorm
         /// (transformers' CLIPForImageClassification).
         case meanPatches = "mean_patches"
+    }
+
+    /// The MLP's activation.
+    public enum Activation: String, Sendable, Codable {
+        /// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+        case gelu
+        /// CLIP's quick GELU, x sigmoid(1.702 x).
+        case quickGELU = "quick_gelu"
     }
 
     public var family: Family
@@ -160,7 +167,6 @@ public struct ViTConfig: Sendable, Codable, Equatable {
             try check(projection, "projection_dim", 1...Limits.width)
             guard architecture.pooling == .cls else { throw bad("a visual projection needs cls pooling, not \(architecture.pooling.rawValue)") }
         }
-        guard architecture.activation != .none else { throw bad("the MLP needs an activation") }
         guard layerNormEpsilon.isFinite, layerNormEpsilon >= 0, layerNormEpsilon < 1 else {
             throw bad("layer_norm_eps \(layerNormEpsilon) is outside [0, 1)")
         }
@@ -248,7 +254,7 @@ public struct ViTConfig: Sendable, Codable, Equatable {
             try integer(fields, key, range, default: clip ? clipDefault : nil)
         }
         let activationName = fields["hidden_act"] as? String ?? (clip ? "quick_gelu" : "gelu")
-        let activation: Activation
+        let activation: Architecture.Activation
         switch (activationName, clip) {
         case ("gelu", _): activation = .gelu
         case ("quick_gelu", true): activation = .quickGELU
