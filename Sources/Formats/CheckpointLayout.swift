@@ -18,7 +18,20 @@ public struct StoredTensor: Sendable, Equatable {
     public var layerScale: String?
 
     public var keys: [String] {
-        switch form {
+        form.keys
+    }
+}
+
+extension StoredTensor.Form {
+    /// The shape of each stored key.
+    public var shape: [Int] {
+        switch self {
+        case .single(_, let shape), .stacked(_, let shape), .transposed(_, let shape): shape
+        }
+    }
+
+    public var keys: [String] {
+        switch self {
         case .single(let key, _), .transposed(let key, _): [key]
         case .stacked(let keys, _): keys
         }

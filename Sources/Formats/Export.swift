@@ -19,19 +19,24 @@ public enum CheckpointExport {
         for stored in layout.tensors {
             guard stored.layerScale == nil else { throw CheckpointError(file: file, tensor: stored.name, "\(naming.rawValue) folds LayerScale on load and cannot be written back") }
             let all = try source(stored.name)
+            let count = stored.keys.count * (stored.form.shape.reduce(1, *))
+            guard all.count == count else { throw CheckpointError(file: file, tensor: stored.name, "has \(all.count) values, expected \(count)") }
             switch stored.form {
             case .single(let key, let shape):
                 out.append((key, shape, all))
             case .stacked(let keys, let shape):
                 let part = shape.reduce(1, *)
-                guard all.count == part * keys.count else { throw CheckpointError(file: file, tensor: stored.name, "has \(all.count) values, expected \(part * keys.count)") }
                 for (index, key) in keys.enumerated() { out.append((key, shape, Array(all[index * part..<(index + 1) * part]))) }
             case .transposed(let key, let shape):
                 out.append((key, shape, transpose(all, rows: shape[1], columns: shape[0])))
             }
         }
-        out.append((layout.head + ".weight", [config.classes, config.featureWidth], try source("head.weight")))
-        out.append((layout.head + ".bias", [config.classes], try source("head.bias")))
+        let headWeight = try source("head.weight"), headBias = try source("head.bias")
+        guard headWeight.count == config.classes * config.featureWidth, headBias.count == config.classes else {
+            throw CheckpointError(file: file, tensor: "head.weight", "the head holds \(headWeight.count) and \(headBias.count) values, expected [\(config.classes), \(config.featureWidth)] and [\(config.classes)]")
+        }
+        out.append((layout.head + ".weight", [config.classes, config.featureWidth], headWeight))
+        out.append((layout.head + ".bias", [config.classes], headBias))
         return out
     }
 
