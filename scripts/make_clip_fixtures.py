@@ -16,6 +16,9 @@ namings and with the head each naming's ecosystem puts on it:
 - open-clip/: open_clip's visual tower (open_clip_config.json, `visual.*` keys, `visual.proj`
   [d, e]) plus sloragpu's classifier on the image features (ln_post of the cls token, then the
   projection). The script checks open_clip's VisionTransformer gives the reference's features.
+- hf-clip-model/: transformers CLIPModel (the same tower and projection as open-clip/, a tiny
+  random text tower) and features.safetensors, transformers' own get_image_features on the
+  batch (pooler_output), which sloragpu's pooled features must match.
 - For each naming and method (serial r=4 alpha=8; lora q,k,v,o r=4 alpha=4 with LoRA+ ratio 4
   and clipping at norm 1; full; probe): NAMING/METHOD/initial.safetensors, the starting
   trainable tensors in sloragpu's adapter format (HF CLIP names), and expected.safetensors:
@@ -168,6 +171,8 @@ def write_checkpoints(bases, images):
     assert torch.allclose(got, reference, atol=1e-5), (got - reference).abs().max()
     print("transformers CLIPForImageClassification agrees with the reference")
 
+    write_clip_model(bases["open-clip"], images)
+
     directory = os.path.join(OUT, "open-clip")
     os.makedirs(directory, exist_ok=True)
     tensors = open_clip_names(bases["open-clip"])
@@ -183,6 +188,33 @@ def write_checkpoints(bases, images):
         got = visual.eval()(images)
     assert torch.allclose(got, features, atol=1e-5), (got - features).abs().max()
     print("open_clip VisionTransformer agrees with the reference")
+
+
+def write_clip_model(w, images):
+    """CLIPModel: the vision tower, its visual projection and a tiny text tower (ignored)."""
+    from transformers import CLIPConfig, CLIPModel
+    directory = os.path.join(OUT, "hf-clip-model")
+    os.makedirs(directory, exist_ok=True)
+    text = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=64,
+                max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPConfig(vision_config=vision_config().to_dict(), text_config=text, projection_dim=E)
+    config.architectures = ["CLIPModel"]
+    with torch.random.fork_rng():  # the text tower's random init leaves the other fixtures' draws alone
+        model = CLIPModel(config)
+    state = model.state_dict()
+    tower = {k: v for k, v in hf_clip_names(w).items() if not k.startswith("classifier.")}
+    state.update(tower)
+    model.load_state_dict(state, strict=True)
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config.to_json_file(os.path.join(directory, "config.json"))
+    reloaded, info = CLIPModel.from_pretrained(directory, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    with torch.no_grad():
+        features = reloaded.eval().get_image_features(pixel_values=images).pooler_output
+    _, reference = forward(w, images, {"kind": "probe"}, "cls")
+    assert torch.allclose(features, reference, atol=1e-5), (features - reference).abs().max()
+    save_file({"features": features.contiguous()}, os.path.join(directory, "features.safetensors"))
+    print("transformers CLIPModel image features agree with the reference")
 
 
 def adapter_external_name(name):

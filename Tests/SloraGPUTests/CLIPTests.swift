@@ -80,6 +80,21 @@ struct CLIPTests {
                     "\(naming.rawValue) logits")
     }
 
+    /// CLIPModel's vision tower with its visual projection gives transformers' image features
+    /// (get_image_features); its text tower is ignored, and it has no classifier.
+    @Test func clipModelGivesTransformersImageFeatures() throws {
+        let engine = try makeEngine()
+        let checkpoint = try PretrainedCheckpoint(directory: clipFixtures.appendingPathComponent("hf-clip-model"))
+        #expect(checkpoint.naming == .hfCLIP && checkpoint.config.architecture == .clipProjected(24))
+        let loaded = try checkpoint.load(classes: 3)
+        #expect(!loaded.loadedHead && loaded.config.featureWidth == 24)
+        let model = try ViTModel.assemble(engine, config: loaded.config, method: .probe, backbone: loaded.values, seed: 0)
+        let (images, _) = try fixtureBatch(engine, root: clipFixtures)
+        _ = try model.forward(images, keepForBackward: false)
+        let features = try SafeTensorsFile(contentsOf: clipFixtures.appendingPathComponent("hf-clip-model/features.safetensors")).floats("features")
+        expectClose(try #require(model.pooledFeatures).download(), features.map(Double.init), atol: 2e-5, rtol: 1e-4, "CLIPModel image features")
+    }
+
     /// An export writes the same keys and shapes as the ecosystem's own file, reads back to the
     /// same values and architecture, and keeps the fingerprint.
     @Test(arguments: namings)
