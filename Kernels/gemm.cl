@@ -54,8 +54,38 @@
 // (a transposed operand reads MR or NR contiguous floats; a plain one reads MR or NR
 // streams that advance by one float per work-item) and the panel is written sequentially.
 
+// Operands stored in 16 bits (frozen weights) are widened to fp32 here, as they are packed:
+// A_STORAGE / B_STORAGE 0 fp32, 1 fp16 (vload_half: core OpenCL, no cl_khr_fp16), 2 bf16 (ushort,
+// widened exactly by a shift). The micro-kernels only ever see fp32 panels.
+#ifndef A_STORAGE
+#define A_STORAGE 0
+#endif
+#ifndef B_STORAGE
+#define B_STORAGE 0
+#endif
+#if A_STORAGE == 1
+#define A_ELEMENT half
+#define LOAD_A(p, i) vload_half((i), (p))
+#elif A_STORAGE == 2
+#define A_ELEMENT ushort
+#define LOAD_A(p, i) as_float((uint)(p)[i] << 16)
+#else
+#define A_ELEMENT float
+#define LOAD_A(p, i) (p)[i]
+#endif
+#if B_STORAGE == 1
+#define B_ELEMENT half
+#define LOAD_B(p, i) vload_half((i), (p))
+#elif B_STORAGE == 2
+#define B_ELEMENT ushort
+#define LOAD_B(p, i) as_float((uint)(p)[i] << 16)
+#else
+#define B_ELEMENT float
+#define LOAD_B(p, i) (p)[i]
+#endif
+
 // pack_a: global (K, m_panels, batches). Writes zeros for padding rows.
-__kernel void pack_a(__global const float *A, const int a_offset, const int a_row_stride,
+__kernel void pack_a(__global const A_ELEMENT *A, const int a_offset, const int a_row_stride,
                      const int a_col_stride, const int a_batch_stride, const int M, const int K,
                      const float scale, const int m_panels, const int k_total, const int k_destination,
                      __global float *Ap)
@@ -64,15 +94,15 @@ __kernel void pack_a(__global const float *A, const int a_offset, const int a_ro
     const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
-    const __global float *source = A + a_offset + batch * a_batch_stride + k * a_col_stride;
+    const __global A_ELEMENT *source = A + a_offset + batch * a_batch_stride + k * a_col_stride;
     __global float *destination = Ap + ((size_t)(batch * m_panels + panel) * k_total + k_destination + k) * MR;
     const int rows = min(MR, M - panel * MR);
     for (int r = 0; r < MR; ++r)
-        destination[r] = r < rows ? scale * source[(panel * MR + r) * a_row_stride] : 0.0f;
+        destination[r] = r < rows ? scale * LOAD_A(source, (panel * MR + r) * a_row_stride) : 0.0f;
 }
 
 // pack_b: global (K, n_panels, batches). Writes zeros for padding columns.
-__kernel void pack_b(__global const float *B, const int b_offset, const int b_row_stride,
+__kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int b_row_stride,
                      const int b_col_stride, const int b_batch_stride, const int K, const int N,
                      const int n_panels, const int k_total, const int k_destination, __global float *Bp)
 {
@@ -80,15 +110,21 @@ __kernel void pack_b(__global const float *B, const int b_offset, const int b_ro
     const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
-    const __global float *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
+    const __global B_ELEMENT *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
     __global float *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR;
     const int columns = min(NR, N - panel * NR);
+#if B_STORAGE != 2
     if (columns == NR && b_col_stride == 1) {
+#if B_STORAGE == 1
+        for (int v = 0; v < NV; ++v) vstoreV(CAT(vload_half, VW)(v, source + panel * NR), v, destination);
+#else
         for (int v = 0; v < NV; ++v) vstoreV(vloadV(v, source + panel * NR), v, destination);
+#endif
         return;
     }
+#endif
     for (int c = 0; c < NR; ++c)
-        destination[c] = c < columns ? source[(panel * NR + c) * b_col_stride] : 0.0f;
+        destination[c] = c < columns ? LOAD_B(source, (panel * NR + c) * b_col_stride) : 0.0f;
 }
 
 inline float gelu_scalar(const float x) { return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f)); }

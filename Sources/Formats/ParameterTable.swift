@@ -18,6 +18,10 @@ public struct ParameterSpec: Sendable, Equatable {
     public let isUpProjection: Bool
 
     public var count: Int { shape.reduce(1, *) }
+
+    /// A backbone weight matrix (patch embedding, qkv, proj, fc1, fc2, projection): what may be
+    /// stored in 16 bits when frozen. Positions are 2-D but not weights.
+    public var isWeightMatrix: Bool { role == .backbone && shape.count == 2 && decays }
 }
 
 /// Every tensor of a ViT under a fine-tuning method, in one table that drives loading, the

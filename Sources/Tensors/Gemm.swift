@@ -158,7 +158,7 @@ extension Engine {
                      activation: Activation = .none, preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
         let problem = try GemmProblem(self, terms, into: cOperand, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
         let profile = gemmProfile
-        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0,
+        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, problem.allOperandsFP32,
            try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
             return
         }
@@ -197,6 +197,7 @@ extension Engine {
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         // A single product with a plain (non-transposed, unit column stride) A reads A in place.
         let directA = p.terms.count == 1 && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && profile.directA
+            && p.aViews[0].tensor.dtype == .float32
         let microOptions = directA ? options + " -DDIRECT_A" : options
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
                                           batches: (p.aPackedBatches, p.bPackedBatches), packA: !directA)
@@ -290,14 +291,18 @@ private struct GemmProblem {
                 throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
             }
         }
-        let tensors = terms.flatMap { [$0.a.tensor, $0.b.tensor] } + [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
-        for tensor in tensors {
+        // Operands may be stored in fp16 or bf16 (frozen weights; widened as they are packed);
+        // C, the bias and the pre-activation are fp32.
+        let operands = terms.flatMap { [$0.a.tensor, $0.b.tensor] }
+        let outputs = [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
+        for tensor in operands + outputs {
             guard tensor.engine === engine else { throw TensorError.foreignEngine(operation: operation) }
-            try tensor.expect(.float32, operation)
             guard tensor.offset + tensor.count <= Int(Int32.max) else {
                 throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
             }
         }
+        for tensor in operands where !tensor.dtype.isFloatingPoint { try tensor.expect(.float32, operation) }
+        for tensor in outputs { try tensor.expect(.float32, operation) }
         var flags: Int32 = 0
         if bias != nil { flags |= 1 }
         if activation != .none { flags |= 2 }
@@ -317,6 +322,9 @@ private struct GemmProblem {
         (self.bias, self.preTensor, self.flags) = (bias, preTensor, flags)
     }
 
+    /// Whether every operand is fp32 (the paths that read operands in place need that).
+    var allOperandsFP32: Bool { terms.allSatisfy { $0.a.tensor.dtype == .float32 && $0.b.tensor.dtype == .float32 } }
+
     /// C, its offset, row stride and batch stride.
     var cArguments: [KernelArgument] {
         let c = output.tensor
@@ -328,6 +336,17 @@ private struct GemmProblem {
         let c = output.tensor
         return [.buffer((bias ?? c).buffer), .int32(Int32((bias ?? c).offset)), .int32(flags),
                 .buffer((preTensor ?? c).buffer), .int32(Int32((preTensor ?? c).offset))]
+    }
+}
+
+extension Engine {
+    /// The packing kernels' build option for an operand stored as `dtype` (none for fp32).
+    fileprivate static func storageOption(_ side: String, _ dtype: DType) -> String {
+        switch dtype {
+        case .float16: " -D\(side)_STORAGE=1"
+        case .bfloat16: " -D\(side)_STORAGE=2"
+        default: ""
+        }
     }
 }
 
@@ -345,11 +364,12 @@ extension Engine {
         guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
             throw TensorError.tooLarge(operation: "gemm", elements: max(packedA.count, packedB.count))
         }
-        let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options)
-        let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options)
         var kDestination = 0
         for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
             let k = a.columns
+            // A 16-bit operand packs through a build that widens it (A_STORAGE / B_STORAGE).
+            let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options + Self.storageOption("A", a.tensor.dtype))
+            let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options + Self.storageOption("B", b.tensor.dtype))
             if packA {
                 try packAKernel.setArguments([
                     .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),

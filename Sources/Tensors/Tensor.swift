@@ -2,19 +2,25 @@ import CLRuntime
 import Foundation
 
 /// Element types of device storage: fp32 for all math; int32 for labels; uint8 for
-/// per-parameter group ids. fp16/bf16 storage will add cases here and the launchers will pick
-/// kernels by dtype.
-public enum DType: String, Sendable, CustomStringConvertible {
+/// per-parameter group ids; fp16 and bf16 for storing frozen weights at half the bytes (the
+/// GEMM converts them to fp32 as it packs, so the math stays fp32).
+public enum DType: String, Sendable, CustomStringConvertible, CaseIterable {
     case float32
     case int32
     case uint8
+    case float16
+    case bfloat16
 
     public var byteCount: Int {
         switch self {
         case .float32, .int32: 4
         case .uint8: 1
+        case .float16, .bfloat16: 2
         }
     }
+
+    /// fp32 and the two 16-bit float storage types.
+    public var isFloatingPoint: Bool { self == .float32 || self == .float16 || self == .bfloat16 }
 
     public var description: String { rawValue }
 }
@@ -35,6 +41,33 @@ extension Int32: DeviceElement {
 
 extension UInt8: DeviceElement {
     public static var dtype: DType { .uint8 }
+}
+
+extension Float16: DeviceElement {
+    public static var dtype: DType { .float16 }
+}
+
+/// bfloat16 storage: the upper 16 bits of an fp32. OpenCL has no such type; the kernels read
+/// it as ushort and widen it exactly with a shift.
+public struct BFloat16: DeviceElement, Equatable {
+    public var bits: UInt16
+    public static var dtype: DType { .bfloat16 }
+    public static var zero: BFloat16 { BFloat16(bits: 0) }
+
+    public init(bits: UInt16) { self.bits = bits }
+
+    /// Rounded to nearest, ties to even. A NaN stays a (quiet) NaN: the rounding formula alone
+    /// would carry some NaN payloads into the exponent and give Inf.
+    public init(_ value: Float) {
+        let u = value.bitPattern
+        if value.isNaN {
+            bits = UInt16(truncatingIfNeeded: u >> 16) | 0x0040
+        } else {
+            bits = UInt16(truncatingIfNeeded: (u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
+        }
+    }
+
+    public var float: Float { Float(bitPattern: UInt32(bits) << 16) }
 }
 
 /// A pooled device buffer; it returns to its engine's pool when the last tensor using it goes.
@@ -95,8 +128,15 @@ public struct Tensor {
         return Tensor(shape: shape, dtype: dtype, offset: offset, storage: storage)
     }
 
-    /// Copies the tensor to the host, waiting for all enqueued work that precedes it.
-    public func download() throws -> [Float] { try download(as: Float.self) }
+    /// Copies the tensor to the host, waiting for all enqueued work that precedes it (16-bit
+    /// storage widened to fp32 exactly).
+    public func download() throws -> [Float] {
+        switch dtype {
+        case .float16: try download(as: Float16.self).map(Float.init)
+        case .bfloat16: try download(as: BFloat16.self).map(\.float)
+        default: try download(as: Float.self)
+        }
+    }
 
     public func download<Element: DeviceElement>(as _: Element.Type) throws -> [Element] {
         try expect(Element.dtype, "download")
@@ -207,6 +247,19 @@ extension Engine {
     /// fp32 from host values (array literals land here).
     public func tensor(_ values: [Float], shape: [Int]) throws -> Tensor {
         try tensor(values as [Float], elementsShape: shape)
+    }
+
+    /// fp32 host values stored as `storage` (fp32, or rounded to nearest even into fp16 or
+    /// bf16), uploaded and waited for (weights: no staging copy).
+    public func tensor(_ values: [Float], shape: [Int], storage: DType) throws -> Tensor {
+        let tensor = try empty(shape, dtype: storage)
+        switch storage {
+        case .float32: try tensor.uploadAndWait(values)
+        case .float16: try tensor.uploadAndWait(values.map { Float16($0) })
+        case .bfloat16: try tensor.uploadAndWait(values.map(BFloat16.init))
+        case .int32, .uint8: throw TensorError.dtypeMismatch(operation: "tensor(storage:)", expected: .float16, actual: storage)
+        }
+        return tensor
     }
 
     public func tensor<Element: DeviceElement>(_ values: [Element], shape: [Int]) throws -> Tensor {

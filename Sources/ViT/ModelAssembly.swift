@@ -7,15 +7,16 @@ extension ViTModel {
     /// one), with `adapter`'s trainable tensors when given, else fresh ones (A Kaiming-uniform,
     /// B zero, a new head) from `seed`. Consumes the values: each host array is freed once on
     /// the device.
+    /// `weightStorage`: how the frozen weight matrices are stored on the device (ViTParameters).
     public static func assemble(_ engine: Engine, config: ViTConfig, method: FineTuningMethod, backbone: consuming [String: [Float]],
-                                adapter: AdapterFile.Contents? = nil, seed: UInt64) throws -> ViTModel {
+                                adapter: AdapterFile.Contents? = nil, seed: UInt64, weightStorage: DType = .float32) throws -> ViTModel {
         let specs = ParameterTable.specs(config, method)
         var values = initialValues(for: specs, seed: seed)
         values.merge(backbone) { $1 }
         if let adapter {
             for (name, value) in adapter.values { values[name] = value }
         }
-        let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values)
+        let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values, weightStorage: weightStorage)
         return try ViTModel(engine: engine, config: config, method: method, parameters: parameters)
     }
 
@@ -23,7 +24,8 @@ extension ViTModel {
     /// architecture and, unless `allowOtherBase`, the base fingerprint; `adapterPath` names it
     /// in errors). `backbone.values` is emptied, so that the model holds the only copy.
     public static func build(_ engine: Engine, backbone: inout Backbone, method: FineTuningMethod, seed: UInt64,
-                             adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false) throws -> ViTModel {
+                             adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false,
+                             weightStorage: DType = .float32) throws -> ViTModel {
         let config = backbone.config
         try method.validate(width: config.width)
         if let adapter {
@@ -32,7 +34,8 @@ extension ViTModel {
         }
         let values = backbone.values
         backbone.values = [:]
-        let model = try assemble(engine, config: config, method: method, backbone: consume values, adapter: adapter, seed: seed)
+        let model = try assemble(engine, config: config, method: method, backbone: consume values, adapter: adapter, seed: seed,
+                                 weightStorage: weightStorage)
         model.baseFingerprint = backbone.fingerprint
         return model
     }

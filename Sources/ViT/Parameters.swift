@@ -15,14 +15,23 @@ public final class ViTParameters {
     public let gradientSlab: Tensor
     public let groupIDs: Tensor
     public let trainableNames: [String]
+    /// How the frozen weight matrices are stored (everything else is fp32).
+    public let weightStorage: DType
 
-    /// `values` holds every spec's host values under its internal name.
+    /// `values` holds every spec's host values under its internal name. `weightStorage` (fp32,
+    /// fp16 or bf16) is the device storage of the frozen weight matrices (patch, qkv, proj, fc1,
+    /// fc2, projection): the GEMM widens them as it packs, so all math stays fp32. Biases,
+    /// norms, cls and positions, trainable tensors, gradients and optimizer state stay fp32.
     /// Consumes `values`: each frozen tensor's host copy is dropped as soon as it is on the
     /// device, so loading peaks near one copy of the weights rather than two (pass a temporary
     /// or `consume` a local, or the caller's reference keeps every array alive).
-    public init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]]) throws {
+    public init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]], weightStorage: DType = .float32) throws {
+        guard weightStorage.isFloatingPoint else {
+            throw ConfigError("weights cannot be stored as \(weightStorage): use float32, float16 or bfloat16")
+        }
         self.engine = engine
         self.specs = specs
+        self.weightStorage = weightStorage
         let trainable = specs.filter(\.trainable)
         trainableNames = trainable.map(\.name)
         let total = trainable.reduce(0) { $0 + $1.count }
@@ -40,9 +49,7 @@ public final class ViTParameters {
                 let group: ParameterGroup = spec.isUpProjection ? .upProjection : spec.decays ? .decay : .noDecay
                 groups += [UInt8](repeating: group.rawValue, count: spec.count)
             } else {
-                let tensor = try engine.empty(spec.shape)
-                try tensor.uploadAndWait(host)
-                tensors[spec.name] = tensor
+                tensors[spec.name] = try engine.tensor(host, shape: spec.shape, storage: spec.isWeightMatrix ? weightStorage : .float32)
             }
         }
         slab = try engine.tensor(slabValues, shape: [total])

@@ -197,6 +197,7 @@ struct TrainBench: ParsableCommand {
     var warmup = 2
     @Option(help: "recompute (default) or keep block intermediates for the backward.")
     var activations: ActivationMemory = .recompute
+    @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Print device time per kernel over the timed steps.")
     var profile = false
     @Flag(help: "One JSON object instead of text.")
@@ -221,7 +222,8 @@ struct TrainBench: ParsableCommand {
         var generator = SeededGenerator(seed: 1)
         // The host copies of the weights are a temporary: once uploaded they are gone, as in a
         // real run, so the peak RSS measures what training holds.
-        let network = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 3), seed: 2)
+        let network = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 3), seed: 2,
+                                            weightStorage: weights.storage.dtype)
         let parameters = network.parameters
         network.activationMemory = activations
         let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
@@ -252,14 +254,14 @@ struct TrainBench: ParsableCommand {
         let activationPlan = fineTuning == .full ? "keep (full fine-tuning)" : fineTuning == .probe ? "none (probe)" : activations.rawValue
         if json {
             let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
-                                         "rank": rank, "activations": activationPlan, "trainable": parameters.trainableCount, "step_seconds": seconds,
+                                         "rank": rank, "activations": activationPlan, "weights": weights.storage.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
                                          "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
                                          "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
                                          "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
-            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
-                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, seconds * 1e3,
+            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@, weights %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
+                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, weights.storage.rawValue, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
             print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
                          Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, firstStep, compiled,

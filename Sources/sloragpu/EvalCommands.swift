@@ -16,6 +16,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Adapter: a run's adapter.safetensors (or checkpoints/best/adapter.safetensors), or a PEFT LoRA adapter directory. Without it, --model must be a classification checkpoint (its own head and id2label).")
     var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Apply the adapter even if it was trained on another base (its recorded base fingerprint differs).")
     var allowOtherBase = false
     @Option(help: "fashion-mnist, idx:DIR, folder:DIR or synthetic.")
@@ -35,7 +36,8 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine)
+        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine,
+                                        weightStorage: weights.storage.dtype)
         let model = classifier.model
         let (_, testSet) = try loadData(data, imageSize: model.config.imageSize, seed: 0)
         let test = testSet.prefix(testLimit)
@@ -85,17 +87,19 @@ struct Classifier {
     let description: String
     let adapterPath: String?
 
-    init(adapterPath: String?, modelOptions: ModelOptions, allowOtherBase: Bool, engine: Engine) throws {
+    init(adapterPath: String?, modelOptions: ModelOptions, allowOtherBase: Bool, engine: Engine, weightStorage: DType) throws {
         self.adapterPath = adapterPath
         if let adapterPath {
             let contents = try loadAdapter(adapterPath, modelOptions: modelOptions)
             let (model, backbone) = try buildModel(engine, modelOptions, method: contents.method, classes: contents.config.classes, seed: 0,
-                                                   adapter: contents, adapterPath: adapterPath, allowOtherBase: allowOtherBase)
+                                                   adapter: contents, adapterPath: adapterPath, allowOtherBase: allowOtherBase,
+                                                   weightStorage: weightStorage)
             self.model = model
             classNames = contents.classNames
             description = "\(backbone.source) + \(contents.method) from \(adapterPath); \(model.config.imageSize) px, normalisation from \(backbone.normalization)"
         } else {
-            let (model, backbone) = try buildModel(engine, modelOptions, method: .probe, classes: nil, seed: 0, defaultImageSize: nil)
+            let (model, backbone) = try buildModel(engine, modelOptions, method: .probe, classes: nil, seed: 0, defaultImageSize: nil,
+                                                   weightStorage: weightStorage)
             guard backbone.hasHead else {
                 throw ValidationError("\(backbone.source) has no classification head: give --adapter, or a checkpoint with a classifier (ViTForImageClassification, the output of merge)")
             }
@@ -131,6 +135,7 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Adapter (a sloragpu adapter file or a PEFT LoRA directory); without it --model must be a classification checkpoint.")
     var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Apply the adapter even if it was trained on another base.")
     var allowOtherBase = false
     @Option(help: "How many classes to show per image.")
@@ -146,7 +151,8 @@ struct PredictCommand: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine)
+        let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine,
+                                        weightStorage: weights.storage.dtype)
         let model = classifier.model
         let size = model.config.imageSize, classes = model.config.classes
         let preprocessor = Preprocessor(outputSize: size, mean: model.config.mean, std: model.config.std)

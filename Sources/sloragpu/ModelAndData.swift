@@ -97,10 +97,10 @@ func loadData(_ spec: String, imageSize: Int, seed: UInt64) throws -> (ImageData
 /// own head and classes.
 func buildModel(_ engine: Engine, _ modelOptions: ModelOptions, method: FineTuningMethod, classes: Int?, seed: UInt64,
                 adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false,
-                defaultImageSize: Int? = 112) throws -> (ViTModel, Backbone) {
+                defaultImageSize: Int? = 112, weightStorage: DType = .float32) throws -> (ViTModel, Backbone) {
     var backbone = try modelOptions.load(classes: classes, defaultImageSize: adapter?.config.imageSize ?? defaultImageSize)
     let model = try ViTModel.build(engine, backbone: &backbone, method: method, seed: seed, adapter: adapter, adapterPath: adapterPath,
-                                   allowOtherBase: allowOtherBase)
+                                   allowOtherBase: allowOtherBase, weightStorage: weightStorage)
     return (model, backbone)
 }
 

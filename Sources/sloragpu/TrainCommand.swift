@@ -25,6 +25,7 @@ struct TrainCommand: ParsableCommand {
     /// --resume parses the same run again.
     struct RunOptions: ParsableArguments {
         @OptionGroup var modelOptions: ModelOptions
+        @OptionGroup var weights: WeightStorageOption
         @Option(help: "fashion-mnist, idx:DIR (MNIST-style IDX files), folder:DIR (train/ and test/ with a folder per class) or synthetic.")
         var data = "fashion-mnist"
         @Option(help: "serial, lora, full or probe.")
@@ -152,7 +153,7 @@ struct TrainCommand: ParsableCommand {
         }
         let (model, backbone) = try buildModel(engine, options.modelOptions, method: method, classes: train.classNames.count,
                                                seed: options.seed, adapter: initial, adapterPath: options.initAdapter ?? "",
-                                               allowOtherBase: options.allowOtherBase)
+                                               allowOtherBase: options.allowOtherBase, weightStorage: options.weights.storage.dtype)
         model.activationMemory = options.activations
         let training = try trainingOptions(options, trainImages: train.count)
 
@@ -166,7 +167,8 @@ struct TrainCommand: ParsableCommand {
         if resume == nil { try recordFreshRun(runDirectory, output: output) }
 
         print("device:   \(engine.device.name)")
-        print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)")
+        print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
+              + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)"))
         print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
         print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
         print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")

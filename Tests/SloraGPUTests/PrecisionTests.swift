@@ -1,0 +1,115 @@
+import Foundation
+import Reference
+import Testing
+@testable import Formats
+@testable import Tensors
+@testable import ViT
+
+/// 16-bit storage of frozen weights: the conversions, every GEMM path reading an fp16 or bf16
+/// operand, and the model under each storage type against the fp32 PyTorch fixtures.
+@Suite("16-bit weight storage")
+struct PrecisionTests {
+    @Test func bfloat16RoundsToNearestEvenAndKeepsNaNAndInf() {
+        #expect(BFloat16(1).bits == 0x3F80 && BFloat16(-0.0).bits == 0x8000)
+        // Halfway cases go to the even neighbour; just above halfway rounds up.
+        #expect(BFloat16(Float(bitPattern: 0x3F80_8000)).bits == 0x3F80)
+        #expect(BFloat16(Float(bitPattern: 0x3F81_8000)).bits == 0x3F82)
+        #expect(BFloat16(Float(bitPattern: 0x3F80_8001)).bits == 0x3F81)
+        #expect(BFloat16(.infinity).float == .infinity && BFloat16(-.infinity).float == -.infinity)
+        #expect(BFloat16(.greatestFiniteMagnitude).float == .infinity)      // beyond bf16's largest finite value
+        // Every NaN stays NaN, including payloads the plain rounding would carry into Inf.
+        for bits: UInt32 in [0x7FC0_0000, 0x7F80_0001, 0x7FFF_FFFF, 0xFF80_0001, 0x7F80_FFFF] {
+            #expect(BFloat16(Float(bitPattern: bits)).float.isNaN, "NaN \(String(bits, radix: 16))")
+        }
+        // The widening is exact: every bf16 value survives a round trip.
+        for bits: UInt16 in [0x0001, 0x3F80, 0x4049, 0x7F7F, 0x8001, 0xC2F7] { #expect(BFloat16(BFloat16(bits: bits).float).bits == bits) }
+    }
+
+    @Test(arguments: [DType.float16, .bfloat16])
+    func storageRoundTripsThroughTheDevice(storage: DType) throws {
+        let engine = try makeEngine()
+        let values = uniformValues(1001, seed: 1, scale: 3) + [0, -0.0, 65504, 1e-8, .infinity, -.infinity]
+        let tensor = try engine.tensor(values, shape: [values.count], storage: storage)
+        #expect(tensor.dtype == storage && tensor.byteCount == 2 * values.count)
+        let expected = storage == .float16 ? values.map { Float(Float16($0)) } : values.map { BFloat16($0).float }
+        #expect(try tensor.download() == expected)
+        #expect(throws: TensorError.self) { _ = try engine.tensor(values, shape: [values.count], storage: .int32) }
+    }
+
+    /// GEMM paths x stored type: the CPU profile (packed; A read in place when fp32, so a
+    /// 16-bit A must pack; the skinny kernels for narrow products, which a 16-bit operand
+    /// leaves), the GPU profile's tiled kernel, transposes, and a two-term sum mixing a 16-bit
+    /// weight with an fp32 adapter term (Serial LoRA's fused qkv). The reference multiplies the
+    /// stored values, so results agree up to fp32 accumulation order.
+    @Test(arguments: [DType.float16, .bfloat16], [false, true])
+    func everyGemmPathReadsTheStoredType(storage: DType, tiled: Bool) throws {
+        let engine = try makeEngine()
+        if tiled { engine.gemmProfile = .gpu }
+        for (m, n, k) in [(65, 72, 40), (197, 8, 33), (8, 100, 37), (3, 5, 7)] {
+            for (storedA, storedB) in [(true, false), (false, true), (true, true)] {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let a0 = uniformValues(m * k, seed: 2), b0 = uniformValues(k * n, seed: 3)
+                    let a = try engine.tensor(a0, shape: ta ? [k, m] : [m, k], storage: storedA ? storage : .float32)
+                    let b = try engine.tensor(b0, shape: tb ? [n, k] : [k, n], storage: storedB ? storage : .float32)
+                    let c = try engine.empty([m, n])
+                    try engine.gemm(a, b, into: c, transposeA: ta, transposeB: tb)
+                    let expected = Reference.matmul(try a.download(), try b.download(), m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                    expectClose(try c.download(), expected, atol: GemmTests.tolerance(k: k), rtol: 1e-5,
+                                "\(storage) \(tiled ? "tiled" : "packed") \(m)x\(n)x\(k) A\(storedA ? "16" : "32")\(ta ? "T" : "N") B\(storedB ? "16" : "32")\(tb ? "T" : "N")")
+                }
+            }
+        }
+        // [u | s t] [W | C]^T + b with W stored in 16 bits, C and the rest fp32.
+        let (rows, d, r) = (37, 24, 4)
+        let u = uniformValues(rows * d, seed: 4), t = uniformValues(rows * r, seed: 5), w0 = uniformValues(3 * d * d, seed: 6)
+        let c0 = uniformValues(3 * d * r, seed: 7), bias = uniformValues(3 * d, seed: 8)
+        let w = try engine.tensor(w0, shape: [3 * d, d], storage: storage)
+        let out = try engine.empty([rows, 3 * d])
+        try engine.gemm(sum: [GemmTerm(try engine.tensor(u, shape: [rows, d]), w, transposeB: true),
+                              GemmTerm(try engine.tensor(t, shape: [rows, r]), try engine.tensor(c0, shape: [3 * d, r]), transposeB: true, scale: 0.5)],
+                        into: out, bias: try engine.tensor(bias, shape: [3 * d]))
+        let first = Reference.matmul(u, try w.download(), m: rows, n: 3 * d, k: d, transposeB: true)
+        let second = Reference.matmul(t, c0, m: rows, n: 3 * d, k: r, transposeB: true)
+        var wanted = [Double](repeating: 0, count: rows * 3 * d)
+        for index in 0..<wanted.count { wanted[index] = first[index] + 0.5 * second[index] + Double(bias[index % (3 * d)]) }
+        expectClose(try out.download(), wanted, atol: 1e-4, rtol: 1e-5, "\(storage) two-term sum")
+        // C must stay fp32.
+        #expect(throws: TensorError.self) { try engine.gemm(w, try engine.zeros([d, 2]), into: try engine.empty([3 * d, 2], dtype: storage)) }
+    }
+
+    /// The parity fixtures with the frozen matrices stored in 16 bits, against PyTorch's fp32
+    /// results. Tolerances come from the formats' rounding (unit roundoff 2^-11 for fp16, 2^-8
+    /// for bf16) amplified through a few layers: relative errors (as norms over the whole
+    /// tensor) of at most 2e-3 for fp16 and 2e-2 for bf16. The fp32 path stays the exact-parity
+    /// path (ParityTests).
+    @Test(arguments: [DType.float16, .bfloat16], ["serial", "lora", "probe"])
+    func modelUnderSixteenBitWeightsStaysNearPyTorch(storage: DType, method: String) throws {
+        let engine = try makeEngine()
+        let adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("\(method)/initial.safetensors"))
+        let backbone = try CheckpointReader(file: try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("hf-vit/model.safetensors")),
+                                            naming: .hfViT, config: adapter.config)
+        let model = try ViTModel.assemble(engine, config: adapter.config, method: adapter.method, backbone: backbone.values, adapter: adapter,
+                                          seed: 0, weightStorage: storage)
+        #expect(try model.parameters.tensor("blocks.0.qkv.weight").dtype == storage)
+        #expect(try model.parameters.tensor("blocks.0.qkv.bias").dtype == .float32 && model.parameters.slab.dtype == .float32)
+        let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(method)/expected.safetensors"))
+        let (images, labels) = try fixtureBatch(engine)
+        let bound = storage == .float16 ? 2e-3 : 2e-2
+        func relativeError(_ got: [Float], _ want: [Float]) -> Double {
+            let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
+        }
+        try model.parameters.zeroGradients()
+        let logits = try model.forward(images).download()
+        let logitsError = relativeError(logits, try expected.floats("logits"))
+        #expect(logitsError <= bound, "\(storage) \(method) logits: relative error \(logitsError)")
+        print("PRECISION \(storage) \(method) logits \(logitsError)")
+        try model.backward(try model.loss(labels: labels).dLogits)
+        for name in model.parameters.trainableNames {
+            let error = relativeError(try model.parameters.gradient(name)!.download(), try expected.floats("grad/" + name))
+            #expect(error <= bound, "\(storage) \(method) gradient of \(name): relative error \(error)")
+        }
+        // 16-bit is not exact: the errors are there, and of the format's size.
+        #expect(logitsError > 0)
+    }
+}
