@@ -134,6 +134,20 @@ struct TrainingCLITests {
         #expect(checkpoint.naming == .hfViT && checkpoint.config.classes == 10 && checkpoint.config.imageSize == 16)
     }
 
+    @Test func sixteenBitWeightsOnTheCommandLine() throws {
+        let output = try makeTemporaryDirectory()
+        let train = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--weights", "fp16", "--output", output.path])
+        #expect(train.status == 0, "\(train.standardError)")
+        #expect(train.standardOutput.contains("frozen weights in fp16") && train.standardOutput.contains("test accuracy"))
+        let saved = try JSONDecoder().decode([String].self, from: Data(contentsOf: output.appendingPathComponent("run.json")))
+        #expect(saved.contains("--weights") && saved.contains("fp16"))
+        let eval = try runSloragpu(["eval", "--adapter", output.appendingPathComponent("adapter.safetensors").path, "--model", fixtureModel,
+                                    "--data", "synthetic", "--weights", "bf16"])
+        #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
+        let bad = try runSloragpu(["train"] + common + ["--weights", "int4"])
+        #expect(bad.status != 0 && bad.standardError.contains("fp32") && bad.standardError.contains("bf16"), "\(bad.standardError)")
+    }
+
     @Test func ctrlCSavesACheckpointAndResumeFinishesTheRun() throws {
         let output = try makeTemporaryDirectory()
         let (process, errorPipe) = try startTrainingUntilTwoSteps(common + ["--steps", "400"], output: output)

@@ -78,10 +78,11 @@ struct PrecisionTests {
     }
 
     /// The parity fixtures with the frozen matrices stored in 16 bits, against PyTorch's fp32
-    /// results. Tolerances come from the formats' rounding (unit roundoff 2^-11 for fp16, 2^-8
-    /// for bf16) amplified through a few layers: relative errors (as norms over the whole
-    /// tensor) of at most 2e-3 for fp16 and 2e-2 for bf16. The fp32 path stays the exact-parity
-    /// path (ParityTests).
+    /// results. The bound is 8 unit roundoffs of the format (2^-11 for fp16, 2^-8 for bf16:
+    /// 3.9e-3 and 3.1e-2) on the relative error of each whole tensor: the weights' rounding
+    /// error passes through two blocks and the head. Measured here: fp16 logits 2.8e-4 to
+    /// 3.7e-4 and gradients up to 1.5e-3 (LoRA); bf16 logits 4.4e-3 to 4.8e-3 and gradients up
+    /// to 1.8e-2. The fp32 path stays the exact-parity path (ParityTests).
     @Test(arguments: [DType.float16, .bfloat16], ["serial", "lora", "probe"])
     func modelUnderSixteenBitWeightsStaysNearPyTorch(storage: DType, method: String) throws {
         let engine = try makeEngine()
@@ -94,7 +95,7 @@ struct PrecisionTests {
         #expect(try model.parameters.tensor("blocks.0.qkv.bias").dtype == .float32 && model.parameters.slab.dtype == .float32)
         let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(method)/expected.safetensors"))
         let (images, labels) = try fixtureBatch(engine)
-        let bound = storage == .float16 ? 2e-3 : 2e-2
+        let bound = 8 * (storage == .float16 ? 0x1p-11 : 0x1p-8)
         func relativeError(_ got: [Float], _ want: [Float]) -> Double {
             let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
             return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
@@ -103,7 +104,6 @@ struct PrecisionTests {
         let logits = try model.forward(images).download()
         let logitsError = relativeError(logits, try expected.floats("logits"))
         #expect(logitsError <= bound, "\(storage) \(method) logits: relative error \(logitsError)")
-        print("PRECISION \(storage) \(method) logits \(logitsError)")
         try model.backward(try model.loss(labels: labels).dLogits)
         for name in model.parameters.trainableNames {
             let error = relativeError(try model.parameters.gradient(name)!.download(), try expected.floats("grad/" + name))
