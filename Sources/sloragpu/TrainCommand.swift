@@ -164,7 +164,7 @@ struct TrainCommand: ParsableCommand {
         defer { withExtendedLifetime(runDirectory) {} }
         let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
                                   classNames: train.classNames, resume: resumeCheckpoint)
-        if resume == nil { try recordFreshRun(runDirectory, output: output) }
+        if resume == nil { try recordFreshRun(runDirectory, output: output, weights: options.weights.storage) }
 
         print("device:   \(engine.device.name)")
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
@@ -189,7 +189,9 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
         }
         var options: RunOptions
-        do { options = try RunOptions.parse(saved) } catch {
+        // Runs saved before --weights existed trained with fp32 weights, and resume in fp32.
+        let arguments = saved.contains { $0 == "--weights" || $0.hasPrefix("--weights=") } ? saved : saved + ["--weights", "fp32"]
+        do { options = try RunOptions.parse(arguments) } catch {
             throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
         }
         options.output = directory.path
@@ -233,12 +235,14 @@ struct TrainCommand: ParsableCommand {
     }
 
     /// A fresh run's directory is emptied of another run's files, and run.json records the
-    /// run's own arguments (after `train`) minus --device, since a resume may use another device.
-    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL) throws {
+    /// run's own arguments (after `train`) minus --device, since a resume may use another device,
+    /// plus the weight storage in effect, so that a resume keeps it whatever the default becomes.
+    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, weights: WeightStorageOption.Storage) throws {
         try runDirectory.prepareForFreshRun()
         var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
         if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
         arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
+        if !arguments.contains(where: { $0 == "--weights" || $0.hasPrefix("--weights=") }) { arguments += ["--weights", weights.rawValue] }
         try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
     }
 

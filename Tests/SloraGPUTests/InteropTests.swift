@@ -234,7 +234,9 @@ struct InteropCommandLineTests {
         #expect((summary?["options"] as? [String: Any])?["learningRate"] != nil && summary?["baseFingerprint"] is String)
 
         let adapter = output.appendingPathComponent("adapter.safetensors").path
-        let common = ["--data", "synthetic", "--test-limit", "32"]
+        // fp32 weights: the adapter, PEFT and merged paths then agree exactly (in 16 bits a merged
+        // W + s B A rounds differently from W alone).
+        let common = ["--data", "synthetic", "--test-limit", "32", "--weights", "fp32"]
         let withAdapter = try runSloragpu(["eval", "--adapter", adapter, "--model", base] + common)
         let viaPEFT = try runSloragpu(["eval", "--adapter", peft.path, "--model", base] + common)
         let merged = output.appendingPathComponent("merged")
