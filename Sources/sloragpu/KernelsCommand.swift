@@ -26,6 +26,7 @@ struct KernelsCommand: ParsableCommand {
     var rank = 8
     @Option(help: "recompute or keep (the activation plan of the training to warm).")
     var activations: ActivationMemory = .recompute
+    @OptionGroup var weights: WeightStorageOption
     @Option(help: "Classes of the head (the skinny head GEMMs are built per class count).")
     var classes = 10
     @Flag(help: "Only the programs with their default options (no model step).")
@@ -48,7 +49,8 @@ struct KernelsCommand: ParsableCommand {
             config.classes = classes
             let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: LoRATarget.allCases)
             try fineTuning.validate(width: config.width)
-            let model = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 2), seed: 1)
+            let model = try ViTModel.assemble(engine, config: config, method: fineTuning, backbone: randomBackboneValues(for: config, seed: 2), seed: 1,
+                                              weightStorage: weights.storage.dtype)
             let parameters = model.parameters
             model.activationMemory = activations
             let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4), maxGradientNorm: 1)
@@ -62,7 +64,7 @@ struct KernelsCommand: ParsableCommand {
             _ = try model.forward(images, keepForBackward: false)
             _ = try model.loss(labels: labels)
             try engine.synchronize()
-            print("Model: \(config.layers) blocks of width \(config.width), \(config.imageSize) px, \(fineTuning), activations \(activations.rawValue)")
+            print("Model: \(config.layers) blocks of width \(config.width), \(config.imageSize) px, \(fineTuning), activations \(activations.rawValue), weights \(weights.storage.rawValue)")
         }
         for record in engine.kernels.buildRecords {
             let outcome: String
