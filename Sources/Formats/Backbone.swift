@@ -16,6 +16,9 @@ public struct Backbone {
     public var hasHead: Bool
     /// The checkpoint's naming (HF ViT for presets).
     public var naming: CheckpointNaming
+    /// How the checkpoint stores its floating-point tensors: F16 or BF16 when all of them are,
+    /// else F32 (and F32 for presets). Merge and export write this by default.
+    public var fileDType: SafeTensorsDType = .F32
 
     public init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String,
                 naming: CheckpointNaming = .hfViT) {
@@ -29,9 +32,12 @@ public struct Backbone {
     public static func load(directory: URL, imageSize: Int?, classes: Int?) throws -> Backbone {
         let checkpoint = try PretrainedCheckpoint(directory: directory)
         let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? checkpoint.preferredImageSize, classes: classes ?? checkpoint.config.classes)
-        return Backbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))", classNames: checkpoint.classNames,
-                        fingerprint: BaseFingerprint.of(values, config: config), normalization: checkpoint.normalizationSource,
-                        naming: checkpoint.naming)
+        var backbone = Backbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
+                                classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
+                                normalization: checkpoint.normalizationSource, naming: checkpoint.naming)
+        let floating = Set(checkpoint.file.entries.map(\.dtype).filter { [.F32, .F16, .BF16, .F64].contains($0) })
+        if floating.count == 1, let only = floating.first, only == .F16 || only == .BF16 { backbone.fileDType = only }
+        return backbone
     }
 
     /// A preset (`vit-s/14`) with random weights.

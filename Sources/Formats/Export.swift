@@ -42,10 +42,12 @@ public enum CheckpointExport {
 
     /// A checkpoint directory in `naming`: the weights (model.safetensors), the config file, and
     /// the preprocessor_config.json of its normalisation and input size.
-    public static func write(_ values: [String: [Float]], config: ViTConfig, naming: CheckpointNaming, classNames: [String], to directory: URL) throws {
+    /// `dtype`: the weights' file type (F32, or F16 / BF16 as the base was stored).
+    public static func write(_ values: [String: [Float]], config: ViTConfig, naming: CheckpointNaming, classNames: [String],
+                             dtype: SafeTensorsDType = .F32, to directory: URL) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let weights = directory.appendingPathComponent("model.safetensors")
-        try SafeTensorsFile.write(try tensors(values, config: config, naming: naming, file: weights.path), to: weights)
+        try SafeTensorsFile.write(try tensors(values, config: config, naming: naming, file: weights.path), dtype: dtype, to: weights)
         let (name, data) = try configFile(config, naming: naming, classNames: classNames)
         try writeAtomically(data, to: directory.appendingPathComponent(name))
         try writeAtomically(try ImagePreprocessing.viTImageProcessorJSON(config), to: directory.appendingPathComponent("preprocessor_config.json"))

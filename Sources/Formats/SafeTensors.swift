@@ -212,10 +212,15 @@ public struct SafeTensorsFile {
         return result
     }
 
-    /// Writes fp32 tensors (in the given order) and string metadata, to a temporary file in
-    /// the same directory that is then renamed over `url`: no reader ever sees half a file.
+    /// Writes tensors (in the given order) and string metadata, to a temporary file in the same
+    /// directory that is then renamed over `url`: no reader ever sees half a file. `dtype` F32,
+    /// or F16 / BF16 rounded to nearest even (BF16 keeps NaNs NaN).
     public static func write(_ tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String] = [:],
-                             to url: URL) throws {
+                             dtype: SafeTensorsDType = .F32, to url: URL) throws {
+        guard [.F32, .F16, .BF16].contains(dtype) else {
+            throw CheckpointError(file: url.path, "tensors are written as F32, F16 or BF16, not \(dtype)")
+        }
+        let width = dtype.byteCount
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -224,8 +229,8 @@ public struct SafeTensorsFile {
                 throw CheckpointError(file: url.path, tensor: tensor.name, "shape \(tensor.shape) does not hold \(tensor.values.count) values")
             }
             guard header[tensor.name] == nil else { throw CheckpointError(file: url.path, tensor: tensor.name, "written twice") }
-            header[tensor.name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + 4 * tensor.values.count]]
-            offset += 4 * tensor.values.count
+            header[tensor.name] = ["dtype": dtype.rawValue, "shape": tensor.shape, "data_offsets": [offset, offset + width * tensor.values.count]]
+            offset += width * tensor.values.count
         }
         var headerBytes = [UInt8](try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))
         // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
@@ -234,11 +239,23 @@ public struct SafeTensorsFile {
         bytes.reserveCapacity(8 + headerBytes.count + offset)
         for shift in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: UInt64(headerBytes.count) >> (8 * UInt64(shift)))) }
         bytes += headerBytes
+        // Little-endian hosts only (x86-64, arm64), as the reader.
         for tensor in tensors {
-            tensor.values.withUnsafeBytes { bytes += $0 }  // little-endian hosts only (x86-64, arm64)
+            switch dtype {
+            case .F16: tensor.values.map { Float16($0) }.withUnsafeBytes { bytes += $0 }
+            case .BF16: tensor.values.map(bfloat16Bits).withUnsafeBytes { bytes += $0 }
+            default: tensor.values.withUnsafeBytes { bytes += $0 }
+            }
         }
         try writeAtomically(Data(bytes), to: url)
     }
+}
+
+/// fp32 -> bf16 bits, rounded to nearest even; a NaN stays a quiet NaN (the rounding alone would
+/// turn some NaN payloads into Inf).
+func bfloat16Bits(_ value: Float) -> UInt16 {
+    let u = value.bitPattern
+    return value.isNaN ? UInt16(truncatingIfNeeded: u >> 16) | 0x0040 : UInt16(truncatingIfNeeded: (u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
 }
 
 /// Temporary file in the destination's directory, then rename: the destination is either the

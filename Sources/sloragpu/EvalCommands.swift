@@ -190,6 +190,7 @@ struct MergeCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @Flag(help: "Merge even if the adapter was trained on another base.")
     var allowOtherBase = false
+    @OptionGroup var fileType: FileTypeOption
     @Option(help: "Output directory.")
     var output: String
 
@@ -202,9 +203,9 @@ struct MergeCommand: ParsableCommand {
         // The export's input size is the one the base was loaded at (its positions resized to it).
         (config.mean, config.std, config.imageSize) = (backbone.config.mean, backbone.config.std, backbone.config.imageSize)
         let merged = try Merge.merged(base: backbone.values, adapter: contents)
-        let naming = backbone.naming.exportNaming
-        try CheckpointExport.write(merged, config: config, naming: naming, classNames: contents.classNames, to: URL(fileURLWithPath: output))
-        print("merged \(contents.method) into \(backbone.source): \(output) (\(naming.rawValue) naming)")
+        let naming = backbone.naming.exportNaming, dtype = fileType.dtype(base: backbone)
+        try CheckpointExport.write(merged, config: config, naming: naming, classNames: contents.classNames, dtype: dtype, to: URL(fileURLWithPath: output))
+        print("merged \(contents.method) into \(backbone.source): \(output) (\(naming.rawValue) naming, \(dtype.rawValue))")
     }
 }
 
@@ -253,6 +254,7 @@ struct ExportBase: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "An adapter whose head, classes and image size the export takes.")
     var adapter: String?
+    @OptionGroup var fileType: FileTypeOption
     @Option(help: "Output directory.")
     var output: String
 
@@ -269,9 +271,10 @@ struct ExportBase: ParsableCommand {
         guard backbone.hasHead else {
             throw ValidationError("\(backbone.source) has no classification head for \(backbone.config.classes) classes: give --adapter to take its head")
         }
-        let naming = backbone.naming.exportNaming
-        try CheckpointExport.write(backbone.values, config: backbone.config, naming: naming, classNames: classNames, to: URL(fileURLWithPath: output))
-        print("exported \(backbone.source) to \(output) (\(naming.rawValue) naming, fingerprint \(backbone.fingerprint))")
+        let naming = backbone.naming.exportNaming, dtype = fileType.dtype(base: backbone)
+        try CheckpointExport.write(backbone.values, config: backbone.config, naming: naming, classNames: classNames, dtype: dtype,
+                                   to: URL(fileURLWithPath: output))
+        print("exported \(backbone.source) to \(output) (\(naming.rawValue) naming, \(dtype.rawValue), fingerprint \(backbone.fingerprint))")
     }
 }
 

@@ -42,3 +42,22 @@ struct WeightStorageOption: ParsableArguments {
     @Option(name: .customLong("weights"), help: "Device storage of the frozen weight matrices: fp16 (the default: half the bytes, about 3e-4 relative error in the logits, the default job's accuracy unchanged), bf16 (about 5e-3) or fp32. Math, biases, norms, trainable tensors, gradients and optimizer state are always fp32.")
     var storage: Storage = .fp16
 }
+
+/// --dtype: the floating-point type merge and export write (default: the base's own).
+struct FileTypeOption: ParsableArguments {
+    enum FileType: String, ExpressibleByArgument, CaseIterable {
+        case base, f32, f16, bf16
+    }
+
+    @Option(name: .customLong("dtype"), help: "The written weights' type: base (the default: F16 or BF16 when the base file stores all its tensors so, else F32), f32, f16 or bf16.")
+    var type: FileType = .base
+
+    func dtype(base: Backbone) -> SafeTensorsDType {
+        switch type {
+        case .base: base.fileDType
+        case .f32: .F32
+        case .f16: .F16
+        case .bf16: .BF16
+        }
+    }
+}

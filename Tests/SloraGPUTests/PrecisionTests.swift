@@ -112,4 +112,37 @@ struct PrecisionTests {
         // 16-bit is not exact: the errors are there, and of the format's size.
         #expect(logitsError > 0)
     }
+
+    /// Files: F16 and BF16 written (rounded to nearest even) and read back; a base stored in F16
+    /// merges into an F16 checkpoint by default, and `--dtype f32` overrides.
+    @Test func sixteenBitFilesAndMergeKeepingTheBasesType() throws {
+        let directory = try makeTemporaryDirectory()
+        let values: [Float] = [1, -2.5, 3.14159, 1e-3, 65504, .nan]
+        for (dtype, rounded) in [(SafeTensorsDType.F16, values.map { Float(Float16($0)) }), (.BF16, values.map { BFloat16($0).float })] {
+            let url = directory.appendingPathComponent("\(dtype).safetensors")
+            try SafeTensorsFile.write([("t", [2, 3], values)], dtype: dtype, to: url)
+            let file = try SafeTensorsFile(contentsOf: url)
+            #expect(file.entry("t")?.dtype == dtype)
+            let read = try file.floats("t")
+            #expect(read.prefix(5).elementsEqual(rounded.prefix(5)) && read[5].isNaN, "\(dtype): \(read)")
+        }
+        // The fixture base in F16, with its config.
+        let base = directory.appendingPathComponent("base16")
+        try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+        let source = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("hf-vit/model.safetensors"))
+        try SafeTensorsFile.write(try source.names.map { ($0, source.entry($0)!.shape, try source.floats($0)) }, dtype: .F16,
+                                  to: base.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(at: parityFixtures.appendingPathComponent("hf-vit/config.json"), to: base.appendingPathComponent("config.json"))
+        #expect(try Backbone.load(directory: base, imageSize: nil, classes: nil).fileDType == .F16)
+        let adapter = parityFixtures.appendingPathComponent("serial/initial.safetensors").path
+        for (option, expected) in [([String](), SafeTensorsDType.F16), (["--dtype", "f32"], .F32)] {
+            let merged = directory.appendingPathComponent("merged\(expected)")
+            let merge = try runSloragpu(["merge", "--adapter", adapter, "--model", base.path, "--output", merged.path] + option)
+            #expect(merge.status == 0 && merge.standardOutput.contains(expected.rawValue), "\(merge.standardOutput)\(merge.standardError)")
+            let file = try SafeTensorsFile(contentsOf: merged.appendingPathComponent("model.safetensors"))
+            #expect(file.entries.allSatisfy { $0.dtype == expected })
+            #expect(try PretrainedCheckpoint(directory: merged).load().loadedHead)
+        }
+    }
 }
+
