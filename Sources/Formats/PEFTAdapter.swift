@@ -200,8 +200,8 @@ public enum PEFTAdapter {
 
     /// The PEFT module name of a target: HF ViT's in either generation; CLIP's (the same in
     /// both) from its layout.
-    static func moduleName(layer: Int, target: LoRATarget, naming: PEFTNaming, config: ViTConfig) -> String {
-        if config.architecture.family == .clip, let module = AdapterFile.adapterLayout(config).targetModules[layer][target] { return module }
+    static func moduleName(layer: Int, target: LoRATarget, naming: PEFTNaming, layout: CheckpointLayout) -> String {
+        if layout.naming == .hfCLIP, let module = layout.targetModules[layer][target] { return module }
         switch naming {
         case .transformers4:
             let module = ["q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value", "o": "attention.output.dense"]
@@ -218,6 +218,7 @@ public enum PEFTAdapter {
             throw CheckpointError(file: directory.path, "only LoRA adapters have a PEFT form (\(contents.method.name) has none; merge it instead)")
         }
         let config = contents.config, d = config.width
+        let layout = AdapterFile.adapterLayout(config)
         var tensors: [(name: String, shape: [Int], values: [Float])] = []
         for layer in 0..<config.layers {
             for target in targets {
@@ -225,7 +226,7 @@ public enum PEFTAdapter {
                     guard let values = contents.values["blocks.\(layer).lora.\(target.rawValue).\(factor)"] else {
                         throw CheckpointError(file: directory.path, tensor: "blocks.\(layer).lora.\(target.rawValue).\(factor)", "no values to export")
                     }
-                    tensors.append(("base_model.model.\(moduleName(layer: layer, target: target, naming: naming, config: config)).lora_\(factor).weight", shape, values))
+                    tensors.append(("base_model.model.\(moduleName(layer: layer, target: target, naming: naming, layout: layout)).lora_\(factor).weight", shape, values))
                 }
             }
         }

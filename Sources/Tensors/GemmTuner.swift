@@ -255,28 +255,41 @@ public enum GemmTuner {
         }
         engine.attentionPath = .rowPerItem
         let reference = try run()
-        var best: (rows: Int, seconds: Double)?
-        for candidate in [64, 32, 128] {
-            let path = AttentionPath.flash(rows: candidate)
-            guard path.resolved(headDimension: shape.headDimension, deviceLocalBytes: Int(clamping: engine.device.info.localMemoryBytes),
-                                maxWorkGroup: engine.device.info.maxWorkGroupSize) == path else { continue }
-            engine.attentionPath = path
-            let result = try run()
-            guard zip(result, reference).allSatisfy({ abs($0 - $1) <= 1e-4 + 1e-3 * abs($1) }) else {
-                progress("  attention flash rows \(candidate): wrong result, rejected")
+        let candidates = [64, 32, 128].filter { rows in
+            let path = AttentionPath.flash(rows: rows)
+            return path.resolved(headDimension: shape.headDimension, deviceLocalBytes: Int(clamping: engine.device.info.localMemoryBytes),
+                                 maxWorkGroup: engine.device.info.maxWorkGroupSize) == path
+        }
+        let best = try fastestCorrect(candidates, engine: engine, reference: reference, atol: 1e-4, label: "attention flash rows", progress: progress) {
+            engine.attentionPath = .flash(rows: $0)
+            return try run()
+        }
+        if let best { progress(String(format: "attention (B%d N%d H%d dh%d): flash rows %d, %.2f ms forward + backward", shape.batch, shape.tokens, shape.heads, shape.headDimension, best.candidate, best.seconds * 1e3)) }
+        return best?.candidate
+    }
+
+    /// Of `candidates`, the fastest whose result (`run` after applying it) matches `reference`
+    /// within atol + 1e-3 relative; a wrong one is reported and skipped, never timed. Each is
+    /// timed as the best of 3 runs.
+    static func fastestCorrect(_ candidates: [Int], engine: Engine, reference: [Float], atol: Float, label: String,
+                               progress: (String) -> Void, run: (Int) throws -> [Float]) throws -> (candidate: Int, seconds: Double)? {
+        var best: (candidate: Int, seconds: Double)?
+        for candidate in candidates {
+            let result = try run(candidate)
+            guard result.count == reference.count, zip(result, reference).allSatisfy({ abs($0 - $1) <= atol + 1e-3 * abs($1) }) else {
+                progress("  \(label) \(candidate): wrong result, rejected")
                 continue
             }
             var fastest = Double.infinity
             for _ in 0..<3 {
                 try engine.synchronize()
                 let t0 = DispatchTime.now().uptimeNanoseconds
-                _ = try run()
+                _ = try run(candidate)
                 fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
             }
-            if best == nil || fastest < best!.seconds { best = (candidate, fastest) }
+            if fastest < best?.seconds ?? .infinity { best = (candidate, fastest) }
         }
-        if let best { progress(String(format: "attention (B%d N%d H%d dh%d): flash rows %d, %.2f ms forward + backward", shape.batch, shape.tokens, shape.heads, shape.headDimension, best.rows, best.seconds * 1e3)) }
-        return best?.rows
+        return best
     }
 
     /// The row-reduction work-group sizes tried (powers of two; the kernels' trees need one).
@@ -309,26 +322,14 @@ public enum GemmTuner {
         }
         engine.reductionPath = .rowPerItem
         let reference = try run()
-        var best: (size: Int, seconds: Double)?
-        for size in reductionSizes where size <= engine.device.info.maxWorkGroupSize {
-            engine.reductionPath = .workGroup(size: size)
-            let result = try run()
-            // Sums over up to `rows` terms in another order: relative to the values' scale.
-            guard zip(result, reference).allSatisfy({ abs($0 - $1) <= 1e-3 + 1e-3 * abs($1) }) else {
-                progress("  reductions, work-group \(size): wrong result, rejected")
-                continue
-            }
-            var fastest = Double.infinity
-            for _ in 0..<3 {
-                try engine.synchronize()
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                _ = try run()
-                fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-            }
-            if best == nil || fastest < best!.seconds { best = (size, fastest) }
+        // Sums over up to `rows` terms in another order: atol relative to the values' scale.
+        let best = try fastestCorrect(reductionSizes.filter { $0 <= engine.device.info.maxWorkGroupSize }, engine: engine, reference: reference,
+                                      atol: 1e-3, label: "reductions, work-group", progress: progress) {
+            engine.reductionPath = .workGroup(size: $0)
+            return try run()
         }
-        if let best { progress(String(format: "reductions (%d x %d): work-group %d, %.2f ms", rows, width, best.size, best.seconds * 1e3)) }
-        return best?.size
+        if let best { progress(String(format: "reductions (%d x %d): work-group %d, %.2f ms", rows, width, best.candidate, best.seconds * 1e3)) }
+        return best?.candidate
     }
 
     private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }
