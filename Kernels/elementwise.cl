@@ -49,3 +49,39 @@ __kernel void copy_2d(__global const float *x, const int x_offset, const int x_l
     __global float *target = y + y_offset + r * y_ld + c;
     *target = accumulate ? *target + value : value;
 }
+
+// Conversions between fp32 and the 16-bit storage types (saved activations; core OpenCL 1.2,
+// no cl_khr_fp16). fp16 through vstore_half_rte / vload_half; bf16 as the upper 16 bits of an
+// fp32: widening is a shift (exact), narrowing rounds to nearest even and keeps every NaN a
+// NaN (a payload in the low bits alone would otherwise round into an Inf or truncate to one).
+__kernel void narrow_f32_to_f16(__global const float *x, const int x_offset,
+                                __global half *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) vstore_half_rte(x[x_offset + i], y_offset + i, y);
+}
+
+__kernel void widen_f16_to_f32(__global const half *x, const int x_offset,
+                               __global float *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = vload_half(x_offset + i, x);
+}
+
+__kernel void narrow_f32_to_bf16(__global const float *x, const int x_offset,
+                                 __global ushort *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const uint bits = as_uint(x[x_offset + i]);
+    y[y_offset + i] = (bits & 0x7fffffffu) > 0x7f800000u
+        ? (ushort)((bits >> 16) | 0x0040u)                                  // quiet NaN, sign kept
+        : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);          // nearest even
+}
+
+__kernel void widen_bf16_to_f32(__global const ushort *x, const int x_offset,
+                                __global float *y, const int y_offset, const int n)
+{
+    const int i = get_global_id(0);
+    if (i < n) y[y_offset + i] = as_float((uint)x[x_offset + i] << 16);
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Training-step throughput and peak memory: sloragpu (`bench train`) against PyTorch CPU
 (2 threads; transformers' ViTForImageClassification with the same adapters), same config,
-same run, alternating rounds; prints both and the ratios.
+same run, alternating rounds; prints each and the ratios. PyTorch runs fp32 eager and, with
+one line, `torch.autocast("cpu", dtype=torch.bfloat16)` (its Linear layers through oneDNN's
+bf16 kernels where the CPU has them): --torch fp32,bf16 (the default) measures both.
 
     swift build -c release --product sloragpu
     ENV/bin/python scripts/bench_train.py [--method serial] [--model vit-s --patch 14 --image-size 112 --batch 32]
@@ -41,7 +43,9 @@ def torch_worker(args):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            logits = model(pixel_values=images).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -67,6 +71,9 @@ def main():
     parser.add_argument("--method", default="serial")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--activations", default="recompute", help="sloragpu's activation plan: recompute or keep")
+    parser.add_argument("--weights", default="fp16", help="sloragpu's frozen-weight storage: fp32, fp16 or bf16")
+    parser.add_argument("--torch", default="fp32,bf16", help="PyTorch variants, comma-separated: fp32 (eager) and bf16 (autocast)")
+    parser.add_argument("--autocast", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -77,22 +84,31 @@ def main():
 
     common = ["--model", args.model, "--patch", str(args.patch), "--image-size", str(args.image_size), "--batch", str(args.batch),
               "--method", args.method, "--rank", str(args.rank), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    ours, theirs = [], []
+    variants = [v.strip() for v in args.torch.split(",") if v.strip()]
+    for variant in variants:
+        if variant not in ("fp32", "bf16"):
+            parser.error(f"--torch: unknown variant '{variant}' (fp32 or bf16)")
+    ours, theirs = [], {v: [] for v in variants}
     for _ in range(args.rounds):
-        ours.append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations] + common,
+        ours.append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations,
+                                               "--weights", args.weights] + common,
                                               check=True, capture_output=True, text=True).stdout))
         env = dict(os.environ, OMP_NUM_THREADS="2")
-        theirs.append(json.loads(subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker"] + common, check=True,
-                                                capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]))
+        for variant in variants:
+            worker = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--autocast", variant] + common
+            output = subprocess.run(worker, check=True, capture_output=True, text=True, env=env).stdout
+            theirs[variant].append(json.loads(output.strip().splitlines()[-1]))
     best = lambda runs: max(runs, key=lambda r: r["images_per_second"])
-    a, b = best(ours), best(theirs)
+    a = best(ours)
     print(f"config: {args.model}/{args.patch} at {args.image_size} px, batch {args.batch}, {args.method} r={args.rank}, "
-          f"sloragpu activations: {args.activations}")
-    print(f"sloragpu: {a['images_per_second']:.2f} images/s, peak RSS {a['peak_rss_bytes'] / 1e6:.0f} MB ({a['trainable']} trainable)")
-    print(f"PyTorch:  {b['images_per_second']:.2f} images/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB ({b['trainable']} trainable)")
-    print(f"ratio (sloragpu / PyTorch): throughput {a['images_per_second'] / b['images_per_second']:.2f}x, "
-          f"peak memory {a['peak_rss_bytes'] / b['peak_rss_bytes']:.2f}x")
-
+          f"sloragpu activations: {args.activations}, weights: {args.weights}; best of {args.rounds} alternating rounds")
+    print(f"sloragpu:       {a['images_per_second']:.2f} images/s, peak RSS {a['peak_rss_bytes'] / 1e6:.0f} MB ({a['trainable']} trainable)")
+    for variant in variants:
+        b = best(theirs[variant])
+        label = "PyTorch fp32" if variant == "fp32" else "PyTorch bf16ac"
+        print(f"{label + ':':<15} {b['images_per_second']:.2f} images/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB "
+              f"({b['trainable']} trainable); sloragpu / this: throughput {a['images_per_second'] / b['images_per_second']:.2f}x, "
+              f"peak memory {a['peak_rss_bytes'] / b['peak_rss_bytes']:.2f}x")
 
 if __name__ == "__main__":
     main()

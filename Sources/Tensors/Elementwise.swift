@@ -44,6 +44,29 @@ extension Engine {
         ])
     }
 
+    /// destination = source converted between fp32 and a 16-bit storage type (same shape; one
+    /// side fp32): widening is exact, narrowing rounds to nearest even, and a NaN stays a NaN.
+    public func convert(_ source: Tensor, into destination: Tensor) throws {
+        guard source.shape == destination.shape else {
+            throw TensorError.shapeMismatch(operation: "convert", details: "\(source.shape) into \(destination.shape)")
+        }
+        let name: String
+        switch (source.dtype, destination.dtype) {
+        case (.float32, .float16): name = "narrow_f32_to_f16"
+        case (.float16, .float32): name = "widen_f16_to_f32"
+        case (.float32, .bfloat16): name = "narrow_f32_to_bf16"
+        case (.bfloat16, .float32): name = "widen_bf16_to_f32"
+        default:
+            let sixteenBit = source.dtype == .float32 ? destination.dtype : source.dtype
+            throw TensorError.dtypeMismatch(operation: "convert", expected: .bfloat16, actual: sixteenBit)
+        }
+        try checkOperands("convert", [source], dtype: source.dtype)
+        try checkOperands("convert", [destination], dtype: destination.dtype)
+        guard source.count > 0 else { return }
+        try launch(name, in: "elementwise", global: [source.count], work: KernelWork(bytes: 6 * Double(source.count)),
+                   source, destination, source.count)
+    }
+
     /// destination (+)= alpha * source for two strided matrices of one size.
     public func copy(_ source: StridedMatrix, into destination: StridedMatrix, alpha: Float = 1, accumulate: Bool = false) throws {
         try checkOperands("copy2D", [source.tensor, destination.tensor])

@@ -12,10 +12,16 @@ import Tensors
 /// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB
 /// saved instead of 437 MB. `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid
 /// and the pre-activation (11d floats per token) and nothing is recomputed; only u2 and h,
-/// which no backward of these methods reads, stay shared. Full fine-tuning keeps everything its
-/// weight gradients read. A linear probe's backward never enters the blocks, and a forward for
-/// evaluation has no backward: then all blocks share one set of block tensors and the residual
-/// stream alternates between two buffers.
+/// which no backward of these methods reads, stay shared. `keepBF16` reruns no GEMM either but
+/// keeps the backward's tensors as bfloat16 copies: qkv, the attention output, xMid and the
+/// pre-activation (5d + m values per token at 2 bytes, the bytes of 4.5d floats at m = 4d,
+/// besides the fp32 block input). The forward computes in fp32 scratch shared by all blocks
+/// and rounds into the copies; the backward widens them back into the scratch and rebuilds u1
+/// with LN1 (no GEMM). The forward and the loss are exactly the fp32 ones; only the backward
+/// reads rounded values (bf16 for its range: pre-activations and residual streams can exceed
+/// fp16's). Full fine-tuning keeps everything its weight gradients read. A linear probe's
+/// backward never enters the blocks, and a forward for evaluation has no backward: then all
+/// blocks share one set of block tensors and the residual stream alternates between two buffers.
 final class Activations {
     let batch: Int
     let patches: Tensor     // [B * Np, C * P * P]
@@ -48,6 +54,7 @@ final class Activations {
         for block in blocks {
             for tensor in [block.u1, block.mean1, block.rstd1, block.qkv, block.attention, block.lse, block.xMid,
                            block.u2, block.mean2, block.rstd2, block.hPre, block.h] { add(tensor) }
+            if let copies = block.sixteenBit { for tensor in copies.all { add(tensor) } }
             add(block.serialC)
             add(block.serialT)
             for tensor in block.loraT.values { add(tensor) }
@@ -73,24 +80,28 @@ final class Activations {
             let (even, odd) = (try engine.empty([t, d]), try engine.empty([t, d]))
             xs = (0...config.layers).map { $0 % 2 == 0 ? even : odd }
             let shared = try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch,
-                                              scratch: BlockScratch(), recompute: false)
+                                              scratch: BlockScratch(), plan: .keep)
             blocks = Array(repeating: shared, count: config.layers)
         } else {
             xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
-            let recompute = method != .full && memory == .recompute
+            let plan: ActivationMemory = method == .full ? .keep : memory
             var scratch = BlockScratch()
             if method != .full {
                 scratch.u2 = try engine.empty([t, d])
                 scratch.h = try engine.empty([t, config.mlpWidth])
             }
-            if recompute {
+            if plan != .keep {
                 scratch.u1 = try engine.empty([t, d])
                 scratch.qkv = try engine.empty([t, 3 * d])
                 scratch.xMid = try engine.empty([t, d])
             }
+            if plan == .keepBF16 {
+                scratch.attention = try engine.empty([t, d])
+                scratch.hPre = try engine.empty([t, config.mlpWidth])
+            }
             blocks = try (0..<config.layers).map { _ in
                 try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch,
-                                     scratch: scratch, recompute: recompute)
+                                     scratch: scratch, plan: plan)
             }
         }
         clsRows = try engine.empty([batch, d])
@@ -116,14 +127,16 @@ final class BlockActivations {
     let u2: Tensor, mean2: Tensor, rstd2: Tensor      // LN2
     let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU
 
-    /// u1, qkv, xMid, u2 and the fc1 pre-activation are in shared scratch and the backward
-    /// rebuilds them; hPre then shares h's buffer (the forward does not write it, and the
-    /// backward no longer needs h: fc2 is frozen).
-    let recompute: Bool
+    /// recompute: u1, qkv, xMid, u2 and the fc1 pre-activation are in shared scratch and the
+    /// backward rebuilds them; hPre then shares h's buffer (the forward does not write it, and
+    /// the backward no longer needs h: fc2 is frozen). keepBF16: the same tensors are scratch
+    /// (attention and hPre too), and `sixteenBit` holds the block's own rounded copies.
+    let plan: ActivationMemory
+    let sixteenBit: SixteenBitActivations?
 
     /// `scratch`: the buffers shared by all blocks (the others are the block's own).
     init(engine: Engine, config: ViTConfig, method: FineTuningMethod, tokens t: Int, batch: Int,
-         scratch: BlockScratch, recompute: Bool) throws {
+         scratch: BlockScratch, plan: ActivationMemory) throws {
         let d = config.width, m = config.mlpWidth
         u1 = try scratch.u1 ?? engine.empty([t, d])
         mean1 = try engine.empty([t])
@@ -138,16 +151,47 @@ final class BlockActivations {
             (serialT, serialC, loraT) = (nil, nil, [:])
         }
         qkv = try scratch.qkv ?? engine.empty([t, 3 * d])
-        attention = try engine.empty([t, d])
+        attention = try scratch.attention ?? engine.empty([t, d])
         lse = try engine.empty([batch, config.heads, config.tokens])
         xMid = try scratch.xMid ?? engine.empty([t, d])
         u2 = try scratch.u2 ?? engine.empty([t, d])
         mean2 = try engine.empty([t])
         rstd2 = try engine.empty([t])
         h = try scratch.h ?? engine.empty([t, m])
-        hPre = recompute ? h : try engine.empty([t, m])
-        self.recompute = recompute
+        switch plan {
+        case .recompute: hPre = h
+        case .keepBF16: hPre = try scratch.hPre ?? engine.empty([t, m])
+        case .keep: hPre = try engine.empty([t, m])
+        }
+        self.plan = plan
+        sixteenBit = plan == .keepBF16
+            ? SixteenBitActivations(qkv: try engine.empty([t, 3 * d], dtype: .bfloat16), attention: try engine.empty([t, d], dtype: .bfloat16),
+                                    xMid: try engine.empty([t, d], dtype: .bfloat16), hPre: try engine.empty([t, m], dtype: .bfloat16))
+            : nil
     }
+
+    /// keepBF16, end of the block's forward: round what the backward reads into the block's copies.
+    func storeSixteenBit(_ engine: Engine) throws {
+        guard let sixteenBit else { return }
+        for (value, copy) in zip(fullPrecision, sixteenBit.all) { try engine.convert(value, into: copy) }
+    }
+
+    /// keepBF16, start of the block's backward: widen the copies back into the shared scratch.
+    func loadSixteenBit(_ engine: Engine) throws {
+        guard let sixteenBit else { return }
+        for (copy, value) in zip(sixteenBit.all, fullPrecision) { try engine.convert(copy, into: value) }
+    }
+
+    private var fullPrecision: [Tensor] { [qkv, attention, xMid, hPre] }
+}
+
+/// A block's bfloat16 copies of the tensors its backward reads (the keepBF16 plan).
+struct SixteenBitActivations {
+    let qkv: Tensor         // [T, 3d]
+    let attention: Tensor   // [T, d]
+    let xMid: Tensor        // [T, d]
+    let hPre: Tensor        // [T, m]
+    var all: [Tensor] { [qkv, attention, xMid, hPre] }
 }
 
 /// Block intermediates shared by all blocks (nil: each block has its own).
@@ -157,6 +201,8 @@ struct BlockScratch {
     var xMid: Tensor?    // [T, d]
     var u2: Tensor?      // [T, d]
     var h: Tensor?       // [T, m], also the recomputed pre-activation
+    var attention: Tensor?  // [T, d]
+    var hPre: Tensor?    // [T, m], the forward's pre-activation before it is rounded (keepBF16)
 }
 
 /// What the forward keeps for the backward outside full fine-tuning (see Activations).
@@ -167,4 +213,8 @@ public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
     /// 3-4x the saved activations).
     case keep
+    /// As keep, nothing rerun, with the kept tensors rounded to bfloat16 (u1 rebuilt by a
+    /// LayerNorm): about half of keep's saved bytes; the backward reads values within bf16's
+    /// rounding of the fp32 ones, the forward and loss are exact.
+    case keepBF16 = "keep-bf16"
 }

@@ -16,7 +16,7 @@ import Tensors
 //   the same in reverse, one helper per sub-layer mirroring the forward's; frozen weights get
 //   no weight gradients; every gradient accumulates. Under the recompute plan (Activations.swift)
 //   it first rebuilds u1, qkv, xMid, u2 and the fc1 pre-activation from the saved input and
-//   attention output.
+//   attention output; under keep-bf16 it widens the block's bf16 copies and reruns LN1.
 struct BlockLayer {
     let config: ViTConfig
     let method: FineTuningMethod
@@ -55,9 +55,15 @@ struct BlockLayer {
         try normalizeMid(engine, saved)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
         try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.h, transposeB: true, bias: weights.fc1.bias.value,
-                        activation: activation, preActivation: saved.recompute ? nil : saved.hPre)
+                        activation: activation, preActivation: saved.plan == .recompute ? nil : saved.hPre)
         try engine.copy(saved.xMid, into: output)
         try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, bias: weights.fc2.bias.value)
+        try saved.storeSixteenBit(engine)
+    }
+
+    private func normalizeInput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations) throws {
+        try engine.layerNormForward(x, gamma: weights.norm1.weight.value, beta: weights.norm1.bias.value,
+                                    eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
     }
 
     private func normalizeMid(_ engine: Engine, _ saved: BlockActivations) throws {
@@ -71,8 +77,7 @@ struct BlockLayer {
     /// kept per block, so those are not recomputed.
     private func projectQKV(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         let d = config.width
-        try engine.layerNormForward(x, gamma: weights.norm1.weight.value, beta: weights.norm1.bias.value,
-                                    eps: config.layerNormEpsilon, into: saved.u1, mean: saved.mean1, rstd: saved.rstd1)
+        try normalizeInput(engine, input: x, saved)
         let wqkv = weights.qkv.weight.value, bqkv = weights.qkv.bias.value
         if let serial = weights.serial {
             let t = try required(saved.serialT, "t = u A^T")
@@ -136,7 +141,8 @@ struct BlockLayer {
     }
 
     func backward(_ engine: Engine, input x: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
-        if saved.recompute {
+        switch saved.plan {
+        case .recompute:
             // Everything but the block input, the attention output and lse lives in scratch shared
             // by all blocks: rebuild u1, qkv, xMid, u2 and the fc1 pre-activation with the
             // forward's own kernels (bit-identical values).
@@ -144,6 +150,13 @@ struct BlockLayer {
             try projectOutput(engine, input: x, saved, rebuilding: true)
             try normalizeMid(engine, saved)
             try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.hPre, transposeB: true, bias: weights.fc1.bias.value)
+        case .keepBF16:
+            // qkv, the attention output, xMid and the pre-activation from the block's bf16 copies;
+            // u1 (read by the adapters' gradients) from LN1 again. u2 is read by no backward here.
+            try saved.loadSixteenBit(engine)
+            try normalizeInput(engine, input: x, saved)
+        case .keep:
+            break
         }
         try mlpBackward(engine, dx: dx, saved)
         let dAttention = try attentionOutputBackward(engine, dx: dx, saved)
@@ -159,7 +172,7 @@ struct BlockLayer {
     /// keeps h) trains fc2.
     private func mlpBackward(_ engine: Engine, dx: Tensor, _ saved: BlockActivations) throws {
         let rows = dx.shape[0]
-        guard !saved.recompute || weights.fc2.weight.gradient == nil else {
+        guard saved.plan == .keep || weights.fc2.weight.gradient == nil else {
             throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc2 trains but h was not kept (a bug)")
         }
         try linearWeightGradients(engine, weights.fc2, dY: dx, x: saved.h)

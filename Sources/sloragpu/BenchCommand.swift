@@ -195,7 +195,7 @@ struct TrainBench: ParsableCommand {
     var steps = 5
     @Option(help: "Untimed warm-up steps.")
     var warmup = 2
-    @Option(help: "recompute (default) or keep block intermediates for the backward.")
+    @Option(help: "recompute (default), keep, or keep-bf16 (kept in bfloat16) block intermediates for the backward.")
     var activations: ActivationMemory = .recompute
     @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Print device time per kernel over the timed steps.")

@@ -24,7 +24,7 @@ struct KernelsCommand: ParsableCommand {
     var method = "serial"
     @Option(help: "Adapter rank.")
     var rank = 8
-    @Option(help: "recompute or keep (the activation plan of the training to warm).")
+    @Option(help: "recompute, keep or keep-bf16 (the activation plan of the training to warm).")
     var activations: ActivationMemory = .recompute
     @OptionGroup var weights: WeightStorageOption
     @Option(help: "Classes of the head (the skinny head GEMMs are built per class count).")

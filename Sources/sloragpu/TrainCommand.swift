@@ -82,7 +82,7 @@ struct TrainCommand: ParsableCommand {
         var peftNaming: PEFTNaming = .transformers5
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
-        @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 25% more images/s for 3-4x the saved activations. Full fine-tuning always keeps.")
+        @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 25% more images/s for 3-4x the saved activations; keep-bf16: nothing rerun, the kept tensors in bfloat16 (about half of keep's bytes; the backward reads them rounded). Full fine-tuning always keeps.")
         var activations: ActivationMemory = .recompute
 
         /// Ranges before any arithmetic: every later size, loop and division relies on these.

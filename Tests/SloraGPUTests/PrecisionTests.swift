@@ -36,6 +36,31 @@ struct PrecisionTests {
         #expect(throws: TensorError.self) { _ = try engine.tensor(values, shape: [values.count], storage: .int32) }
     }
 
+    /// The device's conversions (saved activations) round exactly as the host's (weights,
+    /// files): nearest even, halfway cases, overflow to Inf, subnormals, every NaN kept; and
+    /// widening back is exact.
+    @Test(arguments: [DType.float16, .bfloat16])
+    func deviceConversionsRoundAsTheHost(storage: DType) throws {
+        let engine = try makeEngine()
+        let nans: [UInt32] = [0x7FC0_0000, 0x7F80_0001, 0x7FFF_FFFF, 0xFF80_0001, 0x7F80_FFFF]
+        let halfway: [UInt32] = [0x3F80_8000, 0x3F81_8000, 0x3F80_8001, 0x3F80_1000, 0x3F80_3000, 0x3F80_2000]
+        let values = uniformValues(1003, seed: 11, scale: 5) + [0, -0.0, 65504, 65520, 1e-8, 6e-5, 1e-40, .greatestFiniteMagnitude, .infinity, -.infinity]
+            + (halfway + nans).map { Float(bitPattern: $0) }
+        let source = try engine.tensor(values, shape: [values.count])
+        let narrow = try engine.empty([values.count], dtype: storage)
+        try engine.convert(source, into: narrow)
+        let host = storage == .float16 ? values.map { Float(Float16($0)) } : values.map { BFloat16($0).float }
+        let widened = try engine.empty([values.count])
+        try engine.convert(narrow, into: widened)
+        for (index, (device, expected)) in zip(try widened.download(), host).enumerated() {
+            #expect(device.bitPattern == expected.bitPattern || (device.isNaN && expected.isNaN),
+                    "\(storage) of \(values[index]) (0x\(String(values[index].bitPattern, radix: 16))): device \(device), host \(expected)")
+        }
+        #expect(try narrow.download().elementsEqual(try widened.download()) { $0.bitPattern == $1.bitPattern })
+        #expect(throws: TensorError.self) { try engine.convert(source, into: try engine.empty([values.count])) }
+        #expect(throws: TensorError.self) { try engine.convert(source, into: try engine.empty([values.count - 1], dtype: storage)) }
+    }
+
     /// GEMM paths x stored type: the CPU profile (packed; A read in place when fp32, so a
     /// 16-bit A must pack; the skinny kernels for narrow products, which a 16-bit operand
     /// leaves), the GPU profile's tiled kernel, transposes, and a two-term sum mixing a 16-bit
