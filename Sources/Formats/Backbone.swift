@@ -4,7 +4,13 @@ import Foundation
 /// (and head.weight/head.bias when the checkpoint's head fits the requested classes).
 public struct Backbone {
     public var config: ViTConfig
-    public var values: [String: [Float]]
+    /// As the checkpoint stores them: a 16-bit file's tensors stay 16-bit (HostTensor).
+    public var tensors: [String: HostTensor]
+    /// `tensors` in fp32 (merge and export); setting it replaces them.
+    public var values: [String: [Float]] {
+        get { tensors.widened }
+        set { tensors = newValue.hostTensors }
+    }
     /// The checkpoint directory and naming, or the preset.
     public var source: String
     /// The checkpoint's own class names (id2label), empty when it has none.
@@ -20,20 +26,20 @@ public struct Backbone {
     /// else F32 (and F32 for presets). Merge and export write this by default.
     public var fileDType: SafeTensorsDType = .F32
 
-    public init(config: ViTConfig, values: [String: [Float]], source: String, classNames: [String], fingerprint: String, normalization: String,
+    public init(config: ViTConfig, tensors: [String: HostTensor], source: String, classNames: [String], fingerprint: String, normalization: String,
                 naming: CheckpointNaming = .hfViT) {
-        (self.config, self.values, self.source, self.classNames, self.naming) = (config, values, source, classNames, naming)
+        (self.config, self.tensors, self.source, self.classNames, self.naming) = (config, tensors, source, classNames, naming)
         (self.fingerprint, self.normalization) = (fingerprint, normalization)
-        hasHead = values["head.weight"] != nil
+        hasHead = tensors["head.weight"] != nil
     }
 
     /// A checkpoint directory at `imageSize` (nil: the checkpoint's preferred size) with
     /// `classes` classes (nil: the checkpoint's own).
     public static func load(directory: URL, imageSize: Int?, classes: Int?) throws -> Backbone {
         let checkpoint = try PretrainedCheckpoint(directory: directory)
-        let (config, values, _) = try checkpoint.load(imageSize: imageSize ?? checkpoint.preferredImageSize, classes: classes ?? checkpoint.config.classes)
-        var backbone = Backbone(config: config, values: values, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
-                                classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(values, config: config),
+        let (config, tensors, _) = try checkpoint.loadTensors(imageSize: imageSize ?? checkpoint.preferredImageSize, classes: classes ?? checkpoint.config.classes)
+        var backbone = Backbone(config: config, tensors: tensors, source: "\(directory.path) (\(checkpoint.naming.rawValue))",
+                                classNames: checkpoint.classNames, fingerprint: BaseFingerprint.of(tensors, config: config),
                                 normalization: checkpoint.normalizationSource, naming: checkpoint.naming)
         let floating = Set(checkpoint.file.entries.map(\.dtype).filter { [.F32, .F16, .BF16, .F64].contains($0) })
         if floating.count == 1, let only = floating.first, only == .F16 || only == .BF16 { backbone.fileDType = only }
@@ -47,7 +53,7 @@ public struct Backbone {
         guard let patch else { throw ConfigError("preset '\(name)': the patch size after / must be a number") }
         let config = try ViTConfig.preset(String(parts[0]), patchSize: patch, imageSize: imageSize, classes: classes)
         let values = randomBackboneValues(for: config, seed: 0x5EED)
-        return Backbone(config: config, values: values, source: "\(name) (random initialisation, no pretrained weights)", classNames: [],
+        return Backbone(config: config, tensors: values.hostTensors, source: "\(name) (random initialisation, no pretrained weights)", classNames: [],
                         fingerprint: BaseFingerprint.of(values, config: config), normalization: "the ImageNet default")
     }
 }

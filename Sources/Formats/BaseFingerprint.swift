@@ -12,6 +12,15 @@ import Foundation
 /// second where SHA-256 in Swift would take several.
 public enum BaseFingerprint {
     public static func of(_ values: [String: [Float]], config: ViTConfig) -> String {
+        of(config) { values[$0] }
+    }
+
+    /// The same fingerprint from tensors as stored (widened one at a time: the same values).
+    public static func of(_ tensors: [String: HostTensor], config: ViTConfig) -> String {
+        of(config) { tensors[$0]?.floats }
+    }
+
+    private static func of(_ config: ViTConfig, values: (String) -> [Float]?) -> String {
         var lanes: [UInt64] = [0x243F_6A88_85A3_08D3, 0x1319_8A2E_0370_7344, 0xA409_3822_299F_31D0, 0x082E_FA98_EC4E_6C89]
         func mix(_ lane: Int, _ word: UInt64) {
             var x = (lanes[lane] ^ word) &* 0x9E37_79B9_7F4A_7C15
@@ -28,7 +37,7 @@ public enum BaseFingerprint {
         }
         for spec in ParameterTable.specs(config, .probe) where spec.role == .backbone && spec.name != "pos" {
             for byte in spec.name.utf8 { mix(2, UInt64(byte)) }
-            guard let tensor = values[spec.name] else { mix(3, 0xDEAD); continue }
+            guard let tensor = values(spec.name) else { mix(3, 0xDEAD); continue }
             mix(3, UInt64(tensor.count))
             tensor.withUnsafeBufferPointer { buffer in
                 buffer.withMemoryRebound(to: UInt32.self) { words in

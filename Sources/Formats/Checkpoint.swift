@@ -10,28 +10,31 @@ public struct CheckpointReader {
     public let naming: CheckpointNaming
     public let config: ViTConfig
 
-    /// Internal name -> host values, for every backbone tensor; plus head.weight/head.bias when
-    /// the file has a classifier for exactly `config.classes` classes on the pooled features.
-    public let values: [String: [Float]]
+    /// Internal name -> host values as the file stores them (16-bit tensors stay 16-bit; see
+    /// HostTensor), for every backbone tensor; plus head.weight/head.bias when the file has a
+    /// classifier for exactly `config.classes` classes on the pooled features.
+    public let tensors: [String: HostTensor]
+    /// `tensors` widened to fp32.
+    public var values: [String: [Float]] { tensors.widened }
     /// Whether the head came from the file.
-    public var hasHead: Bool { values["head.weight"] != nil }
+    public var hasHead: Bool { tensors["head.weight"] != nil }
 
     public init(file: SafeTensorsFile, naming: CheckpointNaming, config: ViTConfig) throws {
         self.file = file
         self.naming = naming
         self.config = config
         var reader = KeyReader(file: file)
-        var values: [String: [Float]] = [:]
+        var tensors: [String: HostTensor] = [:]
         let d = config.width
         let layout = CheckpointLayout(naming, config: config, file: file)
         for stored in layout.tensors {
-            var tensor: [Float]
+            var tensor: HostTensor
             switch stored.form {
             case .single(let key, let shape) where stored.name == "pos":
                 // Any 1 + square grid of positions, resized to this image size.
                 if let entry = file.entry(key), entry.shape.count == shape.count, entry.shape.last == d, entry.shape.prefix(shape.count - 2).allSatisfy({ $0 == 1 }) {
-                    let stored = try reader.read(key, shape: entry.shape)
-                    tensor = try PositionEmbedding.resize(stored, tokens: entry.shape[entry.shape.count - 2], width: d, toGrid: config.gridSize, file: file.path, tensor: key)
+                    let stored = try reader.read(key, shape: entry.shape).floats
+                    tensor = .float32(try PositionEmbedding.resize(stored, tokens: entry.shape[entry.shape.count - 2], width: d, toGrid: config.gridSize, file: file.path, tensor: key))
                 } else {
                     tensor = try reader.read(key, shape: shape)
                 }
@@ -39,26 +42,28 @@ public struct CheckpointReader {
                 tensor = try reader.read(key, shape: shape)
             case .stacked(let keys, let shape):
                 let parts = try keys.map { try reader.read($0, shape: shape) }
-                tensor = parts.allSatisfy({ !$0.isEmpty }) ? parts.flatMap { $0 } : []
+                tensor = parts.allSatisfy({ $0.count > 0 }) ? HostTensor.concatenated(parts) : .float32([])
             case .transposed(let key, let shape):
                 let stored = try reader.read(key, shape: shape)
-                tensor = stored.isEmpty ? [] : transpose(stored, rows: shape[0], columns: shape[1])
+                tensor = stored.count == 0 ? stored : stored.transposed(rows: shape[0], columns: shape[1])
             }
             if let scaleKey = stored.layerScale {
                 // A missing or mis-shaped tensor reads as empty and is reported by finish().
-                let lambda = try reader.read(scaleKey, shape: [d])
-                if lambda.count == d, tensor.count % d == 0, !tensor.isEmpty {
-                    let columns = tensor.count / d
-                    for row in 0..<d { for column in 0..<columns { tensor[row * columns + column] *= lambda[row] } }
+                let lambda = try reader.read(scaleKey, shape: [d]).floats
+                if lambda.count == d, tensor.count % d == 0, tensor.count > 0 {
+                    var scaled = tensor.floats
+                    let columns = scaled.count / d
+                    for row in 0..<d { for column in 0..<columns { scaled[row * columns + column] *= lambda[row] } }
+                    tensor = .float32(scaled)
                 }
             }
-            values[stored.name] = tensor
+            tensors[stored.name] = tensor
         }
         let head = layout.head
         if let entry = file.entry(head + ".weight") {
             if entry.shape == [config.classes, config.featureWidth], file.entry(head + ".bias")?.shape == [config.classes] {
-                values["head.weight"] = try reader.read(head + ".weight", shape: [config.classes, config.featureWidth])
-                values["head.bias"] = try reader.read(head + ".bias", shape: [config.classes])
+                tensors["head.weight"] = try reader.read(head + ".weight", shape: [config.classes, config.featureWidth])
+                tensors["head.bias"] = try reader.read(head + ".bias", shape: [config.classes])
             } else {
                 // A classifier for another task (other classes, or DINOv2's [cls | mean] input):
                 // the head is new, which the caller reports.
@@ -68,7 +73,7 @@ public struct CheckpointReader {
         }
         for key in file.names where layout.ignorable(key) { reader.ignore(key) }
         try reader.finish()
-        self.values = values
+        self.tensors = tensors
     }
 
     /// Guesses the naming from the keys, for files without a config.json.
@@ -76,8 +81,8 @@ public struct CheckpointReader {
 }
 
 /// [rows, columns] -> [columns, rows].
-func transpose(_ values: [Float], rows: Int, columns: Int) -> [Float] {
-    var out = [Float](repeating: 0, count: values.count)
+func transpose<Element>(_ values: [Element], rows: Int, columns: Int) -> [Element] {
+    var out = values
     for r in 0..<rows { for c in 0..<columns { out[c * rows + r] = values[r * columns + c] } }
     return out
 }
@@ -92,20 +97,20 @@ private struct KeyReader {
 
     init(file: SafeTensorsFile) { self.file = file }
 
-    /// The tensor's values, or an empty array when it is missing or mis-shaped (recorded for
+    /// The tensor as stored, or an empty one when it is missing or mis-shaped (recorded for
     /// finish(); nothing is allocated from a shape the file does not back). Non-finite values
     /// are an error at once: a frozen NaN would otherwise surface as a NaN loss much later.
-    mutating func read(_ key: String, shape: [Int]) throws -> [Float] {
+    mutating func read(_ key: String, shape: [Int]) throws -> HostTensor {
         used.insert(key)
         guard let entry = file.entry(key) else {
             missing.append(key)
-            return []
+            return .float32([])
         }
         guard entry.shape == shape else {
             misShaped.append("\(key) is \(entry.shape), expected \(shape)")
-            return []
+            return .float32([])
         }
-        return try file.finiteFloats(key)
+        return try file.finiteHostTensor(key)
     }
 
     mutating func ignore(_ key: String) { used.insert(key) }

@@ -79,12 +79,18 @@ public struct PretrainedCheckpoint {
     /// The model configuration for fine-tuning at `imageSize` with `classes` classes, and the
     /// backbone (positions resized when the size differs; the head when it fits).
     public func load(imageSize: Int? = nil, classes: Int? = nil) throws -> (config: ViTConfig, values: [String: [Float]], loadedHead: Bool) {
+        let (target, tensors, loadedHead) = try loadTensors(imageSize: imageSize, classes: classes)
+        return (target, tensors.widened, loadedHead)
+    }
+
+    /// `load`, with the tensors as the file stores them (16-bit ones not widened; HostTensor).
+    public func loadTensors(imageSize: Int? = nil, classes: Int? = nil) throws -> (config: ViTConfig, tensors: [String: HostTensor], loadedHead: Bool) {
         var target = config
         if let imageSize { target.imageSize = imageSize }
         if let classes { target.classes = classes }
         try target.validate()
         let reader = try CheckpointReader(file: file, naming: naming, config: target)
-        return (target, reader.values, reader.hasHead)
+        return (target, reader.tensors, reader.hasHead)
     }
 }
 

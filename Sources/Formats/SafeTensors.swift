@@ -176,6 +176,31 @@ public struct SafeTensorsFile {
         return values
     }
 
+    /// The tensor as stored: fp32 from F32, the raw bits from F16 and BF16 (see HostTensor);
+    /// NaN and infinities refused as by `finiteFloats`. Pages handed back as by `floats`.
+    public func finiteHostTensor(_ name: String) throws -> HostTensor {
+        guard let entry = byName[name] else { throw CheckpointError(file: path, tensor: name, "not in the file") }
+        let tensor: HostTensor
+        switch entry.dtype {
+        case .F16, .BF16:
+            let start = dataStart + entry.range.lowerBound, count = entry.elementCount
+            let bits = data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [UInt16] in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[start..<start + entry.range.count])
+                defer { Self.releasePages(of: bytes) }
+                return (0..<count).map { bytes.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self).littleEndian }
+            }
+            tensor = entry.dtype == .F16 ? .float16(bits) : .bfloat16(bits)
+        default:
+            return .float32(try finiteFloats(name))
+        }
+        if let index = tensor.firstNonFinite {
+            let values = tensor.floats
+            let count = values.lazy.filter { !$0.isFinite }.count
+            throw CheckpointError(file: path, tensor: name, "holds \(count) non-finite value\(count == 1 ? "" : "s") (the first, \(values[index]), at flat index \(index))")
+        }
+        return tensor
+    }
+
     /// Advises the kernel that the whole pages inside `bytes` are not needed for now. Only a
     /// hint: failure (an old kernel, memory that is not a file mapping) changes nothing.
     private static func releasePages(of bytes: UnsafeRawBufferPointer) {

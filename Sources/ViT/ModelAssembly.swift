@@ -10,19 +10,26 @@ extension ViTModel {
     /// `weightStorage`: how the frozen weight matrices are stored on the device (ViTParameters).
     public static func assemble(_ engine: Engine, config: ViTConfig, method: FineTuningMethod, backbone: consuming [String: [Float]],
                                 adapter: AdapterFile.Contents? = nil, seed: UInt64, weightStorage: DType = .float32) throws -> ViTModel {
+        try assemble(engine, config: config, method: method, backbone: backbone.hostTensors, adapter: adapter, seed: seed, weightStorage: weightStorage)
+    }
+
+    /// `assemble` on tensors as a checkpoint stores them: 16-bit weight matrices stored in
+    /// their own 16-bit type go to the device as they are.
+    public static func assemble(_ engine: Engine, config: ViTConfig, method: FineTuningMethod, backbone: consuming [String: HostTensor],
+                                adapter: AdapterFile.Contents? = nil, seed: UInt64, weightStorage: DType = .float32) throws -> ViTModel {
         let specs = ParameterTable.specs(config, method)
-        var values = initialValues(for: specs, seed: seed)
+        var values = initialValues(for: specs, seed: seed).hostTensors
         values.merge(backbone) { $1 }
         if let adapter {
-            for (name, value) in adapter.values { values[name] = value }
+            for (name, value) in adapter.values { values[name] = .float32(value) }
         }
-        let parameters = try ViTParameters(engine: engine, specs: specs, values: consume values, weightStorage: weightStorage)
+        let parameters = try ViTParameters(engine: engine, specs: specs, tensors: consume values, weightStorage: weightStorage)
         return try ViTModel(engine: engine, config: config, method: method, parameters: parameters)
     }
 
     /// A model on a loaded backbone, with `adapter` checked against it first (shape,
     /// architecture and, unless `allowOtherBase`, the base fingerprint; `adapterPath` names it
-    /// in errors). `backbone.values` is emptied, so that the model holds the only copy.
+    /// in errors). `backbone.tensors` is emptied, so that the model holds the only copy.
     public static func build(_ engine: Engine, backbone: inout Backbone, method: FineTuningMethod, seed: UInt64,
                              adapter: AdapterFile.Contents? = nil, adapterPath: String = "the adapter", allowOtherBase: Bool = false,
                              weightStorage: DType = .float32) throws -> ViTModel {
@@ -32,8 +39,8 @@ extension ViTModel {
             try adapter.checkFits(config, source: backbone.source)
             if !allowOtherBase { try adapter.checkBase(backbone.fingerprint, path: adapterPath) }
         }
-        let values = backbone.values
-        backbone.values = [:]
+        let values = backbone.tensors
+        backbone.tensors = [:]
         let model = try assemble(engine, config: config, method: method, backbone: consume values, adapter: adapter, seed: seed,
                                  weightStorage: weightStorage)
         model.baseFingerprint = backbone.fingerprint

@@ -25,7 +25,14 @@ public final class ViTParameters {
     /// Consumes `values`: each frozen tensor's host copy is dropped as soon as it is on the
     /// device, so loading peaks near one copy of the weights rather than two (pass a temporary
     /// or `consume` a local, or the caller's reference keeps every array alive).
-    public init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]], weightStorage: DType = .float32) throws {
+    public convenience init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]], weightStorage: DType = .float32) throws {
+        try self.init(engine: engine, specs: specs, tensors: values.hostTensors, weightStorage: weightStorage)
+    }
+
+    /// `tensors` as a checkpoint stores them: a 16-bit weight matrix whose type is
+    /// `weightStorage` is uploaded as it is; everything else is widened (exactly) one tensor at
+    /// a time and rounded where stored in 16 bits.
+    public init(engine: Engine, specs: [ParameterSpec], tensors values: consuming [String: HostTensor], weightStorage: DType = .float32) throws {
         guard weightStorage.isFloatingPoint else {
             throw ConfigError("weights cannot be stored as \(weightStorage): use float32, float16 or bfloat16")
         }
@@ -45,11 +52,11 @@ public final class ViTParameters {
                 throw ConfigError("parameter '\(spec.name)' needs \(spec.count) values for \(spec.shape), got \(host.count)")
             }
             if spec.trainable {
-                slabValues += host
+                slabValues += host.floats
                 let group: ParameterGroup = spec.isUpProjection ? .upProjection : spec.decays ? .decay : .noDecay
                 groups += [UInt8](repeating: group.rawValue, count: spec.count)
             } else {
-                tensors[spec.name] = try engine.tensor(host, shape: spec.shape, storage: spec.isWeightMatrix ? weightStorage : .float32)
+                tensors[spec.name] = try engine.upload(host, shape: spec.shape, storage: spec.isWeightMatrix ? weightStorage : .float32)
             }
         }
         slab = try engine.tensor(slabValues, shape: [total])
@@ -81,5 +88,25 @@ public final class ViTParameters {
         var result: [String: [Float]] = [:]
         for name in names { result[name] = try tensor(name).download() }
         return result
+    }
+}
+
+extension Engine {
+    /// Host values into a tensor stored as `storage`. fp16 or bf16 bits into their own type
+    /// go up unconverted (no fp32 copy); otherwise the values are widened and rounded as
+    /// `tensor(_:shape:storage:)` does.
+    func upload(_ host: HostTensor, shape: [Int], storage: DType) throws -> Tensor {
+        switch (host, storage) {
+        case (.float16(let bits), .float16):
+            let tensor = try empty(shape, dtype: .float16)
+            try tensor.uploadAndWait(bits.map { Float16(bitPattern: $0) })
+            return tensor
+        case (.bfloat16(let bits), .bfloat16):
+            let tensor = try empty(shape, dtype: .bfloat16)
+            try tensor.uploadAndWait(bits.map { BFloat16(bits: $0) })
+            return tensor
+        default:
+            return try tensor(host.floats, shape: shape, storage: storage)
+        }
     }
 }

@@ -158,7 +158,37 @@ struct PrecisionTests {
         try SafeTensorsFile.write(try source.names.map { ($0, source.entry($0)!.shape, try source.floats($0)) }, dtype: .F16,
                                   to: base.appendingPathComponent("model.safetensors"))
         try FileManager.default.copyItem(at: parityFixtures.appendingPathComponent("hf-vit/config.json"), to: base.appendingPathComponent("config.json"))
-        #expect(try Backbone.load(directory: base, imageSize: nil, classes: nil).fileDType == .F16)
+        let loaded = try Backbone.load(directory: base, imageSize: nil, classes: nil)
+        #expect(loaded.fileDType == .F16)
+        // The F16 tensors stay 16-bit on the host (q, k, v stacked in their own type), and an
+        // fp16-stored model built from them holds the same device weights and gives the same
+        // logits as one built from the widened values; the fingerprint is that of the values.
+        for name in ["blocks.0.qkv.weight", "blocks.1.fc1.weight", "blocks.0.qkv.bias"] {
+            guard case .float16 = loaded.tensors[name] else { Issue.record("\(name) was not kept in F16"); continue }
+        }
+        #expect(loaded.fingerprint == BaseFingerprint.of(loaded.values, config: loaded.config))
+        let engine = try makeEngine()
+        let (images, _) = try fixtureBatch(engine)
+        var logits: [[Float]] = [], weights: [[Float]] = []
+        for tensors in [loaded.tensors, loaded.values.hostTensors] {
+            let model = try ViTModel.assemble(engine, config: loaded.config, method: .probe, backbone: tensors, seed: 0, weightStorage: .float16)
+            weights.append(try model.parameters.tensor("blocks.0.qkv.weight").download())
+            logits.append(try model.forward(images, keepForBackward: false).download())
+        }
+        #expect(weights[0] == weights[1] && logits[0] == logits[1])
+        // A 16-bit tensor holding an Inf (70000 overflows F16) is refused, named, as in F32.
+        let broken = directory.appendingPathComponent("broken16")
+        try FileManager.default.createDirectory(at: broken, withIntermediateDirectories: true)
+        let key = "vit.encoder.layer.1.attention.attention.key.weight"
+        try SafeTensorsFile.write(try source.names.map { name in
+            var values = try source.floats(name)
+            if name == key { values[5] = 70000 }
+            return (name, source.entry(name)!.shape, values)
+        }, dtype: .F16, to: broken.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(at: parityFixtures.appendingPathComponent("hf-vit/config.json"), to: broken.appendingPathComponent("config.json"))
+        let error = #expect(throws: CheckpointError.self) { try Backbone.load(directory: broken, imageSize: nil, classes: nil) }
+        #expect(error?.tensor == key && error?.description.contains("non-finite") == true && error?.description.contains("index 5") == true,
+                "\(String(describing: error))")
         let adapter = parityFixtures.appendingPathComponent("serial/initial.safetensors").path
         for (option, expected) in [([String](), SafeTensorsDType.F16), (["--dtype", "f32"], .F32)] {
             let merged = directory.appendingPathComponent("merged\(expected)")
