@@ -54,9 +54,11 @@
 // (a transposed operand reads MR or NR contiguous floats; a plain one reads MR or NR
 // streams that advance by one float per work-item) and the panel is written sequentially.
 
-// Operands stored in 16 bits (frozen weights) are widened to fp32 here, as they are packed:
+// Operands stored in 16 or 8 bits (frozen weights) are widened to fp32 here, as they are packed:
 // A_STORAGE / B_STORAGE 0 fp32, 1 fp16 (vload_half: core OpenCL, no cl_khr_fp16), 2 bf16 (ushort,
-// widened exactly by a shift). The micro-kernels only ever see fp32 panels.
+// widened exactly by a shift), 3 int8 (char times the fp32 scale of its stored row: element e of
+// the buffer is q[e] * scales[scale_offset + e / row_length], whatever the view's strides).
+// The micro-kernels only ever see fp32 panels.
 #ifndef A_STORAGE
 #define A_STORAGE 0
 #endif
@@ -69,6 +71,10 @@
 #elif A_STORAGE == 2
 #define A_ELEMENT ushort
 #define LOAD_A(p, i) as_float((uint)(p)[i] << 16)
+#elif A_STORAGE == 3
+#define A_ELEMENT char
+#define LOAD_A(p, i) ((float)(p)[i] * a_scales[a_scale_offset + (int)(((p) + (i)) - A) / a_row_length])
+#define A_SCALE_PARAMETERS , __global const float *a_scales, const int a_scale_offset, const int a_row_length
 #else
 #define A_ELEMENT float
 #define LOAD_A(p, i) (p)[i]
@@ -79,16 +85,27 @@
 #elif B_STORAGE == 2
 #define B_ELEMENT ushort
 #define LOAD_B(p, i) as_float((uint)(p)[i] << 16)
+#elif B_STORAGE == 3
+#define B_ELEMENT char
+#define LOAD_B(p, i) ((float)(p)[i] * b_scales[b_scale_offset + (int)(((p) + (i)) - B) / b_row_length])
+#define B_SCALE_PARAMETERS , __global const float *b_scales, const int b_scale_offset, const int b_row_length
 #else
 #define B_ELEMENT float
 #define LOAD_B(p, i) (p)[i]
+#endif
+
+#ifndef A_SCALE_PARAMETERS
+#define A_SCALE_PARAMETERS
+#endif
+#ifndef B_SCALE_PARAMETERS
+#define B_SCALE_PARAMETERS
 #endif
 
 // pack_a: global (K, m_panels, batches). Writes zeros for padding rows.
 __kernel void pack_a(__global const A_ELEMENT *A, const int a_offset, const int a_row_stride,
                      const int a_col_stride, const int a_batch_stride, const int M, const int K,
                      const float scale, const int m_panels, const int k_total, const int k_destination,
-                     __global float *Ap)
+                     __global float *Ap A_SCALE_PARAMETERS)
 {
     const int k = get_global_id(0);
     const int panel = get_global_id(1);
@@ -104,7 +121,7 @@ __kernel void pack_a(__global const A_ELEMENT *A, const int a_offset, const int 
 // pack_b: global (K, n_panels, batches). Writes zeros for padding columns.
 __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int b_row_stride,
                      const int b_col_stride, const int b_batch_stride, const int K, const int N,
-                     const int n_panels, const int k_total, const int k_destination, __global float *Bp)
+                     const int n_panels, const int k_total, const int k_destination, __global float *Bp B_SCALE_PARAMETERS)
 {
     const int k = get_global_id(0);
     const int panel = get_global_id(1);
@@ -113,7 +130,7 @@ __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int 
     const __global B_ELEMENT *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
     __global float *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR;
     const int columns = min(NR, N - panel * NR);
-#if B_STORAGE != 2
+#if B_STORAGE < 2
     if (columns == NR && b_col_stride == 1) {
 #if B_STORAGE == 1
         for (int v = 0; v < NV; ++v) vstoreV(CAT(vload_half, VW)(v, source + panel * NR), v, destination);

@@ -291,7 +291,7 @@ private struct GemmProblem {
                 throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
             }
         }
-        // Operands may be stored in fp16 or bf16 (frozen weights; widened as they are packed);
+        // Operands may be stored in fp16, bf16 or int8 (frozen weights; widened as they are packed);
         // C, the bias and the pre-activation are fp32.
         let operands = terms.flatMap { [$0.a.tensor, $0.b.tensor] }
         let outputs = [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
@@ -301,7 +301,10 @@ private struct GemmProblem {
                 throw TensorError.tooLarge(operation: operation, elements: tensor.offset + tensor.count)
             }
         }
-        for tensor in operands where !tensor.dtype.isFloatingPoint { try tensor.expect(.float32, operation) }
+        // int8 only with its row scales (a quantized upload made it).
+        for tensor in operands where !tensor.dtype.isFloatingPoint && !(tensor.dtype == .int8 && tensor.rowScales != nil) {
+            try tensor.expect(.float32, operation)
+        }
         for tensor in outputs { try tensor.expect(.float32, operation) }
         var flags: Int32 = 0
         if bias != nil { flags |= 1 }
@@ -345,8 +348,15 @@ extension Engine {
         switch dtype {
         case .float16: " -D\(side)_STORAGE=1"
         case .bfloat16: " -D\(side)_STORAGE=2"
+        case .int8: " -D\(side)_STORAGE=3"
         default: ""
         }
+    }
+
+    /// The int8 builds' extra arguments: the operand's row scales and row length.
+    fileprivate static func scaleArguments(_ tensor: Tensor) -> [KernelArgument] {
+        guard tensor.dtype == .int8, let rowScales = tensor.rowScales else { return [] }
+        return [.buffer(rowScales.scales.buffer), .int32(Int32(rowScales.scales.offset)), .int32(Int32(rowScales.rowLength))]
     }
 }
 
@@ -376,7 +386,7 @@ extension Engine {
                     .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
                     .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                     .buffer(packedA.buffer),
-                ])
+                ] + Self.scaleArguments(a.tensor))
                 try enqueue(packAKernel, global: [k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
             }
             try packBKernel.setArguments([
@@ -384,7 +394,7 @@ extension Engine {
                 .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
                 .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                 .buffer(packedB.buffer),
-            ])
+            ] + Self.scaleArguments(b.tensor))
             try enqueue(packBKernel, global: [k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
             kDestination += k
         }

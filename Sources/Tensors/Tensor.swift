@@ -2,25 +2,32 @@ import CLRuntime
 import Foundation
 
 /// Element types of device storage: fp32 for all math; int32 for labels; uint8 for
-/// per-parameter group ids; fp16 and bf16 for storing frozen weights at half the bytes (the
-/// GEMM converts them to fp32 as it packs, so the math stays fp32).
+/// per-parameter group ids; fp16 and bf16 for storing frozen weights at half the bytes, int8
+/// (with an fp32 scale per row) at a quarter (the GEMM converts them to fp32 as it packs, so
+/// the math stays fp32).
 public enum DType: String, Sendable, CustomStringConvertible, CaseIterable {
     case float32
     case int32
     case uint8
     case float16
     case bfloat16
+    /// Symmetric int8 with one fp32 scale per row of the stored matrix (its last dimension is
+    /// a row): value = q * scale, scale = the row's largest magnitude / 127.
+    case int8
 
     public var byteCount: Int {
         switch self {
         case .float32, .int32: 4
-        case .uint8: 1
+        case .uint8, .int8: 1
         case .float16, .bfloat16: 2
         }
     }
 
     /// fp32 and the two 16-bit float storage types.
     public var isFloatingPoint: Bool { self == .float32 || self == .float16 || self == .bfloat16 }
+
+    /// The types a GEMM operand may be stored in (widened to fp32 as it is packed).
+    public var isWeightStorage: Bool { isFloatingPoint || self == .int8 }
 
     public var description: String { rawValue }
 }
@@ -41,6 +48,10 @@ extension Int32: DeviceElement {
 
 extension UInt8: DeviceElement {
     public static var dtype: DType { .uint8 }
+}
+
+extension Int8: DeviceElement {
+    public static var dtype: DType { .int8 }
 }
 
 extension Float16: DeviceElement {
@@ -77,6 +88,9 @@ final class DeviceStorage {
     /// Elements of the dtype the storage was created for.
     let capacity: Int
 
+    /// int8 storage: the fp32 scale of each stored row (set once, by the quantizing upload).
+    var rowScales: RowScales?
+
     init(engine: Engine, elementCount: Int, dtype: DType) throws {
         self.engine = engine
         buffer = try engine.pool.acquire(byteCount: elementCount * dtype.byteCount)
@@ -84,6 +98,13 @@ final class DeviceStorage {
     }
 
     deinit { engine.pool.release(buffer) }
+}
+
+/// The scales of an int8 storage: element e of the storage (views included) is
+/// q[e] * scales[e / rowLength].
+struct RowScales {
+    let scales: Tensor
+    let rowLength: Int
 }
 
 /// A device-backed tensor: a row-major shape over a range of a device buffer. Copies of a
@@ -134,9 +155,21 @@ public struct Tensor {
         switch dtype {
         case .float16: try download(as: Float16.self).map(Float.init)
         case .bfloat16: try download(as: BFloat16.self).map(\.float)
+        case .int8:
+            // Dequantized as the GEMM's packing does: Float(q) * scale, one fp32 product.
+            try dequantized()
         default: try download(as: Float.self)
         }
     }
+
+    private func dequantized() throws -> [Float] {
+        guard let rowScales = storage.rowScales else { return try download(as: Int8.self).map(Float.init) }
+        let scales = try rowScales.scales.download()
+        return try download(as: Int8.self).enumerated().map { index, q in Float(q) * scales[(offset + index) / rowScales.rowLength] }
+    }
+
+    /// int8 storage's row scales (nil for other types).
+    var rowScales: RowScales? { storage.rowScales }
 
     public func download<Element: DeviceElement>(as _: Element.Type) throws -> [Element] {
         try expect(Element.dtype, "download")
@@ -250,13 +283,14 @@ extension Engine {
     }
 
     /// fp32 host values stored as `storage` (fp32, or rounded to nearest even into fp16 or
-    /// bf16), uploaded and waited for (weights: no staging copy).
+    /// bf16, or quantized per row into int8), uploaded and waited for (weights: no staging copy).
     public func tensor(_ values: [Float], shape: [Int], storage: DType) throws -> Tensor {
         let tensor = try empty(shape, dtype: storage)
         switch storage {
         case .float32: try tensor.uploadAndWait(values)
         case .float16: try tensor.uploadAndWait(values.map { Float16($0) })
         case .bfloat16: try tensor.uploadAndWait(values.map(BFloat16.init))
+        case .int8: try tensor.quantize(values)
         case .int32, .uint8: throw TensorError.dtypeMismatch(operation: "tensor(storage:)", expected: .float16, actual: storage)
         }
         return tensor
@@ -270,5 +304,32 @@ extension Engine {
         let tensor = try empty(shape, dtype: Element.dtype)
         try tensor.upload(values)
         return tensor
+    }
+}
+
+extension Tensor {
+    /// Symmetric per-row int8 of finite `values` (rows of the last dimension): scale = the row's
+    /// largest magnitude / 127 (1 for an all-zero row), q = round(v / scale) to nearest even,
+    /// so |q| <= 127 and every value is within scale / 2 of q * scale.
+    fileprivate func quantize(_ values: [Float]) throws {
+        guard shape.count >= 2, let rowLength = shape.last, rowLength > 0 else {
+            throw TensorError.invalidShape(shape, reason: "int8 storage needs a matrix (one scale per row)")
+        }
+        guard values.count == count else { throw TensorError.countMismatch(operation: "upload", expected: count, actual: values.count) }
+        if let index = values.firstIndex(where: { !$0.isFinite }) {
+            throw TensorError.invalidShape(shape, reason: "int8 storage of a non-finite value (\(values[index]) at flat index \(index))")
+        }
+        let rows = count / rowLength
+        var scales = [Float](repeating: 1, count: rows)
+        var quantized = [Int8](repeating: 0, count: count)
+        for row in 0..<rows {
+            let range = row * rowLength..<(row + 1) * rowLength
+            let largest = values[range].reduce(0) { max($0, abs($1)) }
+            let scale = largest > 0 ? largest / 127 : 1
+            scales[row] = scale
+            for index in range { quantized[index] = Int8(max(-127, min(127, (values[index] / scale).rounded(.toNearestOrEven)))) }
+        }
+        try uploadAndWait(quantized)
+        storage.rowScales = RowScales(scales: try engine.tensor(scales, shape: [rows], storage: .float32), rowLength: rowLength)
     }
 }

@@ -19,7 +19,7 @@ public final class ViTParameters {
     public let weightStorage: DType
 
     /// `values` holds every spec's host values under its internal name. `weightStorage` (fp32,
-    /// fp16 or bf16) is the device storage of the frozen weight matrices (patch, qkv, proj, fc1,
+    /// fp16, bf16 or int8 with a scale per output channel) is the device storage of the frozen weight matrices (patch, qkv, proj, fc1,
     /// fc2, projection): the GEMM widens them as it packs, so all math stays fp32. Biases,
     /// norms, cls and positions, trainable tensors, gradients and optimizer state stay fp32.
     /// Consumes `values`: each frozen tensor's host copy is dropped as soon as it is on the
@@ -33,8 +33,8 @@ public final class ViTParameters {
     /// `weightStorage` is uploaded as it is; everything else is widened (exactly) one tensor at
     /// a time and rounded where stored in 16 bits.
     public init(engine: Engine, specs: [ParameterSpec], tensors values: consuming [String: HostTensor], weightStorage: DType = .float32) throws {
-        guard weightStorage.isFloatingPoint else {
-            throw ConfigError("weights cannot be stored as \(weightStorage): use float32, float16 or bfloat16")
+        guard weightStorage.isWeightStorage else {
+            throw ConfigError("weights cannot be stored as \(weightStorage): use float32, float16, bfloat16 or int8")
         }
         self.engine = engine
         self.specs = specs

@@ -27,19 +27,20 @@ func parseTargets(_ text: String) throws -> [LoRATarget] {
 /// --weights: how the frozen weight matrices are stored on the device.
 struct WeightStorageOption: ParsableArguments {
     enum Storage: String, ExpressibleByArgument, CaseIterable {
-        case fp32, fp16, bf16
+        case fp32, fp16, bf16, int8
         var dtype: DType {
             switch self {
             case .fp32: .float32
             case .fp16: .float16
             case .bf16: .bfloat16
+            case .int8: .int8
             }
         }
     }
 
     /// fp16 by measurement (docs/BENCHMARKS.md): the default job's accuracy 0.8382 against 0.8380
     /// in fp32, the same images/s, and the frozen matrices at half the bytes.
-    @Option(name: .customLong("weights"), help: "Device storage of the frozen weight matrices: fp16 (the default: half the bytes, about 3e-4 relative error in the logits, the default job's accuracy unchanged), bf16 (about 5e-3) or fp32. Math, biases, norms, trainable tensors, gradients and optimizer state are always fp32.")
+    @Option(name: .customLong("weights"), help: "Device storage of the frozen weight matrices: fp16 (the default: half the bytes, about 3e-4 relative error in the logits, the default job's accuracy unchanged), bf16 (about 5e-3), int8 (a quarter of fp32's bytes, one scale per output channel: about 1e-2) or fp32. Math, biases, norms, trainable tensors, gradients and optimizer state are always fp32.")
     var storage: Storage = .fp16
 }
 

@@ -5,9 +5,10 @@ import Testing
 @testable import Tensors
 @testable import ViT
 
-/// 16-bit storage of frozen weights: the conversions, every GEMM path reading an fp16 or bf16
-/// operand, and the model under each storage type against the fp32 PyTorch fixtures.
-@Suite("16-bit weight storage")
+/// Frozen weights stored in 16 bits (fp16, bf16) or 8 (int8 with row scales): the conversions,
+/// every GEMM path reading such an operand, and the model under each storage type against the
+/// fp32 PyTorch fixtures.
+@Suite("Frozen-weight storage: fp16, bf16, int8")
 struct PrecisionTests {
     @Test func bfloat16RoundsToNearestEvenAndKeepsNaNAndInf() {
         #expect(BFloat16(1).bits == 0x3F80 && BFloat16(-0.0).bits == 0x8000)
@@ -61,12 +62,40 @@ struct PrecisionTests {
         #expect(throws: TensorError.self) { try engine.convert(source, into: try engine.empty([values.count - 1], dtype: storage)) }
     }
 
+    /// int8: one scale per row (the largest magnitude / 127), every value within half a step,
+    /// zero rows exact, the scales shared by views; what cannot be quantized is refused.
+    @Test func int8QuantizesPerRowWithinHalfAStep() throws {
+        let engine = try makeEngine()
+        let (rows, columns) = (7, 33)
+        var values = uniformValues(rows * columns, seed: 21, scale: 2)
+        for c in 0..<columns { values[3 * columns + c] = 0 }            // an all-zero row
+        values[5 * columns + 4] = -40                                    // a row with an outlier
+        let tensor = try engine.tensor(values, shape: [rows, columns], storage: .int8)
+        #expect(tensor.dtype == .int8 && tensor.byteCount == rows * columns)
+        let stored = try tensor.download()
+        for row in 0..<rows {
+            let range = row * columns..<(row + 1) * columns
+            let step = values[range].reduce(0) { max($0, abs($1)) } / 127
+            for index in range { #expect(abs(stored[index] - values[index]) <= step / 2 * 1.0001, "row \(row) index \(index)") }
+            #expect(values[range].contains { $0 != 0 } || stored[range].allSatisfy { $0 == 0 })
+        }
+        #expect(stored[5 * columns + 4] == -40)                         // the row's largest is exact
+        let view = try tensor.view(offset: 2 * columns, shape: [2, columns])
+        #expect(try view.download() == Array(stored[2 * columns..<4 * columns]))
+        #expect(throws: TensorError.self) { _ = try engine.tensor([1, 2, 3], shape: [3], storage: .int8) }
+        #expect(throws: TensorError.self) { _ = try engine.tensor([1, .nan, 3, 4], shape: [2, 2], storage: .int8) }
+        // An int8 tensor that was not quantized (no scales) is no GEMM operand.
+        #expect(throws: TensorError.self) {
+            try engine.gemm(try engine.empty([2, 2], dtype: .int8), try engine.zeros([2, 2]), into: try engine.empty([2, 2]))
+        }
+    }
+
     /// GEMM paths x stored type: the CPU profile (packed; A read in place when fp32, so a
     /// 16-bit A must pack; the skinny kernels for narrow products, which a 16-bit operand
     /// leaves), the GPU profile's tiled kernel, transposes, and a two-term sum mixing a 16-bit
     /// weight with an fp32 adapter term (Serial LoRA's fused qkv). The reference multiplies the
     /// stored values, so results agree up to fp32 accumulation order.
-    @Test(arguments: [DType.float16, .bfloat16], [false, true])
+    @Test(arguments: [DType.float16, .bfloat16, .int8], [false, true])
     func everyGemmPathReadsTheStoredType(storage: DType, tiled: Bool) throws {
         let engine = try makeEngine()
         if tiled { engine.gemmProfile = .gpu }
@@ -102,14 +131,16 @@ struct PrecisionTests {
         #expect(throws: TensorError.self) { try engine.gemm(w, try engine.zeros([d, 2]), into: try engine.empty([3 * d, 2], dtype: storage)) }
     }
 
-    /// The parity fixtures with the frozen matrices stored in 16 bits, against PyTorch's fp32
-    /// results. The bound is 8 unit roundoffs of the format (2^-11 for fp16, 2^-8 for bf16:
-    /// 3.9e-3 and 3.1e-2) on the relative error of each whole tensor: the weights' rounding
-    /// error passes through two blocks and the head. Measured here: fp16 logits 2.8e-4 to
-    /// 3.7e-4 and gradients up to 1.5e-3 (LoRA); bf16 logits 4.4e-3 to 4.8e-3 and gradients up
-    /// to 1.8e-2. The fp32 path stays the exact-parity path (ParityTests).
-    @Test(arguments: [DType.float16, .bfloat16], ["serial", "lora", "probe"])
-    func modelUnderSixteenBitWeightsStaysNearPyTorch(storage: DType, method: String) throws {
+    /// The parity fixtures with the frozen matrices stored in 16 or 8 bits, against PyTorch's
+    /// fp32 results. The bound is 8 unit roundoffs of the format (2^-11 for fp16, 2^-8 for bf16,
+    /// one step of 1/127 for int8, whose error is relative to each row's largest magnitude rather
+    /// than to each value: 3.9e-3, 3.1e-2 and 6.3e-2) on the relative error of each whole tensor:
+    /// the weights' rounding error passes through two blocks and the head. Measured here: fp16
+    /// logits 2.8e-4 to 3.7e-4 and gradients up to 1.5e-3 (LoRA); bf16 logits 4.4e-3 to 4.8e-3
+    /// and gradients up to 1.8e-2; int8 logits 6.8e-3 to 1.35e-2 and gradients up to 5.2e-2
+    /// (LoRA; 3.3e-2 Serial LoRA). The fp32 path stays the exact-parity path (ParityTests).
+    @Test(arguments: [DType.float16, .bfloat16, .int8], ["serial", "lora", "probe"])
+    func modelUnderStoredWeightsStaysNearPyTorch(storage: DType, method: String) throws {
         let engine = try makeEngine()
         let adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("\(method)/initial.safetensors"))
         let backbone = try CheckpointReader(file: try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("hf-vit/model.safetensors")),
@@ -120,7 +151,12 @@ struct PrecisionTests {
         #expect(try model.parameters.tensor("blocks.0.qkv.bias").dtype == .float32 && model.parameters.slab.dtype == .float32)
         let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(method)/expected.safetensors"))
         let (images, labels) = try fixtureBatch(engine)
-        let bound = 8 * (storage == .float16 ? 0x1p-11 : 0x1p-8)
+        let unitRoundoff: Double = switch storage {
+        case .float16: 0x1p-11
+        case .bfloat16: 0x1p-8
+        default: 1.0 / 127     // int8: one step, relative to the row's largest magnitude
+        }
+        let bound = 8 * unitRoundoff
         func relativeError(_ got: [Float], _ want: [Float]) -> Double {
             let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
             return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
