@@ -54,10 +54,14 @@ struct BlockLayer {
         try projectOutput(engine, input: x, saved)
         try normalizeMid(engine, saved)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
-        try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.h, transposeB: true, bias: weights.fc1.bias.value,
-                        activation: activation, preActivation: saved.plan == .recompute ? nil : saved.hPre)
+        try engine.withProfileScope(ProfileScope.fc1) {
+            try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.h, transposeB: true, bias: weights.fc1.bias.value,
+                            activation: activation, preActivation: saved.plan == .recompute ? nil : saved.hPre)
+        }
         try engine.copy(saved.xMid, into: output)
-        try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, bias: weights.fc2.bias.value)
+        try engine.withProfileScope(ProfileScope.fc2) {
+            try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, bias: weights.fc2.bias.value)
+        }
         try saved.storeSixteenBit(engine)
     }
 
@@ -117,7 +121,9 @@ struct BlockLayer {
     /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
     private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         try engine.copy(x, into: saved.xMid)
-        try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, bias: weights.proj.bias.value)
+        try engine.withProfileScope(ProfileScope.proj) {
+            try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, bias: weights.proj.bias.value)
+        }
         if let pair = weights.loraO {
             let t = try required(saved.loraT[.o], "t for LoRA o")
             try engine.withProfileScope(ProfileScope.adapter) {
@@ -146,10 +152,12 @@ struct BlockLayer {
             // Everything but the block input, the attention output and lse lives in scratch shared
             // by all blocks: rebuild u1, qkv, xMid, u2 and the fc1 pre-activation with the
             // forward's own kernels (bit-identical values).
-            try projectQKV(engine, input: x, saved, rebuilding: true)
-            try projectOutput(engine, input: x, saved, rebuilding: true)
-            try normalizeMid(engine, saved)
-            try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.hPre, transposeB: true, bias: weights.fc1.bias.value)
+            try engine.withProfileScope(ProfileScope.recompute) {
+                try projectQKV(engine, input: x, saved, rebuilding: true)
+                try projectOutput(engine, input: x, saved, rebuilding: true)
+                try normalizeMid(engine, saved)
+                try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.hPre, transposeB: true, bias: weights.fc1.bias.value)
+            }
         case .keepBF16:
             // qkv, the attention output, xMid and the pre-activation from the block's bf16 copies;
             // u1 (read by the adapters' gradients) from LN1 again. u2 is read by no backward here.
@@ -177,10 +185,12 @@ struct BlockLayer {
         }
         try linearWeightGradients(engine, weights.fc2, dY: dx, x: saved.h)
         let dh = try engine.empty([rows, config.mlpWidth])                      // (dx W2) * act'(hPre)
-        try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
+        try engine.withProfileScope(ProfileScope.fc2Input) {
+            try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
+        }
         try linearWeightGradients(engine, weights.fc1, dY: dh, x: saved.u2)
         let du = try engine.empty([rows, config.width])
-        try engine.gemm(dh, weights.fc1.weight.value, into: du)
+        try engine.withProfileScope(ProfileScope.fc1Input) { try engine.gemm(dh, weights.fc1.weight.value, into: du) }
         try layerNormBackward(engine, weights.norm2, du: du, x: saved.xMid, mean: saved.mean2, rstd: saved.rstd2, dx: dx)
     }
 
@@ -201,7 +211,7 @@ struct BlockLayer {
             }
             terms.append(GemmTerm(g, pair.a, scale: s))                                              // da += s g A
         }
-        try engine.gemm(sum: terms, into: dAttention)
+        try engine.withProfileScope(ProfileScope.projInput) { try engine.gemm(sum: terms, into: dAttention) }
         return dAttention
     }
 
@@ -267,4 +277,10 @@ public enum ProfileScope {
     public static let fusedQKV = "qkv+adapter"
     /// The input-gradient GEMM over K = 3d + (adapters) r.
     public static let fusedInput = "dqkv+adapter"
+    /// The block's frozen products, forward and input gradient (with their epilogues: fc1's
+    /// activation and pre-activation store, fc2.dX's activation derivative).
+    public static let proj = "proj", fc1 = "fc1", fc2 = "fc2"
+    public static let projInput = "proj.dX", fc1Input = "fc1.dX", fc2Input = "fc2.dX"
+    /// The recompute plan's rebuild in the backward.
+    public static let recompute = "recompute"
 }

@@ -195,8 +195,8 @@ struct TrainBench: ParsableCommand {
     var steps = 5
     @Option(help: "Untimed warm-up steps.")
     var warmup = 2
-    @Option(help: "recompute (default), keep, or keep-bf16 (kept in bfloat16) block intermediates for the backward.")
-    var activations: ActivationMemory = .recompute
+    @Option(help: "The activation plan: keep-bf16 (train's default), recompute or keep (see train --help).")
+    var activations: ActivationMemory = .keepBF16
     @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Print device time per kernel over the timed steps.")
     var profile = false

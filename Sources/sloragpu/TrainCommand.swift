@@ -82,8 +82,8 @@ struct TrainCommand: ParsableCommand {
         var peftNaming: PEFTNaming = .transformers5
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
-        @Option(help: "recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory); keep: nothing rerun, about 25% more images/s for 3-4x the saved activations; keep-bf16: nothing rerun, the kept tensors in bfloat16 (about half of keep's bytes; the backward reads them rounded). Full fine-tuning always keeps.")
-        var activations: ActivationMemory = .recompute
+        @Option(help: "keep-bf16 (the default): nothing rerun in the backward, the tensors it reads kept in bfloat16 (the forward and loss exact, the backward reads them rounded); recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory, about 25% fewer images/s); keep: as keep-bf16 in fp32, about twice its saved bytes. Full fine-tuning always keeps.")
+        var activations: ActivationMemory = .keepBF16
 
         /// Ranges before any arithmetic: every later size, loop and division relies on these.
         /// NaN fails each comparison, so it is refused everywhere.
@@ -164,7 +164,7 @@ struct TrainCommand: ParsableCommand {
         defer { withExtendedLifetime(runDirectory) {} }
         let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
                                   classNames: train.classNames, resume: resumeCheckpoint)
-        if resume == nil { try recordFreshRun(runDirectory, output: output, weights: options.weights.storage) }
+        if resume == nil { try recordFreshRun(runDirectory, output: output, options: options) }
 
         print("device:   \(engine.device.name)")
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
@@ -189,8 +189,9 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
         }
         var options: RunOptions
-        // Runs saved before --weights existed trained with fp32 weights, and resume in fp32.
-        let arguments = saved.contains { $0 == "--weights" || $0.hasPrefix("--weights=") } ? saved : saved + ["--weights", "fp32"]
+        // Runs saved before an option recorded its value resume with the default of their day.
+        var arguments = saved
+        for (option, defaultThen) in Self.recordedOptions where !Self.contains(arguments, option) { arguments += [option, defaultThen] }
         do { options = try RunOptions.parse(arguments) } catch {
             throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
         }
@@ -234,15 +235,25 @@ struct TrainCommand: ParsableCommand {
         return training
     }
 
+    /// Options whose default changed, with the default before run.json recorded them: a resume
+    /// must train as the run began (weight storage and activation plan change the numerics).
+    private static let recordedOptions = [("--weights", "fp32"), ("--activations", "recompute")]
+
+    private static func contains(_ arguments: [String], _ option: String) -> Bool {
+        arguments.contains { $0 == option || $0.hasPrefix(option + "=") }
+    }
+
     /// A fresh run's directory is emptied of another run's files, and run.json records the
     /// run's own arguments (after `train`) minus --device, since a resume may use another device,
-    /// plus the weight storage in effect, so that a resume keeps it whatever the default becomes.
-    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, weights: WeightStorageOption.Storage) throws {
+    /// plus the weight storage and activation plan in effect, so that a resume keeps them
+    /// whatever the defaults become.
+    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, options: RunOptions) throws {
         try runDirectory.prepareForFreshRun()
         var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
         if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
         arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
-        if !arguments.contains(where: { $0 == "--weights" || $0.hasPrefix("--weights=") }) { arguments += ["--weights", weights.rawValue] }
+        let inEffect = ["--weights": options.weights.storage.rawValue, "--activations": options.activations.rawValue]
+        for (option, _) in Self.recordedOptions where !Self.contains(arguments, option) { arguments += [option, inEffect[option] ?? ""] }
         try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
     }
 

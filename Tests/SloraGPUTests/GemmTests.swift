@@ -130,6 +130,27 @@ struct GemmTests {
         }
     }
 
+    /// The epilogues' GELU and GELU' (a rational erf, not the library's) over [-8, 8] densely,
+    /// through the vector columns and the scalar edge columns (n = 40) of both the CPU and the
+    /// tiled kernels: within 1e-6 (absolute, plus 1e-6 relative) of double precision, about
+    /// ten fp32 roundoffs at |x| near 1.
+    @Test(arguments: [false, true])
+    func geluEpiloguesAreAccurateEverywhere(tiled: Bool) throws {
+        let engine = try makeEngine()
+        if tiled { engine.gemmProfile = .gpu }
+        let (m, n) = (801, 40)
+        let x = (0..<m).map { Float(-8 + 16 * Double($0) / Double(m - 1)) }
+        let column = try engine.tensor(x, shape: [m, 1]), ones = try engine.tensor([Float](repeating: 1, count: n), shape: [1, n])
+        let out = try engine.empty([m, n])
+        try engine.gemm(column, ones, into: out, activation: .gelu)             // gelu(x_i) in every column
+        let grid = (0..<m * n).map { Double(x[$0 / n]) }
+        expectClose(try out.download(), grid.map(Reference.gelu), atol: 1e-6, rtol: 1e-6, "gelu, tiled \(tiled)")
+        let derivative = try engine.empty([m, n])
+        try engine.gemm(try engine.tensor([Float](repeating: 1, count: m), shape: [m, 1]), ones, into: derivative,
+                        times: ActivationDerivative(.gelu, at: try engine.tensor(grid.map(Float.init), shape: [m, n])))
+        expectClose(try derivative.download(), grid.map(Reference.geluDerivative), atol: 1e-6, rtol: 1e-6, "gelu', tiled \(tiled)")
+    }
+
     @Test func batchedWithSharedAndBatchedOperands() throws {
         let engine = try makeEngine()
         let (batch, m, n, k) = (3, 19, 21, 11)
