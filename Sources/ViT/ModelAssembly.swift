@@ -10,7 +10,12 @@ extension ViTModel {
     /// `weightStorage`: how the frozen weight matrices are stored on the device (ViTParameters).
     public static func assemble(_ engine: Engine, config: ViTConfig, method: FineTuningMethod, backbone: consuming [String: [Float]],
                                 adapter: AdapterFile.Contents? = nil, seed: UInt64, weightStorage: DType = .float32) throws -> ViTModel {
-        try assemble(engine, config: config, method: method, backbone: backbone.hostTensors, adapter: adapter, seed: seed, weightStorage: weightStorage)
+        // Moved, not copied: the arrays must have no other owner for ViTParameters to free each
+        // one once it is on the device.
+        var tensors: [String: HostTensor] = [:]
+        for (name, values) in consume backbone { tensors[name] = .float32(values) }
+        return try assemble(engine, config: config, method: method, backbone: consume tensors, adapter: adapter, seed: seed,
+                            weightStorage: weightStorage)
     }
 
     /// `assemble` on tensors as a checkpoint stores them: 16-bit weight matrices stored in
