@@ -6,10 +6,18 @@ public struct Backbone {
     public var config: ViTConfig
     /// As the checkpoint stores them: a 16-bit file's tensors stay 16-bit (HostTensor).
     public var tensors: [String: HostTensor]
-    /// `tensors` in fp32 (merge and export); setting it replaces them.
-    public var values: [String: [Float]] {
-        get { tensors.widened }
-        set { tensors = newValue.hostTensors }
+    /// A widened fp32 copy of `tensors` (a whole second base for a 16-bit file; merge and
+    /// export use `takeValues()`, which does not hold both).
+    public var values: [String: [Float]] { tensors.widened }
+
+    /// The tensors widened to fp32, each 16-bit array dropped as it is widened; `tensors` is
+    /// left empty.
+    public mutating func takeValues() -> [String: [Float]] {
+        var values: [String: [Float]] = [:]
+        for name in Array(tensors.keys) {
+            if let tensor = tensors.removeValue(forKey: name) { values[name] = tensor.floats }
+        }
+        return values
     }
     /// The checkpoint directory and naming, or the preset.
     public var source: String

@@ -57,8 +57,8 @@ extension Engine {
         case (.float32, .bfloat16): name = "narrow_f32_to_bf16"
         case (.bfloat16, .float32): name = "widen_bf16_to_f32"
         default:
-            let sixteenBit = source.dtype == .float32 ? destination.dtype : source.dtype
-            throw TensorError.dtypeMismatch(operation: "convert", expected: .bfloat16, actual: sixteenBit)
+            throw TensorError.shapeMismatch(operation: "convert",
+                                            details: "\(source.dtype) into \(destination.dtype): one side must be float32, the other float16 or bfloat16")
         }
         try checkOperands("convert", [source], dtype: source.dtype)
         try checkOperands("convert", [destination], dtype: destination.dtype)

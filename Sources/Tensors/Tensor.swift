@@ -325,7 +325,8 @@ extension Tensor {
         for row in 0..<rows {
             let range = row * rowLength..<(row + 1) * rowLength
             let largest = values[range].reduce(0) { max($0, abs($1)) }
-            let scale = largest > 0 ? largest / 127 : 1
+            // A row too small for its scale to be a normal fp32 (or all zeros) keeps scale 1.
+            let scale = largest / 127 >= Float.leastNormalMagnitude ? largest / 127 : 1
             scales[row] = scale
             for index in range { quantized[index] = Int8(max(-127, min(127, (values[index] / scale).rounded(.toNearestOrEven)))) }
         }

@@ -208,13 +208,14 @@ struct BlockScratch {
 /// What the forward keeps for the backward outside full fine-tuning (see Activations).
 public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep their input, attention output and lse; the backward reruns the qkv, proj
-    /// and fc1 GEMMs and two LayerNorms per block (the default: 0.35-0.45x PyTorch's peak memory).
+    /// and fc1 GEMMs and two LayerNorms per block (the library's default, exact: the least
+    /// memory, 0.25-0.3x PyTorch's peak). The CLI defaults to keepBF16.
     case recompute
     /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
     /// 3-4x the saved activations).
     case keep
-    /// As keep, nothing rerun, with the kept tensors rounded to bfloat16 (u1 rebuilt by a
-    /// LayerNorm): about half of keep's saved bytes; the backward reads values within bf16's
+    /// As keep, no GEMM rerun, with the kept tensors rounded to bfloat16 (u1 rebuilt by a
+    /// LayerNorm): about 0.6x keep's saved bytes; the backward reads values within bf16's
     /// rounding of the fp32 ones, the forward and loss are exact.
     case keepBF16 = "keep-bf16"
 }

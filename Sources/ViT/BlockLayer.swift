@@ -100,7 +100,7 @@ struct BlockLayer {
                     try engine.gemm(wqkv, serial.b, into: c)
                 }
             }
-            try engine.withProfileScope(ProfileScope.fusedQKV) {
+            try engine.withProfileScope(rebuilding ? nil : ProfileScope.fusedQKV) {
                 try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
                                 into: saved.qkv, bias: bqkv)
             }
@@ -121,7 +121,7 @@ struct BlockLayer {
     /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
     private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         try engine.copy(x, into: saved.xMid)
-        try engine.withProfileScope(ProfileScope.proj) {
+        try engine.withProfileScope(rebuilding ? nil : ProfileScope.proj) {
             try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, bias: weights.proj.bias.value)
         }
         if let pair = weights.loraO {
@@ -187,6 +187,11 @@ struct BlockLayer {
         let dh = try engine.empty([rows, config.mlpWidth])                      // (dx W2) * act'(hPre)
         try engine.withProfileScope(ProfileScope.fc2Input) {
             try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
+        }
+        // u2 is rebuilt only by the recompute plan; keep-bf16 leaves stale scratch there (only
+        // full fine-tuning trains fc1, and it always keeps).
+        guard saved.plan != .keepBF16 || weights.fc1.weight.gradient == nil else {
+            throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc1 trains but u2 was not kept (a bug)")
         }
         try linearWeightGradients(engine, weights.fc1, dY: dh, x: saved.u2)
         let du = try engine.empty([rows, config.width])

@@ -26,12 +26,15 @@ public final class ViTParameters {
     /// device, so loading peaks near one copy of the weights rather than two (pass a temporary
     /// or `consume` a local, or the caller's reference keeps every array alive).
     public convenience init(engine: Engine, specs: [ParameterSpec], values: consuming [String: [Float]], weightStorage: DType = .float32) throws {
-        try self.init(engine: engine, specs: specs, tensors: values.hostTensors, weightStorage: weightStorage)
+        // Moved, not copied, so that each array is freed once it is on the device.
+        var tensors: [String: HostTensor] = [:]
+        for (name, host) in consume values { tensors[name] = .float32(host) }
+        try self.init(engine: engine, specs: specs, tensors: consume tensors, weightStorage: weightStorage)
     }
 
     /// `tensors` as a checkpoint stores them: a 16-bit weight matrix whose type is
     /// `weightStorage` is uploaded as it is; everything else is widened (exactly) one tensor at
-    /// a time and rounded where stored in 16 bits.
+    /// a time and rounded or quantized for its storage.
     public init(engine: Engine, specs: [ParameterSpec], tensors values: consuming [String: HostTensor], weightStorage: DType = .float32) throws {
         guard weightStorage.isWeightStorage else {
             throw ConfigError("weights cannot be stored as \(weightStorage): use float32, float16, bfloat16 or int8")

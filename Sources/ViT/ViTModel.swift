@@ -17,8 +17,8 @@ public final class ViTModel {
     /// `BaseFingerprint` of the backbone as loaded, recorded in the adapters this model saves.
     public var baseFingerprint: String?
 
-    /// Recompute block intermediates in the backward (default) or keep them; changing it
-    /// drops the current activations.
+    /// Recompute block intermediates in the backward (default), keep them, or keep them in
+    /// bfloat16 (ActivationMemory); changing it drops the current activations.
     public var activationMemory: ActivationMemory = .recompute {
         didSet { if activationMemory != oldValue { saved = nil } }
     }

@@ -196,14 +196,14 @@ struct MergeCommand: ParsableCommand {
 
     func run() throws {
         let contents = try loadAdapter(adapter, modelOptions: modelOptions)
-        let backbone = try modelOptions.load(classes: contents.config.classes, defaultImageSize: contents.config.imageSize)
+        var backbone = try modelOptions.load(classes: contents.config.classes, defaultImageSize: contents.config.imageSize)
         try contents.checkFits(backbone.config, source: backbone.source, checkClasses: false)
         if !allowOtherBase { try contents.checkBase(backbone.fingerprint, path: adapter) }
         var config = contents.config
         // The export's input size is the one the base was loaded at (its positions resized to it).
         (config.mean, config.std, config.imageSize) = (backbone.config.mean, backbone.config.std, backbone.config.imageSize)
-        let merged = try Merge.merged(base: backbone.values, adapter: contents)
         let naming = backbone.naming.exportNaming, dtype = fileType.dtype(base: backbone)
+        let merged = try Merge.merged(base: backbone.takeValues(), adapter: contents)
         try CheckpointExport.write(merged, config: config, naming: naming, classNames: contents.classNames, dtype: dtype, to: URL(fileURLWithPath: output))
         print("merged \(contents.method) into \(backbone.source): \(output) (\(naming.rawValue) naming, \(dtype.rawValue))")
     }
@@ -263,8 +263,8 @@ struct ExportBase: ParsableCommand {
         var backbone = try modelOptions.load(classes: contents?.config.classes, defaultImageSize: contents?.config.imageSize)
         var classNames = backbone.classNames
         if let contents {
-            backbone.values["head.weight"] = contents.values["head.weight"]
-            backbone.values["head.bias"] = contents.values["head.bias"]
+            backbone.tensors["head.weight"] = contents.values["head.weight"].map(HostTensor.float32)
+            backbone.tensors["head.bias"] = contents.values["head.bias"].map(HostTensor.float32)
             backbone.hasHead = true
             classNames = contents.classNames
         }
@@ -272,9 +272,10 @@ struct ExportBase: ParsableCommand {
             throw ValidationError("\(backbone.source) has no classification head for \(backbone.config.classes) classes: give --adapter to take its head")
         }
         let naming = backbone.naming.exportNaming, dtype = fileType.dtype(base: backbone)
-        try CheckpointExport.write(backbone.values, config: backbone.config, naming: naming, classNames: classNames, dtype: dtype,
+        let (config, source, fingerprint) = (backbone.config, backbone.source, backbone.fingerprint)
+        try CheckpointExport.write(backbone.takeValues(), config: config, naming: naming, classNames: classNames, dtype: dtype,
                                    to: URL(fileURLWithPath: output))
-        print("exported \(backbone.source) to \(output) (\(naming.rawValue) naming, \(dtype.rawValue), fingerprint \(backbone.fingerprint))")
+        print("exported \(source) to \(output) (\(naming.rawValue) naming, \(dtype.rawValue), fingerprint \(fingerprint))")
     }
 }
 

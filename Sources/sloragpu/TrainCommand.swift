@@ -82,7 +82,7 @@ struct TrainCommand: ParsableCommand {
         var peftNaming: PEFTNaming = .transformers5
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
-        @Option(help: "keep-bf16 (the default): nothing rerun in the backward, the tensors it reads kept in bfloat16 (the forward and loss exact, the backward reads them rounded); recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory, about 25% fewer images/s); keep: as keep-bf16 in fp32, about twice its saved bytes. Full fine-tuning always keeps.")
+        @Option(help: "keep-bf16 (the default): the backward reruns no GEMM (only LN1), the tensors it reads kept in bfloat16 (the forward and loss exact, the backward reads them rounded); recompute: blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (least memory, about 20% fewer images/s); keep: as keep-bf16 in fp32, about 1.7x its saved bytes. Full fine-tuning always keeps.")
         var activations: ActivationMemory = .keepBF16
 
         /// Ranges before any arithmetic: every later size, loop and division relies on these.
@@ -170,7 +170,8 @@ struct TrainCommand: ParsableCommand {
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
               + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)"))
         print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
-        print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it")
+        print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it"
+              + (method == .full || method == .probe ? "" : "; activations \(options.activations.rawValue)"))
         print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
         if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
         fflush(nil)

@@ -144,19 +144,21 @@ struct TrainingCLITests {
         let eval = try runSloragpu(["eval", "--adapter", output.appendingPathComponent("adapter.safetensors").path, "--model", fixtureModel,
                                     "--data", "synthetic", "--weights", "bf16"])
         #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
-        // Without --weights the default (fp16) is recorded; a run.json from before --weights
-        // existed resumes in fp32, as it trained.
+        // Without --weights and --activations the defaults (fp16, keep-bf16) are recorded; a
+        // run.json from before they were recorded resumes in fp32 and recompute, as it trained.
         let plain = try makeTemporaryDirectory()
         let first = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--output", plain.path])
-        #expect(first.status == 0 && first.standardOutput.contains("frozen weights in fp16"), "\(first.standardError)")
+        #expect(first.status == 0 && first.standardOutput.contains("frozen weights in fp16")
+                && first.standardOutput.contains("activations keep-bf16"), "\(first.standardError)")
         let runFile = plain.appendingPathComponent("run.json")
         var recorded = try JSONDecoder().decode([String].self, from: Data(contentsOf: runFile))
-        #expect(recorded.suffix(2) == ["--weights", "fp16"])
-        recorded.removeLast(2)
+        #expect(recorded.suffix(4) == ["--weights", "fp16", "--activations", "keep-bf16"])
+        recorded.removeLast(4)
         recorded = recorded.map { $0 == "2" ? "3" : $0 }   // one more step to resume into
         try JSONEncoder().encode(recorded).write(to: runFile)
         let resumed = try runSloragpu(["train", "--resume", plain.path])
-        #expect(resumed.status == 0 && resumed.standardOutput.contains("resuming:") && !resumed.standardOutput.contains("frozen weights in"),
+        #expect(resumed.status == 0 && resumed.standardOutput.contains("resuming:") && !resumed.standardOutput.contains("frozen weights in")
+                && resumed.standardOutput.contains("activations recompute"),
                 "\(resumed.standardOutput)\(resumed.standardError)")
         let bad = try runSloragpu(["train"] + common + ["--weights", "int4"])
         #expect(bad.status != 0 && bad.standardError.contains("fp32") && bad.standardError.contains("bf16"), "\(bad.standardError)")

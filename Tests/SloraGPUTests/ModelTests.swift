@@ -287,7 +287,7 @@ struct ActivationPlanTests {
 extension ActivationPlanTests {
     /// keep-bf16: the forward is the fp32 one bit for bit (the copies are made after it), the
     /// gradients differ from keep's by bf16's rounding of what the backward reads (the bound:
-    /// 8 unit roundoffs, 2^-8 = 3.1e-2, on each tensor's relative error; measured here up to
+    /// 8 unit roundoffs, 8 x 2^-8 = 3.1e-2, on each tensor's relative error; measured here up to
     /// 7.6e-3 for Serial LoRA and 1.9e-2 for LoRA), and the same against PyTorch's fp32
     /// gradients. Both blocks share the fp32 scratch, so a backward that skipped the widening
     /// would read the other block's tensors and miss the bound by far. Saved bytes below keep's.

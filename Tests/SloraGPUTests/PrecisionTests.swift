@@ -82,6 +82,20 @@ struct PrecisionTests {
         #expect(stored[5 * columns + 4] == -40)                         // the row's largest is exact
         let view = try tensor.view(offset: 2 * columns, shape: [2, columns])
         #expect(try view.download() == Array(stored[2 * columns..<4 * columns]))
+        // A view at an offset, as either operand and transposed, finds its rows' scales.
+        let other = uniformValues(5 * columns, seed: 22)
+        for transposed in [false, true] {
+            let out = try engine.empty(transposed ? [5, 2] : [2, 5])
+            let dense = try engine.tensor(other, shape: [5, columns])
+            if transposed {
+                try engine.gemm(dense, view, into: out, transposeB: true)
+            } else {
+                try engine.gemm(view, dense, into: out, transposeB: true)
+            }
+            let (a, b) = transposed ? (other, Array(stored[2 * columns..<4 * columns])) : (Array(stored[2 * columns..<4 * columns]), other)
+            let expected = Reference.matmul(a, b, m: transposed ? 5 : 2, n: transposed ? 2 : 5, k: columns, transposeB: true)
+            expectClose(try out.download(), expected, atol: 1e-5, rtol: 1e-5, "int8 view as \(transposed ? "B" : "A")")
+        }
         #expect(throws: TensorError.self) { _ = try engine.tensor([1, 2, 3], shape: [3], storage: .int8) }
         #expect(throws: TensorError.self) { _ = try engine.tensor([1, .nan, 3, 4], shape: [2, 2], storage: .int8) }
         // An int8 tensor that was not quantized (no scales) is no GEMM operand.
@@ -109,7 +123,7 @@ struct PrecisionTests {
                     try engine.gemm(a, b, into: c, transposeA: ta, transposeB: tb)
                     let expected = Reference.matmul(try a.download(), try b.download(), m: m, n: n, k: k, transposeA: ta, transposeB: tb)
                     expectClose(try c.download(), expected, atol: GemmTests.tolerance(k: k), rtol: 1e-5,
-                                "\(storage) \(tiled ? "tiled" : "packed") \(m)x\(n)x\(k) A\(storedA ? "16" : "32")\(ta ? "T" : "N") B\(storedB ? "16" : "32")\(tb ? "T" : "N")")
+                                "\(storage) \(tiled ? "tiled" : "packed") \(m)x\(n)x\(k) A\(storedA ? "\(storage)" : "fp32")\(ta ? "T" : "N") B\(storedB ? "\(storage)" : "fp32")\(tb ? "T" : "N")")
                 }
             }
         }
