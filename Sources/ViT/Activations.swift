@@ -209,7 +209,7 @@ struct BlockScratch {
 public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep their input, attention output and lse; the backward reruns the qkv, proj
     /// and fc1 GEMMs and two LayerNorms per block (the library's default, exact: the least
-    /// memory, 0.25-0.3x PyTorch's peak). The CLI defaults to keepBF16.
+    /// memory, 0.25-0.3x PyTorch's peak; the CLI's default too).
     case recompute
     /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
     /// 3-4x the saved activations).

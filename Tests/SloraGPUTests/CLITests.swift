@@ -144,15 +144,15 @@ struct TrainingCLITests {
         let eval = try runSloragpu(["eval", "--adapter", output.appendingPathComponent("adapter.safetensors").path, "--model", fixtureModel,
                                     "--data", "synthetic", "--weights", "bf16"])
         #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
-        // Without --weights and --activations the defaults (fp16, keep-bf16) are recorded; a
+        // Without --weights and --activations the defaults (fp16, recompute) are recorded; a
         // run.json from before they were recorded resumes in fp32 and recompute, as it trained.
         let plain = try makeTemporaryDirectory()
         let first = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--output", plain.path])
         #expect(first.status == 0 && first.standardOutput.contains("frozen weights in fp16")
-                && first.standardOutput.contains("activations keep-bf16"), "\(first.standardError)")
+                && first.standardOutput.contains("activations recompute"), "\(first.standardError)")
         let runFile = plain.appendingPathComponent("run.json")
         var recorded = try JSONDecoder().decode([String].self, from: Data(contentsOf: runFile))
-        #expect(recorded.suffix(4) == ["--weights", "fp16", "--activations", "keep-bf16"])
+        #expect(recorded.suffix(4) == ["--weights", "fp16", "--activations", "recompute"])
         recorded.removeLast(4)
         recorded = recorded.map { $0 == "2" ? "3" : $0 }   // one more step to resume into
         try JSONEncoder().encode(recorded).write(to: runFile)
