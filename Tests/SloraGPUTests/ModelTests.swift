@@ -259,16 +259,12 @@ struct SerialPathTests {
 
 @Suite("Activation plans")
 struct ActivationPlanTests {
-    /// The backward's rebuild reruns the forward's own kernels on the same inputs, so the
-    /// recompute plan must give the keep plan's logits and gradients bit for bit, while keeping
-    /// fewer bytes; a probe and full fine-tuning have one plan.
-    @Test(arguments: ["serial", "lora"])
-    func recomputeGivesTheKeptGradientsExactlyWithLessMemory(method: String) throws {
-        let engine = try makeEngine()
-        let (model, _) = try fixtureModel(engine, naming: .hfViT, method: method)
-        let (images, labels) = try fixtureBatch(engine)
+    /// One forward and backward of the fixture batch per plan: logits and every trainable
+    /// gradient by name, and the saved bytes.
+    static func logitsAndGradients(_ model: ViTModel, under plans: [ActivationMemory], images: Tensor, labels: Tensor) throws
+        -> ([[String: [Float]]], [Int]) {
         var results: [[String: [Float]]] = [], bytes: [Int] = []
-        for plan in [ActivationMemory.keep, .recompute] {
+        for plan in plans {
             model.activationMemory = plan
             try model.parameters.zeroGradients()
             var result = ["logits": try model.forward(images).download()]
@@ -277,6 +273,18 @@ struct ActivationPlanTests {
             results.append(result)
             bytes.append(model.savedActivationBytes)
         }
+        return (results, bytes)
+    }
+
+    /// The backward's rebuild reruns the forward's own kernels on the same inputs, so the
+    /// recompute plan must give the keep plan's logits and gradients bit for bit, while keeping
+    /// fewer bytes; a probe and full fine-tuning have one plan.
+    @Test(arguments: ["serial", "lora"])
+    func recomputeGivesTheKeptGradientsExactlyWithLessMemory(method: String) throws {
+        let engine = try makeEngine()
+        let (model, _) = try fixtureModel(engine, naming: .hfViT, method: method)
+        let (images, labels) = try fixtureBatch(engine)
+        let (results, bytes) = try Self.logitsAndGradients(model, under: [.keep, .recompute], images: images, labels: labels)
         for (name, value) in results[0] {
             #expect(value == results[1][name]!, "keep vs recompute: \(name) differs")
         }
@@ -297,20 +305,7 @@ extension ActivationPlanTests {
         let (model, _) = try fixtureModel(engine, naming: .hfViT, method: method)
         let (images, labels) = try fixtureBatch(engine)
         let expected = try SafeTensorsFile(contentsOf: parityFixtures.appendingPathComponent("\(method)/expected.safetensors"))
-        func relativeError(_ got: [Float], _ want: [Float]) -> Double {
-            let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-            return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
-        }
-        var results: [[String: [Float]]] = [], bytes: [Int] = []
-        for plan in [ActivationMemory.keep, .keepBF16] {
-            model.activationMemory = plan
-            try model.parameters.zeroGradients()
-            var result = ["logits": try model.forward(images).download()]
-            try model.backward(try model.loss(labels: labels).dLogits)
-            for name in model.parameters.trainableNames { result[name] = try model.parameters.gradient(name)!.download() }
-            results.append(result)
-            bytes.append(model.savedActivationBytes)
-        }
+        let (results, bytes) = try Self.logitsAndGradients(model, under: [.keep, .keepBF16], images: images, labels: labels)
         #expect(results[1]["logits"]! == results[0]["logits"]!)
         let bound = 8 * 0x1p-8
         var largest = 0.0

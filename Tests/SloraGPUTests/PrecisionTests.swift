@@ -171,10 +171,6 @@ struct PrecisionTests {
         default: 1.0 / 127     // int8: one step, relative to the row's largest magnitude
         }
         let bound = 8 * unitRoundoff
-        func relativeError(_ got: [Float], _ want: [Float]) -> Double {
-            let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-            return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
-        }
         try model.parameters.zeroGradients()
         let logits = try model.forward(images).download()
         let logitsError = relativeError(logits, try expected.floats("logits"))

@@ -141,3 +141,9 @@ func expectClose(_ actual: [Float], _ expected: [Float], atol: Double, rtol: Dou
                  sourceLocation: SourceLocation = #_sourceLocation) {
     expectClose(actual, expected.map(Double.init), atol: atol, rtol: rtol, what, sourceLocation: sourceLocation)
 }
+
+/// ||got - want|| / ||want|| over a whole tensor (the precision tests' error measure).
+func relativeError(_ got: [Float], _ want: [Float]) -> Double {
+    let difference = zip(got, want).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+    return (difference / max(1e-30, want.reduce(0.0) { $0 + Double($1) * Double($1) })).squareRoot()
+}
