@@ -3,11 +3,12 @@
 # package registry: device-bundle/bin/sloragpu (release, Swift runtime linked statically) and
 # device-bundle/lib/ with the shared libraries it loads that such a machine may lack (the
 # OpenCL ICD loader, libpng, libturbojpeg, zlib). The driver's own OpenCL library stays the
-# machine's. device-bundle/ is ignored by git.
+# machine's. device-bundle/ is ignored by git. Built without the MPI trait: the GPU machine has
+# no Open MPI, and the check runs one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-swift build -c release --static-swift-stdlib --product sloragpu --scratch-path .build-static
+swift build -c release --static-swift-stdlib --disable-default-traits --product sloragpu --scratch-path .build-static
 rm -rf device-bundle
 mkdir -p device-bundle/bin device-bundle/lib
 # Stripped and gzipped (80 MB -> 23 MB, the static Foundation's ICU data being most of it), so

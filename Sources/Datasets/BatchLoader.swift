@@ -29,16 +29,24 @@ public final class BatchLoader: @unchecked Sendable {
     public let augment: Bool
     public let seed: UInt64
     public let repeats: Bool
+    /// Which part of every batch this loader prepares: shard `part.index` of `part.count`
+    /// contiguous equal parts (data-parallel rank r of N takes images [r B/N, (r+1) B/N) of
+    /// every global batch). Order, augmentation and positions are those of the whole batch.
+    public let part: (index: Int, count: Int)
     public private(set) var position: LoaderPosition
 
     private let queue = DispatchQueue(label: "sloragpu.batch-loader")
     private var pending: (LoaderPosition, DispatchWorkItem, UnsafeSendableBox<Batch?>)?
 
     public init(dataset: ImageDataset, preprocessor: Preprocessor, batchSize: Int, shuffle: Bool, augment: Bool, seed: UInt64,
-                repeats: Bool, position: LoaderPosition = LoaderPosition()) throws {
+                repeats: Bool, position: LoaderPosition = LoaderPosition(), part: (index: Int, count: Int) = (0, 1)) throws {
         guard batchSize > 0, !repeats || dataset.count >= batchSize else {
             throw DatasetError("\(dataset.name): \(dataset.count) images cannot fill a batch of \(batchSize)")
         }
+        guard part.count >= 1, (0..<part.count).contains(part.index), batchSize % part.count == 0, part.count == 1 || repeats else {
+            throw DatasetError("a batch of \(batchSize) does not split into \(part.count) equal parts (part \(part.index)); only a repeating (training) loader, whose batches are all full, splits them")
+        }
+        self.part = part
         (self.dataset, self.preprocessor, self.batchSize, self.shuffle) = (dataset, preprocessor, batchSize, shuffle)
         (self.augment, self.seed, self.repeats, self.position) = (augment, seed, repeats, position)
     }
@@ -85,8 +93,8 @@ public final class BatchLoader: @unchecked Sendable {
     private func make(_ at: LoaderPosition) -> Batch? {
         guard at.batch < batchesPerEpoch else { return nil }
         let order = order(epoch: at.epoch)
-        let start = at.batch * batchSize
-        let indices = Array(order[start..<min(start + batchSize, order.count)])
+        let start = at.batch * batchSize + part.index * (batchSize / part.count)
+        let indices = Array(order[start..<min(start + batchSize / part.count, order.count)])
         let size = preprocessor.outputSize
         var images = [Float](repeating: 0, count: indices.count * 3 * size * size)
         for (slot, index) in indices.enumerated() {

@@ -33,6 +33,17 @@ public struct ImageDataset: Sendable {
         try ImageDataset(name: name, height: height, width: width, channels: channels, classNames: names, pixels: pixels, labels: labels)
     }
 
+    /// Shard `index` of `count` contiguous shards whose sizes differ by at most one: images
+    /// [index n / count, (index + 1) n / count). The shards cover every image exactly once.
+    public func shard(_ index: Int, of count: Int) -> ImageDataset {
+        guard count > 1 else { return self }
+        let start = index * self.count / count, end = (index + 1) * self.count / count
+        var copy = self
+        copy.pixels = Array(pixels[start * imageBytes..<end * imageBytes])
+        copy.labels = Array(labels[start..<end])
+        return copy
+    }
+
     /// The first `limit` images (all when nil or larger; none when negative).
     public func prefix(_ limit: Int?) -> ImageDataset {
         guard let requested = limit, requested < count else { return self }

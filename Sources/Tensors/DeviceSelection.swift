@@ -105,14 +105,16 @@ public enum DeviceSelection {
         return nil
     }
 
-    /// The policy: an explicit spec if given; otherwise the first GPU on any platform;
-    /// otherwise the PoCL CPU device; otherwise the first device there is.
-    public static func choose(_ spec: DeviceSpec?, from listings: [DeviceListing]) throws -> DeviceListing {
-        guard let first = listings.first else { throw DeviceSelectionError.noPlatform }
+    /// The policy: an explicit spec if given; otherwise the GPUs of every platform, else the
+    /// PoCL CPU devices, else every device, and of those the `localRank`-th (modulo their
+    /// number): one process per device when several ranks share a machine, the first one
+    /// otherwise.
+    public static func choose(_ spec: DeviceSpec?, from listings: [DeviceListing], localRank: Int = 0) throws -> DeviceListing {
+        guard !listings.isEmpty else { throw DeviceSelectionError.noPlatform }
         guard let spec else {
-            return listings.first { $0.type.contains(.gpu) }
-                ?? listings.first { $0.isPoCL && $0.type.contains(.cpu) }
-                ?? first
+            let gpus = listings.filter { $0.type.contains(.gpu) }, pocl = listings.filter { $0.isPoCL && $0.type.contains(.cpu) }
+            let candidates = !gpus.isEmpty ? gpus : !pocl.isEmpty ? pocl : listings
+            return candidates[max(0, localRank) % candidates.count]
         }
         let match: DeviceListing?
         switch spec {
@@ -147,10 +149,11 @@ public enum DeviceSelection {
     }
 
     /// Enumerates and applies the policy to the explicit spec (flag, then environment).
-    public static func select(flag: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Device {
+    public static func select(flag: String? = nil, localRank: Int = 0,
+                              environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Device {
         let spec = try explicitSpec(flag: flag, environment: environment)
         let all = try enumerate()
-        let chosen = try choose(spec, from: all.map(\.listing))
+        let chosen = try choose(spec, from: all.map(\.listing), localRank: localRank)
         return all.first { $0.listing == chosen }!.device
     }
 }

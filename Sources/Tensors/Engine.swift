@@ -75,8 +75,10 @@ public final class Engine {
 
     /// Selects a device by the policy in `DeviceSelection` (`deviceSpec`, then
     /// `SLORAGPU_DEVICE`, then the first GPU, then PoCL's CPU device).
-    public convenience init(deviceSpec: String? = nil, configuration: EngineConfiguration = .fromEnvironment()) throws {
-        try self.init(device: try DeviceSelection.select(flag: deviceSpec), configuration: configuration)
+    /// `localRank`: this process among the data-parallel ranks on its machine (see
+    /// `DeviceSelection.choose`).
+    public convenience init(deviceSpec: String? = nil, localRank: Int = 0, configuration: EngineConfiguration = .fromEnvironment()) throws {
+        try self.init(device: try DeviceSelection.select(flag: deviceSpec, localRank: localRank), configuration: configuration)
     }
 
     /// Waits until every enqueued command has finished.

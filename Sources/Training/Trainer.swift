@@ -1,3 +1,4 @@
+import Cluster
 import Datasets
 import Foundation
 import Synchronization
@@ -111,6 +112,14 @@ public struct TrainingSummary: Codable, Sendable {
 /// at the end; last and best checkpoints; resume; a clean stop on request.
 /// Output directory layout: metrics.jsonl, checkpoints/last, checkpoints/best,
 /// adapter.safetensors (final), summary.json, curves.svg.
+///
+/// Data-parallel over a `communicator` of N ranks (one per device), the run is the
+/// single-process run with the same global batch: every rank draws the same global batches
+/// and computes its contiguous 1/N of each, one all-reduce per optimizer step sums the
+/// trainable gradients (with the loss and a stop flag in the same buffer) in rank order, so
+/// clipping and the update are bitwise the same everywhere; evaluation is sharded and
+/// reduced; rank 0 alone writes files, and every checkpoint first verifies that all ranks
+/// hold the same parameters and optimizer state.
 public final class Trainer {
     public let model: ViTModel
     public let options: TrainingOptions
@@ -119,21 +128,38 @@ public final class Trainer {
     public let optimizer: SlabOptimizer
     let trainLoader: BatchLoader
     let makeTestLoader: () throws -> BatchLoader
+    let testName: String
     var state: TrainingState
     private let stopRequested = Atomic<Bool>(false)
+    /// With several ranks: set when a step's all-reduce carried a stop request from any rank.
+    private var stopAgreed = false
     private var metrics: FileHandle?
+    public let communicator: Communicator
+    /// Told of every micro-batch, evaluation batch and checkpoint, when set.
+    public var watchdog: Watchdog?
+    private let fault: (rank: Int, step: Int, fault: InjectedFault)?
+    /// The last all-reduce's size and time (nil in one process).
+    public private(set) var lastReduction: (bytes: Int, seconds: Double)?
 
     public var lastCheckpoint: URL { output.appendingPathComponent("checkpoints/last") }
     public var bestCheckpoint: URL { output.appendingPathComponent("checkpoints/best") }
 
-    /// `resume`: a checkpoint directory (checkpoints/last of an earlier run) to continue from.
+    /// `resume`: a checkpoint directory (checkpoints/last of an earlier run) to continue from;
+    /// with several ranks only rank 0 reads it and broadcasts what it holds.
+    /// `options.batchSize` is the global batch: it must divide by the number of ranks.
     public init(model: ViTModel, train: ImageDataset, test: ImageDataset, options: TrainingOptions, output: URL,
-                classNames: [String], resume: URL? = nil) throws {
+                classNames: [String], resume: URL? = nil, communicator: Communicator = SingleProcess()) throws {
         try options.validate()
+        guard options.batchSize % communicator.size == 0 else {
+            throw TrainingError.invalidOptions("the batch of \(options.batchSize) images (the global batch) does not divide into \(communicator.size) ranks; give a multiple of \(communicator.size)")
+        }
         self.model = model
         self.options = options
         self.output = output
         self.classNames = classNames
+        self.communicator = communicator
+        fault = try InjectedFault.planned()
+        testName = test.name
         let parameters = model.parameters
         switch options.optimizer {
         case .adamw:
@@ -144,7 +170,8 @@ public final class Trainer {
                                 weightDecay: options.weightDecay, loraPlusRatio: options.loraPlusRatio, maxGradientNorm: options.maxGradientNorm)
         }
         state = TrainingState(step: 0, position: LoaderPosition(), bestAccuracy: nil, bestStep: nil, seed: options.seed)
-        if let resume {
+        try communicator.checkSameConfiguration(Self.configurationFields(model, train: train, test: test, options: options, resuming: resume != nil))
+        if let resume, communicator.isRoot {
             let directory = try TrainingCheckpoint.resolve(resume)
             state = try TrainingCheckpoint.loadState(directory)
             let adapter = try AdapterFile.load(directory.appendingPathComponent("adapter.safetensors"))
@@ -158,9 +185,11 @@ public final class Trainer {
             }
             try TrainingCheckpoint.restoreOptimizer(optimizer, from: directory, step: state.step)
         }
+        if communicator.isDistributed { state = try Self.rootState(state, communicator, parameters, optimizer) }
         let preprocessor = Preprocessor(outputSize: model.config.imageSize, mean: model.config.mean, std: model.config.std)
         trainLoader = try BatchLoader(dataset: train, preprocessor: preprocessor, batchSize: options.batchSize, shuffle: options.shuffle,
-                                      augment: options.augment, seed: options.seed, repeats: true, position: state.position)
+                                      augment: options.augment, seed: options.seed, repeats: true, position: state.position,
+                                      part: (communicator.rank, communicator.size))
         if resume != nil {
             let file = output.appendingPathComponent("checkpoints/last/state.json").path
             guard state.step <= options.steps else {
@@ -175,10 +204,46 @@ public final class Trainer {
                 throw CheckpointError(file: file, "data position batch \(state.position.batch) is past the \(trainLoader.batchesPerEpoch) batches of an epoch")
             }
         }
-        let batchSize = options.batchSize
+        // Each rank evaluates its contiguous shard of the test set in batches of its share.
+        let batchSize = options.batchSize / communicator.size, shard = test.shard(communicator.rank, of: communicator.size)
         makeTestLoader = {
-            try BatchLoader(dataset: test, preprocessor: preprocessor, batchSize: batchSize, shuffle: false, augment: false, seed: 0, repeats: false)
+            try BatchLoader(dataset: shard, preprocessor: preprocessor, batchSize: batchSize, shuffle: false, augment: false, seed: 0, repeats: false)
         }
+    }
+
+    /// What every rank must agree on before training together, as (field, value) text.
+    static func configurationFields(_ model: ViTModel, train: ImageDataset, test: ImageDataset, options: TrainingOptions,
+                                    resuming: Bool) throws -> [(name: String, value: String)] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        func json<Value: Encodable>(_ value: Value) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
+        func data(_ set: ImageDataset) -> String {
+            var hash = checksumSeed
+            checksum(bytes: set.pixels, into: &hash)
+            checksum(bytes: set.labels.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }, into: &hash)
+            return "\(set.name): \(set.count) images \(set.height)x\(set.width)x\(set.channels), classes \(set.classNames.joined(separator: ",")), content \(String(hash, radix: 16))"
+        }
+        // One field per training option, so that a mismatch names the option (seed, batchSize, ...).
+        let optionFields = (try JSONSerialization.jsonObject(with: try encoder.encode(options)) as? [String: Any] ?? [:])
+            .sorted { $0.key < $1.key }
+            .map { (name: "training option \($0.key)", value: "\($0.value)") }
+        return [("version", SloraGPU.version), ("model", try json(model.config)), ("base weights", model.baseFingerprint ?? "none (random)"),
+                ("method", model.method.description), ("weight storage", "\(model.parameters.weightStorage)"),
+                ("activation plan", model.activationMemory.rawValue)]
+            + optionFields + [("resuming", "\(resuming)"), ("training data", data(train)), ("test data", data(test))]
+    }
+
+    /// Rank 0's data position, step, trainable tensors and optimizer state on every rank.
+    private static func rootState(_ state: TrainingState, _ communicator: Communicator, _ parameters: ViTParameters,
+                                  _ optimizer: SlabOptimizer) throws -> TrainingState {
+        let rootState = try communicator.broadcast(state)
+        for tensor in [parameters.slab] + optimizer.stateTensors.map(\.tensor) {
+            var values = try tensor.download()
+            try communicator.broadcast(&values)
+            try tensor.upload(values)
+        }
+        optimizer.restore(step: rootState.step)
+        return rootState
     }
 
     /// Ask the run to stop after the current step (safe to call from a signal handler's queue).
@@ -190,11 +255,13 @@ public final class Trainer {
 
     public func run(_ report: (TrainingEvent) -> Void = { _ in }) throws -> TrainingSummary {
         let started = Date()
-        try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
         let metricsURL = output.appendingPathComponent("metrics.jsonl")
-        if !FileManager.default.fileExists(atPath: metricsURL.path) { _ = FileManager.default.createFile(atPath: metricsURL.path, contents: nil) }
-        metrics = try FileHandle(forWritingTo: metricsURL)
-        try metrics?.seekToEnd()
+        if communicator.isRoot {
+            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+            if !FileManager.default.fileExists(atPath: metricsURL.path) { _ = FileManager.default.createFile(atPath: metricsURL.path, contents: nil) }
+            metrics = try FileHandle(forWritingTo: metricsURL)
+            try metrics?.seekToEnd()
+        }
         defer { try? metrics?.close() }
 
         let firstStep = state.step
@@ -213,35 +280,61 @@ public final class Trainer {
             state.position = trainLoader.position
             let imagesPerSecond = Double(images) / Date().timeIntervalSince(stepStarted)
             report(.step(step: step, total: options.steps, epoch: trainLoader.position.epoch, loss: loss, learningRate: rate, imagesPerSecond: imagesPerSecond))
-            writeMetrics(["kind": "step", "step": step, "loss": Double(loss), "learning_rate": Double(rate), "images_per_second": imagesPerSecond,
-                          "epoch": trainLoader.position.epoch])
+            var record: [String: Any] = ["kind": "step", "step": step, "loss": Double(loss), "learning_rate": Double(rate),
+                                         "images_per_second": imagesPerSecond, "epoch": trainLoader.position.epoch]
+            if let lastReduction { record["all_reduce_seconds"] = lastReduction.seconds }
+            writeMetrics(record)
             try afterStep(step, report)
         }
         return try finish(started: started, metricsURL: metricsURL, report)
     }
 
-    /// One optimizer step's gradients: `accumulation` micro-batches forward and backward, the
-    /// mean loss and the number of images.
+    /// One optimizer step's gradients: `accumulation` micro-batches forward and backward (of
+    /// this rank's share of each global batch), summed over the ranks; the mean loss and the
+    /// number of images of the whole step.
     private func accumulateGradients() throws -> (loss: Float, images: Int) {
-        let engine = model.engine, size = model.config.imageSize
+        let engine = model.engine, size = model.config.imageSize, step = state.step + 1
+        if let fault, fault.rank == communicator.rank, fault.step == step {
+            try fault.fault.strike(rank: communicator.rank, step: step)
+            if fault.fault == .drift {
+                var values = try model.parameters.slab.download()
+                values[0] = values[0].nextUp
+                try model.parameters.slab.upload(values)
+            }
+        }
         try model.parameters.zeroGradients()
         var lossSum: Float = 0
         var images = 0
-        for _ in 0..<options.accumulation {
+        // Each micro-batch's mean-loss gradient, weighted so that the sum over micro-batches
+        // and ranks is the gradient of the step's mean loss.
+        let parts = options.accumulation * communicator.size
+        for micro in 0..<options.accumulation {
             guard let batch = trainLoader.next() else { break }
-            let imageTensor = try engine.tensor(batch.images, shape: [batch.count, 3, size, size])
+            var pixels = batch.images
+            if let fault, fault.fault == .nan, fault.rank == communicator.rank, fault.step == step {
+                pixels = [Float](repeating: .nan, count: pixels.count)
+            }
+            let imageTensor = try engine.tensor(pixels, shape: [batch.count, 3, size, size])
             let labels = try engine.tensor(batch.labels, shape: [batch.count])
             _ = try model.forward(imageTensor)
             let (loss, dLogits) = try model.loss(labels: labels, smoothing: options.labelSmoothing)
-            if options.accumulation > 1 { try engine.scale(dLogits, by: 1 / Float(options.accumulation), into: dLogits) }
+            if parts > 1 { try engine.scale(dLogits, by: 1 / Float(parts), into: dLogits) }
             try model.backward(dLogits)
             lossSum += try loss.download()[0]
             images += batch.count
+            watchdog?.beat("step \(step), micro-batch \(micro + 1)")
         }
         // A repeating loader always has a batch (checked at init); a step without images
         // would "train" on nothing with loss 0.
         guard images > 0 else { throw TrainingError.invalidOptions("the training data gave no batch at step \(state.step + 1)") }
-        return (lossSum / Float(options.accumulation), images)
+        guard communicator.isDistributed else { return (lossSum / Float(options.accumulation), images) }
+        let reduction = try sumGradients(model.parameters, riders: [lossSum, Float(images), stopRequested.load(ordering: .relaxed) ? 1 : 0],
+                                         communicator)
+        let (totalLoss, totalImages, stopVotes) = (reduction.riders[0], reduction.riders[1], reduction.riders[2])
+        lastReduction = (reduction.bytes, reduction.seconds)
+        stopAgreed = stopVotes > 0
+        watchdog?.beat("step \(step), after the all-reduce")
+        return (totalLoss / Float(parts), Int(totalImages))
     }
 
     /// Evaluation and the best checkpoint at their interval, the last checkpoint at its
@@ -253,7 +346,8 @@ public final class Trainer {
             saveNow = true
             try keepIfBest(result, step: step, report)
         }
-        if stopRequested.load(ordering: .relaxed) {
+        // Ranks stop at the step whose all-reduce carried a request; one process at once.
+        if communicator.isDistributed ? stopAgreed : stopRequested.load(ordering: .relaxed) {
             try save(to: lastCheckpoint, step: step, report)
             throw TrainingError.interrupted(step: step, checkpoint: lastCheckpoint.path, output: output.path)
         }
@@ -273,21 +367,35 @@ public final class Trainer {
         try keepIfBest(final, step: state.step, report)
         try save(to: lastCheckpoint, step: state.step, report)
         let adapterPath = output.appendingPathComponent("adapter.safetensors")
-        try AdapterFile.save(try adapterContents(), to: adapterPath)
         let summary = TrainingSummary(steps: state.step, method: model.method.description, trainableParameters: model.parameters.trainableCount,
                                       adapterParameters: ParameterTable.adapterParameterCount(model.config, model.method), final: final,
                                       bestAccuracy: state.bestAccuracy, bestStep: state.bestStep,
                                       seconds: Date().timeIntervalSince(started), adapterPath: adapterPath.path,
                                       options: options, classNames: classNames, baseFingerprint: model.baseFingerprint, version: SloraGPU.version)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(try encoder.encode(summary), to: output.appendingPathComponent("summary.json"))
-        try writeAtomically(Data(try CurvePlot.svg(metricsURL: metricsURL).utf8), to: output.appendingPathComponent("curves.svg"))
+        if communicator.isRoot {
+            try AdapterFile.save(try adapterContents(), to: adapterPath)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeAtomically(try encoder.encode(summary), to: output.appendingPathComponent("summary.json"))
+            try? metrics?.synchronize()
+            try writeAtomically(Data(try CurvePlot.svg(metricsURL: metricsURL).utf8), to: output.appendingPathComponent("curves.svg"))
+        }
+        try communicator.barrier()
         return summary
     }
 
+    /// Each rank's shard, summed over the ranks, so that every decision uses the whole test set.
     func evaluate(step: Int, _ report: (TrainingEvent) -> Void) throws -> EvaluationResult {
-        let result = try Evaluator.evaluate(model, try makeTestLoader()) { report(.evaluationProgress(step: step, batch: $0, total: $1)) }.result
+        var tally = try Evaluator.tally(model, try makeTestLoader()) {
+            report(.evaluationProgress(step: step, batch: $0, total: $1))
+            watchdog?.beat("evaluation at step \(step), batch \($0)")
+        }
+        if communicator.isDistributed {
+            var sums = tally.flattened
+            try communicator.sumInRankOrder(&sums)
+            tally = EvaluationTally(classes: tally.classes, flattened: sums)
+        }
+        let result = try tally.result(dataset: testName)
         report(.evaluation(step: step, result: result))
         writeMetrics(["kind": "evaluation", "step": step, "accuracy": result.accuracy, "loss": result.loss, "count": result.count])
         return result
@@ -301,8 +409,17 @@ public final class Trainer {
                                     baseFingerprint: model.baseFingerprint)
     }
 
+    /// Rank 0 writes, once every rank is seen to hold the same parameters and optimizer state;
+    /// the others wait for it, so that no rank runs ahead of the last checkpoint.
     func save(to directory: URL, step: Int, _ report: (TrainingEvent) -> Void) throws {
-        try TrainingCheckpoint.save(to: directory, state: state, adapter: try adapterContents(), optimizer: optimizer)
+        if communicator.isDistributed {
+            var hash = checksumSeed
+            for tensor in [model.parameters.slab] + optimizer.stateTensors.map(\.tensor) { checksum(try tensor.download(), into: &hash) }
+            try communicator.checkIdentical(hash, what: "the trainable parameters and optimizer state at step \(step)")
+        }
+        if communicator.isRoot { try TrainingCheckpoint.save(to: directory, state: state, adapter: try adapterContents(), optimizer: optimizer) }
+        try communicator.barrier()
+        watchdog?.beat("checkpoint at step \(step)")
         report(.checkpoint(step: step, path: directory.path))
     }
 
@@ -310,4 +427,25 @@ public final class Trainer {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         metrics?.write(data + Data("\n".utf8))
     }
+}
+
+/// The data-parallel all-reduce: every rank's trainable gradients, plus `riders` (a step's
+/// loss and counts, which ride in the same buffer), summed in rank order into every rank's
+/// gradient slab. Returns the summed riders, the bytes each rank contributed and the time
+/// from the end of this rank's backward to the sums back on its device.
+public func sumGradients(_ parameters: ViTParameters, riders: [Float], _ communicator: Communicator) throws
+    -> (riders: [Float], bytes: Int, seconds: Double) {
+    guard communicator.isDistributed else { return (riders, 0, 0) }
+    // The backward's kernels finish first, so that the time is the reduction's (with the wait
+    // for the slowest rank), not this rank's backward.
+    try parameters.engine.synchronize()
+    let started = Date()
+    var buffer = try parameters.gradientSlab.download()
+    let count = buffer.count
+    buffer += riders
+    try communicator.sumInRankOrder(&buffer)
+    let summed = Array(buffer[count...])
+    buffer.removeSubrange(count...)
+    try parameters.gradientSlab.upload(buffer)
+    return (summed, (count + riders.count) * MemoryLayout<Float>.size, Date().timeIntervalSince(started))
 }
