@@ -1,8 +1,10 @@
 import ArgumentParser
+import Cluster
 import Foundation
 import Tensors
 import Formats
 import Optimizers
+import Training
 import ViT
 
 struct BenchCommand: ParsableCommand {
@@ -174,7 +176,7 @@ struct TrainBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Training-step throughput (images/s) and peak memory for a model, method and batch (random weights).",
-        discussion: "scripts/bench_train.py runs this and PyTorch CPU on the same config in the same run and prints the ratio."
+        discussion: "scripts/bench_train.py runs this and PyTorch CPU on the same config in the same run and prints the ratio. Under mpirun -np N, --batch is the global batch: every rank computes batch/N images per step and the step includes the gradient all-reduce; rank 0 reports each rank's images/s, the global rate and the all-reduce's bytes and time."
     )
 
     @OptionGroup var deviceOption: DeviceOption
@@ -214,9 +216,15 @@ struct TrainBench: ParsableCommand {
         guard (1...imageSize).contains(patch) else { throw ValidationError("--patch must be in 1...\(imageSize), got \(patch)") }
     }
 
-    func run() throws {
+    func run() throws { try runAsRank(Self.self, bench) }
+
+    private func bench(_ communicator: Communicator) throws {
         let started = DispatchTime.now().uptimeNanoseconds
-        let engine = try Engine(deviceSpec: deviceOption.device)
+        let ranks = communicator.size
+        guard batch % ranks == 0 else { throw ValidationError("--batch \(batch) is the global batch and must divide by the \(ranks) ranks") }
+        if ranks > 1, json || profile { throw ValidationError("--json and --profile report one process; under MPI the report is rank 0's text") }
+        let batch = self.batch / ranks
+        let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
         let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: [.q, .k, .v, .o])
         var generator = SeededGenerator(seed: 1)
@@ -229,13 +237,16 @@ struct TrainBench: ParsableCommand {
         let optimizer = try AdamW(parameters: parameters, settings: AdamWSettings(learningRate: 1e-4))
         let images = try engine.tensor(generator.uniform(batch * 3 * imageSize * imageSize, bound: 2), shape: [batch, 3, imageSize, imageSize])
         let labels = try engine.tensor((0..<batch).map { Int32($0 % 10) }, shape: [batch])
+        var reduceSeconds = 0.0, reduceBytes = 0
         func step() throws -> Float {
             try parameters.zeroGradients()
             _ = try network.forward(images)
             let (loss, dLogits) = try network.loss(labels: labels)
             try network.backward(dLogits)
+            let reduction = try sumGradients(parameters, riders: [try loss.download()[0]], communicator)
+            (reduceSeconds, reduceBytes) = (reduceSeconds + reduction.seconds, reduction.bytes)
             try optimizer.update()
-            return try loss.download()[0]
+            return reduction.riders[0]
         }
         _ = try step()
         let firstStep = Double(DispatchTime.now().uptimeNanoseconds - started) * 1e-9
@@ -243,10 +254,34 @@ struct TrainBench: ParsableCommand {
         for _ in 1..<max(warmup, 1) { _ = try step() }
         let profiler = KernelProfiler()
         if profile { engine.profiler = profiler }
+        reduceSeconds = 0
         let start = DispatchTime.now().uptimeNanoseconds
         for _ in 0..<steps { _ = try step() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(steps)
         let imagesPerSecond = Double(batch) / seconds
+        if ranks > 1 {
+            // Every rank's step time (each fills its own slot of the sum).
+            var perRank = [Double](repeating: 0, count: ranks)
+            perRank[communicator.rank] = seconds
+            try communicator.sumInRankOrder(&perRank)
+            // The reduction alone, ranks in step (after a barrier): its cost without the wait
+            // for the slowest rank that the in-step time includes.
+            try communicator.barrier()
+            let rounds = 20
+            var alone = 0.0
+            for _ in 0..<rounds { alone += try sumGradients(parameters, riders: [0], communicator).seconds }
+            guard communicator.isRoot else { return }
+            let slowest = perRank.max() ?? seconds
+            print(String(format: "%@/%d at %d px, global batch %d over %d ranks (%d each), %@: %.1f ms/step, %.2f images/s globally",
+                         model, patch, imageSize, self.batch, ranks, batch, fineTuning.description, slowest * 1e3, Double(self.batch) / slowest))
+            for (rank, rankSeconds) in perRank.enumerated() {
+                print(String(format: "  rank %d: %.1f ms/step, %.2f images/s", rank, rankSeconds * 1e3, Double(batch) / rankSeconds))
+            }
+            print(String(format: "  all-reduce (rank 0): %.3f MB per step, %.2f ms per step = %.1f%% of the step (with the wait for the slowest rank); alone %.2f ms",
+                         Double(reduceBytes) / 1e6, reduceSeconds / Double(steps) * 1e3, reduceSeconds / Double(steps) / seconds * 100,
+                         alone / Double(rounds) * 1e3))
+            return
+        }
         let peak = peakResidentBytes()
         let activationBytes = network.savedActivationBytes, optimizerBytes = 2 * 4 * parameters.trainableCount
         // The plan only applies between the two extremes: full fine-tuning keeps everything, a

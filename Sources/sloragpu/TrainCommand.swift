@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cluster
 import Datasets
 import Dispatch
 import Foundation
@@ -12,12 +13,14 @@ import ViT
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Fine-tune a ViT (default: Serial LoRA on DINOv2-S/14, Fashion-MNIST at 112 px, about five and a half minutes on 2 cores).",
+        abstract: "Fine-tune a ViT (default: Serial LoRA on DINOv2-S/14, Fashion-MNIST at 112 px, 5.5 to 11 minutes on 2 cores, by CPU).",
         discussion: """
             Writes into --output: metrics.jsonl, checkpoints/last and checkpoints/best (adapter, optimizer \
             state, data position), adapter.safetensors, summary.json and curves.svg. Ctrl-C saves a \
             checkpoint at the end of the current step; --resume OUTPUT continues it and ends where an \
             uninterrupted run would.
+
+            Under an MPI launcher (mpirun -np N sloragpu train ...) N ranks, one per OpenCL device             (the local rank picks it unless --device is given), train one model data-parallel:             --batch stays the global batch and must divide by N; rank 0 alone writes files.
             """
     )
 
@@ -125,18 +128,27 @@ struct TrainCommand: ParsableCommand {
     var overwrite = false
     @Flag(help: "On a GPU without a tuned GEMM entry, train with the seed tiles instead of tuning first (about 3 minutes, once per device).")
     var noTune = false
+    @Option(help: ArgumentHelp("Under MPI: end the whole job when a rank's training has not advanced for this long (0: never).", valueName: "seconds"))
+    var watchdog: Double = 600
 
     func validate() throws {
         if resume != nil && overwrite { throw ValidationError("--resume continues a run and --overwrite replaces it: give one") }
+        guard watchdog >= 0, watchdog.isFinite else { throw ValidationError("--watchdog must be finite and not negative, got \(watchdog)") }
     }
 
-    func run() throws {
-        let (options, resumeCheckpoint) = try resolvedOptions()
+    func run() throws { try runAsRank(Self.self, train) }
+
+    private func train(_ communicator: Communicator) throws {
+        let (options, resumeCheckpoint) = try resolvedOptions(communicator)
         let output = URL(fileURLWithPath: options.output ?? "runs/\(options.method)")
         let targets = try parseTargets(options.targets)
         let method = try parseMethod(options.method, rank: options.rank, alpha: options.alpha ?? Float(options.rank), targets: targets)
+        let ranks = communicator.size
+        if options.batch % ranks != 0 {
+            throw ValidationError("--batch \(options.batch) is the global batch and must divide by the \(ranks) ranks; give a multiple of \(ranks)")
+        }
 
-        let engine = try Engine(deviceSpec: deviceOption.device)
+        let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
         try tuneOnFirstUse(engine, skip: noTune)
         var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
         train = train.prefix(options.trainLimit)
@@ -160,13 +172,21 @@ struct TrainCommand: ParsableCommand {
         // Claimed once every input has been checked (so a bad option is reported as such), and
         // before anything in the directory is read (a resume may move checkpoints) or written;
         // held to the end.
-        let runDirectory = try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh)
+        // Rank 0 alone owns the directory.
+        let runDirectory = communicator.isRoot ? try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh) : nil
         defer { withExtendedLifetime(runDirectory) {} }
         let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
-                                  classNames: train.classNames, resume: resumeCheckpoint)
-        if resume == nil { try recordFreshRun(runDirectory, output: output, options: options) }
+                                  classNames: train.classNames, resume: resumeCheckpoint, communicator: communicator)
+        trainer.watchdog = startWatchdog(communicator, seconds: watchdog)
+        defer { trainer.watchdog?.stop() }
+        if resume == nil, let runDirectory { try recordFreshRun(runDirectory, output: output, options: options) }
+        guard communicator.isRoot else {
+            return try runUntilDoneOrStopped(trainer, training: training, testImages: test.count, output: output, method: method,
+                                             peftNaming: options.peftNaming, baseSource: backbone.source, quiet: true)
+        }
 
-        print("device:   \(engine.device.name)")
+        print("device:   \(engine.device.name)" + (ranks > 1 ? " (rank 0; every rank picks its own)" : ""))
+        if ranks > 1 { print("ranks:    \(ranks) (MPI), each computing \(training.batchSize / ranks) images of every batch of \(training.batchSize); one all-reduce per step") }
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
               + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)"))
         print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
@@ -181,14 +201,20 @@ struct TrainCommand: ParsableCommand {
 
     /// The run's options: the command line's, or on --resume those saved in run.json (with the
     /// checkpoint to resume from).
-    private func resolvedOptions() throws -> (RunOptions, URL?) {
+    /// Under MPI rank 0 reads run.json and broadcasts it (other machines need not share the disk).
+    private func resolvedOptions(_ communicator: Communicator) throws -> (RunOptions, URL?) {
         guard let resume else { return (runOptions, nil) }
         let directory = URL(fileURLWithPath: resume)
         let runFile = directory.appendingPathComponent("run.json")
-        guard let data = FileManager.default.contents(atPath: runFile.path),
-              let saved = try? JSONDecoder().decode([String].self, from: data) else {
-            throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
+        var saved: [String] = []
+        if communicator.isRoot {
+            guard let data = FileManager.default.contents(atPath: runFile.path),
+                  let decoded = try? JSONDecoder().decode([String].self, from: data) else {
+                throw ValidationError("--resume \(resume): no readable run.json there (give the output directory of an earlier train)")
+            }
+            saved = decoded
         }
+        saved = try communicator.broadcast(saved)
         var options: RunOptions
         // Runs saved before an option recorded its value resume with the default of their day.
         var arguments = saved
@@ -251,8 +277,12 @@ struct TrainCommand: ParsableCommand {
     private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, options: RunOptions) throws {
         try runDirectory.prepareForFreshRun()
         var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
-        if let index = arguments.firstIndex(of: "--device") { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
-        arguments.removeAll { $0.hasPrefix("--device=") || $0 == "--overwrite" }
+        // Options of this invocation, not of the run: a resume gives its own.
+        for option in ["--device", "--watchdog"] {
+            if let index = arguments.firstIndex(of: option) { arguments.removeSubrange(index..<min(index + 2, arguments.count)) }
+            arguments.removeAll { $0.hasPrefix(option + "=") }
+        }
+        arguments.removeAll { $0 == "--overwrite" || $0 == "--no-tune" }
         let inEffect = ["--weights": options.weights.storage.rawValue, "--activations": options.activations.rawValue]
         for (option, _) in Self.recordedOptions where !Self.contains(arguments, option) { arguments += [option, inEffect[option] ?? ""] }
         try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
@@ -261,7 +291,7 @@ struct TrainCommand: ParsableCommand {
     /// Trains to the end, or, on Ctrl-C or SIGTERM (what schedulers and `docker stop` send),
     /// finishes the step, saves and exits 128 + the signal with the command that resumes.
     private func runUntilDoneOrStopped(_ trainer: Trainer, training: TrainingOptions, testImages: Int, output: URL, method: FineTuningMethod,
-                                       peftNaming: PEFTNaming, baseSource: String) throws {
+                                       peftNaming: PEFTNaming, baseSource: String, quiet: Bool = false) throws {
         let received = Mutex<Int32>(0)
         let signalSources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
@@ -269,7 +299,8 @@ struct TrainCommand: ParsableCommand {
             source.setEventHandler {
                 received.withLock { $0 = number }
                 let name = number == SIGINT ? "interrupt" : "SIGTERM"
-                FileHandle.standardError.write(Data("\n\(name): saving a checkpoint at the end of this step...\n".utf8))
+                let rank = trainer.communicator.isDistributed ? "rank \(trainer.communicator.rank): " : ""
+                FileHandle.standardError.write(Data("\n\(rank)\(name): saving a checkpoint at the end of this step...\n".utf8))
                 trainer.requestStop()
             }
             source.resume()
@@ -279,6 +310,11 @@ struct TrainCommand: ParsableCommand {
 
         let progress = ProgressPrinter(total: training.steps, evaluationInterval: training.evaluationInterval, testImages: testImages,
                                        batchImages: training.batchSize * training.accumulation)
+        if quiet {
+            // A rank other than 0: no output; an agreed interrupt ends it as it ends rank 0.
+            do { _ = try trainer.run() } catch TrainingError.interrupted { throw ExitCode(128 + received.withLock { $0 == 0 ? SIGINT : $0 }) }
+            return
+        }
         do {
             let summary = try trainer.run(progress.handle)
             progress.finish()

@@ -31,6 +31,17 @@ struct DeviceSelectionTests {
         #expect(try DeviceSelection.choose(nil, from: Self.machine) == Self.machine[2])
     }
 
+    @Test func localRanksTakeTheDevicesOfTheirClassInTurn() throws {
+        let gpus = [Self.machine[2], Self.machine[3]]
+        #expect(try (0..<4).map { try DeviceSelection.choose(nil, from: Self.machine, localRank: $0) } == gpus + gpus)
+        let twoPoCL = [Self.machine[0], Self.machine[1], DeviceListing(platformIndex: 0, deviceIndex: 1, platformName: "Portable Computing Language",
+                                                                        deviceName: "pthread-second", type: .cpu)]
+        #expect(try DeviceSelection.choose(nil, from: twoPoCL, localRank: 1) == twoPoCL[2])
+        #expect(try DeviceSelection.choose(nil, from: [Self.machine[1]], localRank: 3) == Self.machine[1])
+        // An explicit spec wins over the local rank.
+        #expect(try DeviceSelection.choose(.name("h200"), from: Self.machine, localRank: 1) == Self.machine[2])
+    }
+
     @Test func withoutAGPUThePolicyPicksPoCLOverOtherCPUs() throws {
         let cpus = [Self.machine[1], Self.machine[0]]
         #expect(try DeviceSelection.choose(nil, from: cpus) == Self.machine[0])
