@@ -2,21 +2,16 @@ import Foundation
 import Synchronization
 
 extension Communicator {
-    /// Every rank's configuration against rank 0's, field by field (names and values as text).
-    /// Throws on the first rank that differs, naming the field and both values.
+    /// Every rank's configuration against rank 0's, field by field (names and values as text;
+    /// a field one side lacks, such as an option that is off, reads "absent"). Throws on the
+    /// first field that differs, naming it and both values.
     public func checkSameConfiguration(_ fields: [(name: String, value: String)]) throws {
         guard isDistributed else { return }
-        let mine = fields.map { [$0.name, $0.value] }
-        let root = try broadcast(mine)
-        for (index, field) in mine.enumerated() {
-            guard index < root.count, root[index][0] == field[0] else {
-                throw ClusterError("rank \(rank): its configuration has other fields than rank 0's (a different sloragpu version?): \(field[0]) where rank 0 has \(index < root.count ? root[index][0] : "nothing")")
-            }
-            guard root[index][1] == field[1] else {
-                throw ClusterError("rank \(rank): its configuration differs from rank 0's in \(field[0]): rank 0 has \(root[index][1]), rank \(rank) has \(field[1])")
-            }
+        let root = Dictionary(try broadcast(fields.map { [$0.name, $0.value] }).map { ($0[0], $0[1]) }) { first, _ in first }
+        let mine = Dictionary(fields.map { ($0.name, $0.value) }) { first, _ in first }
+        for name in fields.map(\.name) + root.keys.sorted() where root[name] != mine[name] {
+            throw ClusterError("rank \(rank): its configuration differs from rank 0's in \(name): rank 0 has \(root[name] ?? "absent"), rank \(rank) has \(mine[name] ?? "absent")")
         }
-        guard root.count == mine.count else { throw ClusterError("rank \(rank): rank 0's configuration has \(root.count) fields, this rank's \(mine.count)") }
     }
 
     /// Verifies that every rank holds the same `checksum` of `what`; throws naming the ranks
@@ -56,12 +51,16 @@ public let checksumSeed: UInt64 = 0xCBF2_9CE4_8422_2325
 
 /// Ends a rank whose work has not advanced for `timeout` seconds: a hung rank (or one waiting
 /// in a collective for a hung peer) would otherwise wait forever, since Open MPI 4 has no
-/// fault tolerance. `beat` marks progress; the checks run on their own thread and start at
-/// the first beat.
+/// fault tolerance. `beat` marks progress; the checks run on their own thread from `arm()` on
+/// (the trainer arms it after the first step, which compiles kernels). A rank that marks itself
+/// waiting in a collective gets a grace period on top, so that the rank that hung, not the
+/// ones waiting for it, is the one that reports.
 public final class Watchdog: Sendable {
     public let timeout: Double
+    /// The extra time a rank waiting for its peers gets.
+    public var grace: Double { max(2, timeout / 10) }
     private final class Shared: Sendable {
-        let progress = Mutex<(beats: Int, label: String)>((0, "starting"))
+        let progress = Mutex<(label: String, at: Date, waiting: Bool, armed: Bool)>(("starting", Date(), false, false))
         let stopped = Atomic<Bool>(false)
     }
     private let shared = Shared()
@@ -70,15 +69,13 @@ public final class Watchdog: Sendable {
     /// return: it ends the job).
     public init(timeout: Double, expire: @escaping @Sendable (String) -> Void) {
         self.timeout = timeout
+        let grace = max(2, timeout / 10)
         let thread = Thread { [shared] in
-            var last = -1, since = Date()
             while !shared.stopped.load(ordering: .relaxed) {
-                Thread.sleep(forTimeInterval: min(1, timeout / 4))
-                let (beats, label) = shared.progress.withLock { $0 }
-                // Armed by the first beat: what comes before it (loading, compiling kernels in
-                // the first step) takes as long as it takes.
-                if beats != last || beats == 0 { (last, since) = (beats, Date()); continue }
-                if Date().timeIntervalSince(since) >= timeout, !shared.stopped.load(ordering: .relaxed) {
+                Thread.sleep(forTimeInterval: min(0.1, timeout / 10))
+                let (label, at, waiting, armed) = shared.progress.withLock { $0 }
+                guard armed else { continue }
+                if Date().timeIntervalSince(at) >= timeout + (waiting ? grace : 0), !shared.stopped.load(ordering: .relaxed) {
                     expire(label)
                     return
                 }
@@ -88,7 +85,13 @@ public final class Watchdog: Sendable {
         thread.start()
     }
 
-    public func beat(_ label: String) { shared.progress.withLock { $0 = ($0.beats &+ 1, label) } }
+    /// `waiting`: the rank is about to wait in a collective for the others.
+    public func beat(_ label: String, waiting: Bool = false) {
+        shared.progress.withLock { $0 = (label, Date(), waiting, $0.armed) }
+    }
+
+    /// Starts the checks (idempotent); the clock starts at the last beat.
+    public func arm() { shared.progress.withLock { $0.armed = true } }
 
     public func stop() { shared.stopped.store(true, ordering: .relaxed) }
 }

@@ -59,13 +59,17 @@ public final class MPICommunicator: Communicator {
     public let size: Int
     public let localRank: Int
     public let localSize: Int
+    /// What MPI_Init_thread provided (MPI_THREAD_MULTIPLE is 3).
+    public let threadLevel: Int
 
     /// Collectives move at most this many elements per MPI call (MPI counts are Int32).
     static let chunk = 1 << 26
 
     init() throws {
         guard sloragpu_mpi_initialized() == 0 else { throw ClusterError("MPI is already initialised in this process") }
-        guard sloragpu_mpi_init() >= 0 else { throw ClusterError("MPI_Init failed") }
+        let provided = sloragpu_mpi_init()
+        guard provided >= 0 else { throw ClusterError("MPI_Init failed") }
+        threadLevel = Int(provided)
         rank = Int(sloragpu_mpi_rank())
         size = Int(sloragpu_mpi_size())
         var local: Int32 = 0
@@ -123,9 +127,12 @@ public final class MPICommunicator: Communicator {
 
     public func barrier() throws { try check(sloragpu_mpi_barrier(), "a barrier") }
 
+    /// From a thread other than the main one (the watchdog's) MPI may only be called under
+    /// MPI_THREAD_MULTIPLE; without it the rank exits, which the launcher also answers by ending
+    /// the job (non-zero).
     public func abort(code: Int32) -> Never {
         fflush(nil)
-        sloragpu_mpi_abort(code)
+        if Thread.isMainThread || threadLevel >= 3 { sloragpu_mpi_abort(code) }
         exit(code)
     }
 

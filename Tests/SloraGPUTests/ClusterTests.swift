@@ -85,11 +85,15 @@ struct ClusterTests {
         #expect(result.count == 16 && result.accuracy == 14.0 / 16 && result.loss == 5.0 / 16)
     }
 
-    /// Beats 20x more often than the limit (the full suite loads both cores), then stops.
+    /// Silent until armed; then beats 20x more often than the limit (the full suite loads both
+    /// cores), then stops.
     @Test func theWatchdogFiresOnlyWithoutProgress() throws {
         let fired = Mutex<String?>(nil)
         let dog = Watchdog(timeout: 2) { label in fired.withLock { $0 = label } }
         defer { dog.stop() }
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(fired.withLock { $0 } == nil, "fired before it was armed")
+        dog.arm()
         for i in 0..<10 {
             dog.beat("beat \(i)")
             Thread.sleep(forTimeInterval: 0.1)
