@@ -3,7 +3,7 @@ import Foundation
 /// Decoded images in memory, uint8, each `height x width x channels` (HWC), with labels.
 /// Shapes: images.count = count * height * width * channels.
 public struct ImageDataset: Sendable {
-    public let name: String
+    public private(set) var name: String
     public let height: Int
     public let width: Int
     public let channels: Int
@@ -31,6 +31,39 @@ public struct ImageDataset: Sendable {
     /// numbered classes of a train and a test file.
     public func withClassNames(_ names: [String]) throws -> ImageDataset {
         try ImageDataset(name: name, height: height, width: width, channels: channels, classNames: names, pixels: pixels, labels: labels)
+    }
+
+    /// A deterministic, stratified hold-out: of each class's images, round(fraction x count)
+    /// chosen by a seeded shuffle go to `validation`, the rest to `train`; both keep file order.
+    /// The split depends only on the data, the fraction and `seed`, never on the training seed,
+    /// so that runs with different seeds are scored on the same images.
+    public func stratifiedSplit(fraction: Double, seed: UInt64 = 0) throws -> (train: ImageDataset, validation: ImageDataset) {
+        guard fraction > 0, fraction < 1 else { throw DatasetError("\(name): a validation fraction must be in (0, 1), got \(fraction)") }
+        var held = [Bool](repeating: false, count: count)
+        var byClass: [Int32: [Int]] = [:]
+        for (index, label) in labels.enumerated() { byClass[label, default: []].append(index) }
+        for (label, members) in byClass {
+            var shuffled = members
+            var random = SplitMix(seed: seed ^ (UInt64(UInt32(bitPattern: label)) &* 0xA24B_AED4_963E_E407))
+            for i in stride(from: shuffled.count - 1, to: 0, by: -1) { shuffled.swapAt(i, Int(random.next() % UInt64(i + 1))) }
+            for index in shuffled.prefix(Int((fraction * Double(members.count)).rounded())) { held[index] = true }
+        }
+        let validationCount = held.filter { $0 }.count
+        guard validationCount > 0, validationCount < count else {
+            throw DatasetError("\(name): a validation fraction of \(fraction) of \(count) images holds out \(validationCount); give a larger fraction or more images")
+        }
+        func subset(_ keep: Bool, _ suffix: String) -> ImageDataset {
+            var copy = self
+            copy.name = "\(name) (\(suffix))"
+            let indices = held.indices.filter { held[$0] == keep }
+            copy.labels = indices.map { labels[$0] }
+            var pixels = [UInt8]()
+            pixels.reserveCapacity(indices.count * imageBytes)
+            for index in indices { pixels += image(index) }
+            copy.pixels = pixels
+            return copy
+        }
+        return (subset(false, "training part"), subset(true, "validation part"))
     }
 
     /// Shard `index` of `count` contiguous shards whose sizes differ by at most one: images

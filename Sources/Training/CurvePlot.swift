@@ -1,19 +1,23 @@
 import Foundation
 
-/// An SVG of the training loss per step and the test accuracy per evaluation, from
+/// An SVG of the training loss per step and the validation (else test) accuracy per evaluation, from
 /// metrics.jsonl. Plain SVG: any browser or image viewer shows it.
 public enum CurvePlot {
     public static func svg(metricsURL: URL) throws -> String {
-        var losses: [(Double, Double)] = [], accuracies: [(Double, Double)] = []
+        var losses: [(Double, Double)] = [], bySplit: [String: [(Double, Double)]] = [:]
         let text = (try? String(contentsOf: metricsURL, encoding: .utf8)) ?? ""
         for line in text.split(separator: "\n") {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let step = (object["step"] as? NSNumber)?.doubleValue else { continue }
             if object["kind"] as? String == "step", let loss = (object["loss"] as? NSNumber)?.doubleValue { losses.append((step, loss)) }
             if object["kind"] as? String == "evaluation", let accuracy = (object["accuracy"] as? NSNumber)?.doubleValue {
-                accuracies.append((step, accuracy))
+                // Records before the split was recorded are test evaluations.
+                bySplit[object["split"] as? String ?? "test", default: []].append((step, accuracy))
             }
         }
+        // The curve of the set the run selected on: validation when it had one.
+        let split = bySplit["validation"] != nil ? "validation" : "test"
+        let accuracies = bySplit[split] ?? []
         let width = 420.0, height = 260.0
         // Both panels share the training run's step axis.
         let steps = (losses + accuracies).map(\.0)
@@ -47,7 +51,7 @@ public enum CurvePlot {
             <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(2 * width))" height="\(Int(height))" viewBox="0 0 \(Int(2 * width)) \(Int(height))">
             <rect width="100%" height="100%" fill="white"/>
             \(panel(losses, x: 0, title: "training loss", color: "#1f77b4", fixedRange: nil))
-            \(panel(accuracies, x: width, title: "test accuracy", color: "#d62728", fixedRange: accuracies.count > 1 ? nil : 0...1))
+            \(panel(accuracies, x: width, title: "\(split) accuracy", color: "#d62728", fixedRange: accuracies.count > 1 ? nil : 0...1))
             </svg>
 
             """

@@ -82,11 +82,18 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// Which held-out set an evaluation scores: the validation part of the training set (which
+/// periodic evaluations and the best checkpoint use when there is one) or the test set (the
+/// final number).
+public enum EvaluationSplit: String, Codable, Sendable {
+    case validation, test
+}
+
 public enum TrainingEvent {
     case step(step: Int, total: Int, epoch: Int, loss: Float, learningRate: Float, imagesPerSecond: Double)
     /// During an evaluation at `step`: `batch` of `total` batches done.
     case evaluationProgress(step: Int, batch: Int, total: Int)
-    case evaluation(step: Int, result: EvaluationResult)
+    case evaluation(step: Int, split: EvaluationSplit, result: EvaluationResult)
     case checkpoint(step: Int, path: String)
 }
 
@@ -95,10 +102,16 @@ public struct TrainingSummary: Codable, Sendable {
     public var method: String
     public var trainableParameters: Int
     public var adapterParameters: Int
+    /// On the test set (nil when the run had none).
     public var final: EvaluationResult?
+    /// On the validation split at the end (nil without one).
+    public var validation: EvaluationResult?
+    /// Best and its step: on the validation split when there is one, else on the test set.
     public var bestAccuracy: Double?
     public var bestStep: Int?
     public var seconds: Double
+    /// The process's peak resident memory at the end (bytes; nil where unknown).
+    public var peakResidentBytes: Int?
     public var adapterPath: String
     /// What else a reader needs to reproduce or use the run.
     public var options: TrainingOptions
@@ -127,8 +140,8 @@ public final class Trainer {
     public let classNames: [String]
     public let optimizer: SlabOptimizer
     let trainLoader: BatchLoader
-    let makeTestLoader: () throws -> BatchLoader
-    let testName: String
+    /// The held-out sets, validation first: (split, name, a fresh loader of this rank's shard).
+    let evaluationSets: [(split: EvaluationSplit, name: String, loader: () throws -> BatchLoader)]
     var state: TrainingState
     private let stopRequested = Atomic<Bool>(false)
     /// With several ranks: set when a step's all-reduce carried a stop request from any rank.
@@ -147,7 +160,9 @@ public final class Trainer {
     /// `resume`: a checkpoint directory (checkpoints/last of an earlier run) to continue from;
     /// with several ranks only rank 0 reads it and broadcasts what it holds.
     /// `options.batchSize` is the global batch: it must divide by the number of ranks.
-    public init(model: ViTModel, train: ImageDataset, test: ImageDataset, options: TrainingOptions, output: URL,
+    /// `validation`, when given, is what periodic evaluations and the best checkpoint use; the
+    /// test set (if any) is scored only at the end.
+    public init(model: ViTModel, train: ImageDataset, validation: ImageDataset? = nil, test: ImageDataset?, options: TrainingOptions, output: URL,
                 classNames: [String], resume: URL? = nil, communicator: Communicator = SingleProcess()) throws {
         try options.validate()
         guard options.batchSize % communicator.size == 0 else {
@@ -159,7 +174,6 @@ public final class Trainer {
         self.classNames = classNames
         self.communicator = communicator
         fault = try InjectedFault.planned()
-        testName = test.name
         let parameters = model.parameters
         switch options.optimizer {
         case .adamw:
@@ -170,7 +184,10 @@ public final class Trainer {
                                 weightDecay: options.weightDecay, loraPlusRatio: options.loraPlusRatio, maxGradientNorm: options.maxGradientNorm)
         }
         state = TrainingState(step: 0, position: LoaderPosition(), bestAccuracy: nil, bestStep: nil, seed: options.seed)
-        try communicator.checkSameConfiguration(Self.configurationFields(model, train: train, test: test, options: options, resuming: resume != nil))
+        if communicator.isDistributed {
+            try communicator.checkSameConfiguration(Self.configurationFields(model, train: train, validation: validation, test: test, options: options,
+                                                                             resuming: resume != nil))
+        }
         if let resume, communicator.isRoot {
             let directory = try TrainingCheckpoint.resolve(resume)
             state = try TrainingCheckpoint.loadState(directory)
@@ -204,20 +221,28 @@ public final class Trainer {
                 throw CheckpointError(file: file, "data position batch \(state.position.batch) is past the \(trainLoader.batchesPerEpoch) batches of an epoch")
             }
         }
-        // Each rank evaluates its contiguous shard of the test set in batches of its share.
-        let batchSize = options.batchSize / communicator.size, shard = test.shard(communicator.rank, of: communicator.size)
-        makeTestLoader = {
-            try BatchLoader(dataset: shard, preprocessor: preprocessor, batchSize: batchSize, shuffle: false, augment: false, seed: 0, repeats: false)
+        // Each rank evaluates its contiguous shard of a held-out set in batches of its share.
+        let batchSize = options.batchSize / communicator.size
+        evaluationSets = [(EvaluationSplit.validation, validation), (.test, test)].compactMap { split, set in
+            guard let set else { return nil }
+            let shard = set.shard(communicator.rank, of: communicator.size)
+            return (split, set.name, {
+                try BatchLoader(dataset: shard, preprocessor: preprocessor, batchSize: batchSize, shuffle: false, augment: false, seed: 0, repeats: false)
+            })
         }
     }
 
+    /// The set periodic evaluations and "best" use: validation if there is one, else test.
+    var selectionSplit: EvaluationSplit? { evaluationSets.first?.split }
+
     /// What every rank must agree on before training together, as (field, value) text.
-    static func configurationFields(_ model: ViTModel, train: ImageDataset, test: ImageDataset, options: TrainingOptions,
+    static func configurationFields(_ model: ViTModel, train: ImageDataset, validation: ImageDataset?, test: ImageDataset?, options: TrainingOptions,
                                     resuming: Bool) throws -> [(name: String, value: String)] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         func json<Value: Encodable>(_ value: Value) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
-        func data(_ set: ImageDataset) -> String {
+        func data(_ set: ImageDataset?) -> String {
+            guard let set else { return "none" }
             var hash = checksumSeed
             checksum(bytes: set.pixels, into: &hash)
             checksum(bytes: set.labels.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }, into: &hash)
@@ -230,7 +255,7 @@ public final class Trainer {
         return [("version", SloraGPU.version), ("model", try json(model.config)), ("base weights", model.baseFingerprint ?? "none (random)"),
                 ("method", model.method.description), ("weight storage", "\(model.parameters.weightStorage)"),
                 ("activation plan", model.activationMemory.rawValue)]
-            + optionFields + [("resuming", "\(resuming)"), ("training data", data(train)), ("test data", data(test))]
+            + optionFields + [("resuming", "\(resuming)"), ("training data", data(train)), ("validation data", data(validation)), ("test data", data(test))]
     }
 
     /// Rank 0's data position, step, trainable tensors and optimizer state on every rank.
@@ -328,12 +353,15 @@ public final class Trainer {
         // would "train" on nothing with loss 0.
         guard images > 0 else { throw TrainingError.invalidOptions("the training data gave no batch at step \(state.step + 1)") }
         guard communicator.isDistributed else { return (lossSum / Float(options.accumulation), images) }
+        watchdog?.beat("step \(step), waiting in the all-reduce", waiting: true)
         let reduction = try sumGradients(model.parameters, riders: [lossSum, Float(images), stopRequested.load(ordering: .relaxed) ? 1 : 0],
                                          communicator)
         let (totalLoss, totalImages, stopVotes) = (reduction.riders[0], reduction.riders[1], reduction.riders[2])
         lastReduction = (reduction.bytes, reduction.seconds)
         stopAgreed = stopVotes > 0
         watchdog?.beat("step \(step), after the all-reduce")
+        // Armed once every rank has finished a step (and compiled its kernels).
+        watchdog?.arm()
         return (totalLoss / Float(parts), Int(totalImages))
     }
 
@@ -341,8 +369,8 @@ public final class Trainer {
     /// interval, and a requested stop (which saves first).
     private func afterStep(_ step: Int, _ report: (TrainingEvent) -> Void) throws {
         var saveNow = options.checkpointInterval > 0 && step % options.checkpointInterval == 0
-        if options.evaluationInterval > 0, step % options.evaluationInterval == 0, step < options.steps {
-            let result = try evaluate(step: step, report)
+        if options.evaluationInterval > 0, step % options.evaluationInterval == 0, step < options.steps, let split = selectionSplit {
+            let result = try evaluate(step: step, split, report)
             saveNow = true
             try keepIfBest(result, step: step, report)
         }
@@ -361,43 +389,51 @@ public final class Trainer {
         try save(to: bestCheckpoint, step: step, report)
     }
 
-    /// The final evaluation, checkpoints, adapter, summary.json and curves.svg.
+    /// The final evaluations (validation, then test), checkpoints, adapter, summary.json and
+    /// curves.svg.
     private func finish(started: Date, metricsURL: URL, _ report: (TrainingEvent) -> Void) throws -> TrainingSummary {
-        let final = try evaluate(step: state.step, report)
-        try keepIfBest(final, step: state.step, report)
+        var results: [EvaluationSplit: EvaluationResult] = [:]
+        for set in evaluationSets { results[set.split] = try evaluate(step: state.step, set.split, report) }
+        if let split = selectionSplit, let result = results[split] { try keepIfBest(result, step: state.step, report) }
+        let final = results[.test]
         try save(to: lastCheckpoint, step: state.step, report)
         let adapterPath = output.appendingPathComponent("adapter.safetensors")
+        if communicator.isRoot { try AdapterFile.save(try adapterContents(), to: adapterPath) }
         let summary = TrainingSummary(steps: state.step, method: model.method.description, trainableParameters: model.parameters.trainableCount,
                                       adapterParameters: ParameterTable.adapterParameterCount(model.config, model.method), final: final,
+                                      validation: results[.validation],
                                       bestAccuracy: state.bestAccuracy, bestStep: state.bestStep,
-                                      seconds: Date().timeIntervalSince(started), adapterPath: adapterPath.path,
+                                      seconds: Date().timeIntervalSince(started), peakResidentBytes: Training.peakResidentBytes().nonZero,
+                                      adapterPath: adapterPath.path,
                                       options: options, classNames: classNames, baseFingerprint: model.baseFingerprint, version: SloraGPU.version)
         if communicator.isRoot {
-            try AdapterFile.save(try adapterContents(), to: adapterPath)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeAtomically(try encoder.encode(summary), to: output.appendingPathComponent("summary.json"))
             try? metrics?.synchronize()
             try writeAtomically(Data(try CurvePlot.svg(metricsURL: metricsURL).utf8), to: output.appendingPathComponent("curves.svg"))
         }
+        watchdog?.beat("the end, waiting for rank 0's files", waiting: true)
         try communicator.barrier()
         return summary
     }
 
-    /// Each rank's shard, summed over the ranks, so that every decision uses the whole test set.
-    func evaluate(step: Int, _ report: (TrainingEvent) -> Void) throws -> EvaluationResult {
-        var tally = try Evaluator.tally(model, try makeTestLoader()) {
+    /// Each rank's shard, summed over the ranks, so that every decision uses the whole set.
+    func evaluate(step: Int, _ split: EvaluationSplit, _ report: (TrainingEvent) -> Void) throws -> EvaluationResult {
+        guard let set = evaluationSets.first(where: { $0.split == split }) else { throw TrainingError.invalidOptions("no \(split.rawValue) set") }
+        var tally = try Evaluator.tally(model, try set.loader()) {
             report(.evaluationProgress(step: step, batch: $0, total: $1))
-            watchdog?.beat("evaluation at step \(step), batch \($0)")
+            watchdog?.beat("\(split.rawValue) evaluation at step \(step), batch \($0)")
         }
         if communicator.isDistributed {
+            watchdog?.beat("\(split.rawValue) evaluation at step \(step), waiting for the other ranks", waiting: true)
             var sums = tally.flattened
             try communicator.sumInRankOrder(&sums)
             tally = EvaluationTally(classes: tally.classes, flattened: sums)
         }
-        let result = try tally.result(dataset: testName)
-        report(.evaluation(step: step, result: result))
-        writeMetrics(["kind": "evaluation", "step": step, "accuracy": result.accuracy, "loss": result.loss, "count": result.count])
+        let result = try tally.result(dataset: set.name)
+        report(.evaluation(step: step, split: split, result: result))
+        writeMetrics(["kind": "evaluation", "split": split.rawValue, "step": step, "accuracy": result.accuracy, "loss": result.loss, "count": result.count])
         return result
     }
 
@@ -413,6 +449,7 @@ public final class Trainer {
     /// the others wait for it, so that no rank runs ahead of the last checkpoint.
     func save(to directory: URL, step: Int, _ report: (TrainingEvent) -> Void) throws {
         if communicator.isDistributed {
+            watchdog?.beat("checkpoint at step \(step), waiting for the other ranks", waiting: true)
             var hash = checksumSeed
             for tensor in [model.parameters.slab] + optimizer.stateTensors.map(\.tensor) { checksum(try tensor.download(), into: &hash) }
             try communicator.checkIdentical(hash, what: "the trainable parameters and optimizer state at step \(step)")
@@ -448,4 +485,8 @@ public func sumGradients(_ parameters: ViTParameters, riders: [Float], _ communi
     buffer.removeSubrange(count...)
     try parameters.gradientSlab.upload(buffer)
     return (summed, (count + riders.count) * MemoryLayout<Float>.size, Date().timeIntervalSince(started))
+}
+
+extension Int {
+    var nonZero: Int? { self == 0 ? nil : self }
 }

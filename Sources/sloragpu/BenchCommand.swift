@@ -243,10 +243,14 @@ struct TrainBench: ParsableCommand {
             _ = try network.forward(images)
             let (loss, dLogits) = try network.loss(labels: labels)
             try network.backward(dLogits)
-            let reduction = try sumGradients(parameters, riders: [try loss.download()[0]], communicator)
-            (reduceSeconds, reduceBytes) = (reduceSeconds + reduction.seconds, reduction.bytes)
+            if ranks > 1 {
+                // Throughput only: the gradients are summed, not averaged (no 1/N); one rider
+                // stands for the loss train's buffer carries.
+                let reduction = try sumGradients(parameters, riders: [0], communicator)
+                (reduceSeconds, reduceBytes) = (reduceSeconds + reduction.seconds, reduction.bytes)
+            }
             try optimizer.update()
-            return reduction.riders[0]
+            return try loss.download()[0]
         }
         _ = try step()
         let firstStep = Double(DispatchTime.now().uptimeNanoseconds - started) * 1e-9
@@ -368,15 +372,6 @@ struct DeviceCeilings {
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is missing.
-func peakResidentBytes() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-        return kilobytes * 1024
-    }
-    return 0
-}
-
 /// Small deterministic values in [-1, 1), so a wrong result cannot hide behind constants.
 func benchValues(_ count: Int, seed: UInt64) -> [Float] {
     var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1

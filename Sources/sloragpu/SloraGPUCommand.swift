@@ -13,7 +13,7 @@ struct SloraGPUCommand: ParsableCommand {
             'off' disables); SLORAGPU_KERNEL_DIR overrides the embedded kernel sources.
             """,
         version: SloraGPU.version,
-        subcommands: [TrainCommand.self, EvalCommand.self, PredictCommand.self, MergeCommand.self, ExportCommand.self, DevicesCommand.self, KernelsCommand.self, TuneCommand.self, SelftestCommand.self, BenchCommand.self]
+        subcommands: [TrainCommand.self, SweepCommand.self, EvalCommand.self, PredictCommand.self, MergeCommand.self, ExportCommand.self, DevicesCommand.self, KernelsCommand.self, TuneCommand.self, SelftestCommand.self, BenchCommand.self]
     )
 }
 

@@ -20,7 +20,9 @@ struct TrainCommand: ParsableCommand {
             checkpoint at the end of the current step; --resume OUTPUT continues it and ends where an \
             uninterrupted run would.
 
-            Under an MPI launcher (mpirun -np N sloragpu train ...) N ranks, one per OpenCL device             (the local rank picks it unless --device is given), train one model data-parallel:             --batch stays the global batch and must divide by N; rank 0 alone writes files.
+            Under an MPI launcher (mpirun -np N sloragpu train ...) N ranks, one per OpenCL device \
+            (the local rank picks it unless --device is given), train one model data-parallel: \
+            --batch stays the global batch and must divide by N; rank 0 alone writes files.
             """
     )
 
@@ -73,6 +75,10 @@ struct TrainCommand: ParsableCommand {
         var trainLimit: Int?
         @Option(help: "Use only the first N test images.")
         var testLimit: Int?
+        @Option(help: "Hold out this fraction of the training set (stratified by class, the same images whatever the seed) for validation: periodic evaluations and the best checkpoint use it; the test set only gives the final number.")
+        var validationSplit: Double?
+        @Flag(help: "No test evaluation at all (with --validation-split: for tuning, e.g. in a sweep, without looking at the test set).")
+        var noTest = false
         @Flag(help: "Keep the training set in file order.")
         var noShuffle = false
         @Flag(help: "No random crops or flips.")
@@ -117,6 +123,10 @@ struct TrainCommand: ParsableCommand {
             guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
             guard maxGradNorm >= 0, maxGradNorm.isFinite else { throw ValidationError("--max-grad-norm must be finite and not negative (0 turns clipping off), got \(maxGradNorm)") }
             guard labelSmoothing >= 0, labelSmoothing < 1 else { throw ValidationError("--label-smoothing must be in [0, 1), got \(labelSmoothing)") }
+            if let validationSplit, !(validationSplit > 0 && validationSplit < 1) {
+                throw ValidationError("--validation-split must be a fraction in (0, 1), got \(validationSplit)")
+            }
+            if noTest && validationSplit == nil { throw ValidationError("--no-test needs --validation-split: a run must be scored on something") }
         }
     }
 
@@ -149,10 +159,13 @@ struct TrainCommand: ParsableCommand {
         }
 
         let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
-        try tuneOnFirstUse(engine, skip: noTune)
+        try tuneOnFirstUse(engine, skip: noTune, quiet: !communicator.isRoot)
         var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
         train = train.prefix(options.trainLimit)
         test = test.prefix(options.testLimit)
+        let dataName = train.name
+        var validation: ImageDataset?
+        if let fraction = options.validationSplit { (train, validation) = try train.stratifiedSplit(fraction: fraction) }
         guard train.classNames == test.classNames else {
             throw ValidationError("the train and test sets have different classes (\(train.classNames.count): \(displayList(train.classNames)); \(test.classNames.count): \(displayList(test.classNames))); accuracy would be scored by position")
         }
@@ -175,13 +188,14 @@ struct TrainCommand: ParsableCommand {
         // Rank 0 alone owns the directory.
         let runDirectory = communicator.isRoot ? try RunDirectory(output, mode: resume != nil ? .resume : overwrite ? .overwrite : .fresh) : nil
         defer { withExtendedLifetime(runDirectory) {} }
-        let trainer = try Trainer(model: model, train: train, test: test, options: training, output: output,
-                                  classNames: train.classNames, resume: resumeCheckpoint, communicator: communicator)
+        let trainer = try Trainer(model: model, train: train, validation: validation, test: options.noTest ? nil : test, options: training,
+                                  output: output, classNames: train.classNames, resume: resumeCheckpoint, communicator: communicator)
+        let heldOut = validation?.count ?? test.count
         trainer.watchdog = startWatchdog(communicator, seconds: watchdog)
         defer { trainer.watchdog?.stop() }
         if resume == nil, let runDirectory { try recordFreshRun(runDirectory, output: output, options: options) }
         guard communicator.isRoot else {
-            return try runUntilDoneOrStopped(trainer, training: training, testImages: test.count, output: output, method: method,
+            return try runUntilDoneOrStopped(trainer, training: training, testImages: heldOut, output: output, method: method,
                                              peftNaming: options.peftNaming, baseSource: backbone.source, quiet: true)
         }
 
@@ -189,13 +203,14 @@ struct TrainCommand: ParsableCommand {
         if ranks > 1 { print("ranks:    \(ranks) (MPI), each computing \(training.batchSize / ranks) images of every batch of \(training.batchSize); one all-reduce per step") }
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
               + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)"))
-        print("data:     \(train.name) (\(train.count) train, \(test.count) test, \(train.classNames.count) classes)")
+        print("data:     \(dataName) (\(train.count) train, " + (validation.map { "\($0.count) validation, " } ?? "")
+              + (options.noTest ? "no test" : "\(test.count) test") + ", \(train.classNames.count) classes)")
         print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it"
               + (method == .full || method == .probe ? "" : "; activations \(options.activations.rawValue)"))
         print("schedule: \(training.steps) steps of \(training.batchSize * training.accumulation) images, \(training.optimizer.rawValue) lr \(training.learningRate), warm-up \(training.warmupSteps), cosine")
         if let resumeCheckpoint { print("resuming: \(resumeCheckpoint.path) at step \(trainer.optimizer.step)") }
         fflush(nil)
-        try runUntilDoneOrStopped(trainer, training: training, testImages: test.count, output: output, method: method,
+        try runUntilDoneOrStopped(trainer, training: training, testImages: heldOut, output: output, method: method,
                                   peftNaming: options.peftNaming, baseSource: backbone.source)
     }
 
@@ -219,6 +234,8 @@ struct TrainCommand: ParsableCommand {
         // Runs saved before an option recorded its value resume with the default of their day.
         var arguments = saved
         for (option, defaultThen) in Self.recordedOptions where !Self.contains(arguments, option) { arguments += [option, defaultThen] }
+        // Runs saved before run.json left out the options of an invocation kept --no-tune.
+        arguments.removeAll { $0 == "--no-tune" }
         do { options = try RunOptions.parse(arguments) } catch {
             throw ValidationError("\(runFile.path): the saved options do not parse: \(RunOptions.message(for: error))")
         }
@@ -318,8 +335,10 @@ struct TrainCommand: ParsableCommand {
         do {
             let summary = try trainer.run(progress.handle)
             progress.finish()
-            if let final = summary.final {
-                print(String(format: "test accuracy %.4f (%d images), loss %.4f after %d steps in %.0f s", final.accuracy, final.count, final.loss, summary.steps, summary.seconds))
+            for (name, result) in [("validation", summary.validation), ("test", summary.final)] {
+                guard let result else { continue }
+                print(String(format: "%@ accuracy %.4f (%d images), loss %.4f after %d steps in %.0f s", name, result.accuracy, result.count, result.loss,
+                             summary.steps, summary.seconds))
             }
             print("adapter:  \(summary.adapterPath)")
             if case .lora = method {
@@ -400,12 +419,13 @@ final class ProgressPrinter {
                 print("evaluating at step \(step): batch \(batch)/\(batches)")
                 fflush(nil)
             }
-        case .evaluation(let step, let result):
+        case .evaluation(let step, let split, let result):
             if let started = evaluationStarted { lastEvaluationSeconds = Date().timeIntervalSince(started) }
             evaluationStarted = nil
             lastEvent = Date()  // evaluation time is not training time
             if isTerminal { print("") }
-            print(String(format: "eval at step %d: accuracy %.4f, loss %.4f (%d images)", step, result.accuracy, result.loss, result.count))
+            print(String(format: "%@ at step %d: accuracy %.4f, loss %.4f (%d images)", split == .test ? "eval" : "validation", step, result.accuracy,
+                         result.loss, result.count))
             fflush(nil)
         case .checkpoint:
             lastEvent = Date()
@@ -452,20 +472,22 @@ func duration(_ seconds: Double) -> String {
 extension ActivationMemory: ExpressibleByArgument {}
 
 /// A GPU without a tuned GEMM entry is tuned once, with a visible line, before its first run.
-func tuneOnFirstUse(_ engine: Engine, skip: Bool) throws {
+/// `quiet`: a data-parallel rank other than 0, which prints nothing.
+func tuneOnFirstUse(_ engine: Engine, skip: Bool, quiet: Bool = false) throws {
     guard engine.device.type.contains(.gpu), engine.gemmProfile.tiles != nil, let cache = engine.tuningCache,
           ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil else { return }
     let key = try TuningKey(engine: engine)
     if case .hit = cache.load(key, device: engine.device) { return }
     if TuningCache.committed(for: key, device: engine.device) != nil { return }  // already applied by the engine
     guard !skip else {
+        if quiet { return }
         print("tuning:   skipped (--no-tune): seed GEMM tiles; run `sloragpu tune` once to tune this device")
         return
     }
-    print("tuning:   GEMM tiles for \(engine.device.name), once per device and driver (about 3 minutes; --no-tune skips)")
+    if !quiet { print("tuning:   GEMM tiles for \(engine.device.name), once per device and driver (about 3 minutes; --no-tune skips)") }
     fflush(nil)
     let entry = try GemmTuner.tune(engine, budget: 180) { line in
-        print("          \(line)")
+        if !quiet { print("          \(line)") }
         fflush(nil)
     }
     try cache.store(entry)
