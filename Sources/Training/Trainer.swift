@@ -55,6 +55,18 @@ public struct TrainingOptions: Codable, Sendable, Equatable {
         }
     }
 
+    /// The peak learning rate a method trains at unless told otherwise (docs/RESULTS.md): from
+    /// the learning-rate sweep of issue 17, one shared pair per block (Serial LoRA) wants 3x
+    /// LoRA's rate; full fine-tuning at 1e-3 moves 21 M weights far too hard (0.53 against 0.86
+    /// at 3e-5 on the default job); the probe was not swept.
+    public static func defaultLearningRate(for method: FineTuningMethod) -> Float {
+        switch method {
+        case .serial: 3e-3
+        case .lora, .probe: 1e-3
+        case .full: 3e-5
+        }
+    }
+
     /// More optimizer steps than this is a typo (a billion ViT-S steps is 800 years here).
     public static let maximumSteps = 1_000_000_000
 }

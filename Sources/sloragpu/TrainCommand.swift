@@ -43,8 +43,8 @@ struct TrainCommand: ParsableCommand {
         var targets = "q,k,v,o"
         @Option(help: "adamw or sgd.")
         var optimizer = "adamw"
-        @Option(name: .customLong("lr"), help: "Peak learning rate.")
-        var learningRate: Float = 1e-3
+        @Option(name: .customLong("lr"), help: "Peak learning rate (default by method: serial 3e-3, lora and probe 1e-3, full 3e-5; docs/RESULTS.md has the sweeps).")
+        var learningRate: Float?
         @Option(help: "LoRA+: learning rate of B over that of A.")
         var loraPlusRatio: Float = 1
         @Option(help: "Weight decay (not on biases, norms, cls and positions).")
@@ -117,7 +117,7 @@ struct TrainCommand: ParsableCommand {
                 if steps != nil { throw ValidationError("give --steps or --epochs, not both") }
             }
             if let alpha, !alpha.isFinite { throw ValidationError("--alpha must be finite, got \(alpha)") }
-            guard learningRate > 0, learningRate.isFinite else { throw ValidationError("--lr must be positive and finite, got \(learningRate)") }
+            if let learningRate, !(learningRate > 0 && learningRate.isFinite) { throw ValidationError("--lr must be positive and finite, got \(learningRate)") }
             guard loraPlusRatio > 0, loraPlusRatio.isFinite else { throw ValidationError("--lora-plus-ratio must be positive and finite, got \(loraPlusRatio)") }
             guard weightDecay >= 0, weightDecay.isFinite else { throw ValidationError("--weight-decay must be finite and not negative, got \(weightDecay)") }
             guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
@@ -180,7 +180,7 @@ struct TrainCommand: ParsableCommand {
                                                seed: options.seed, adapter: initial, adapterPath: options.initAdapter ?? "",
                                                allowOtherBase: options.allowOtherBase, weightStorage: options.weights.storage.dtype)
         model.activationMemory = options.activations
-        let training = try trainingOptions(options, trainImages: train.count)
+        let training = try trainingOptions(options, method: method, trainImages: train.count)
 
         // Claimed once every input has been checked (so a bad option is reported as such), and
         // before anything in the directory is read (a resume may move checkpoints) or written;
@@ -193,7 +193,7 @@ struct TrainCommand: ParsableCommand {
         let heldOut = validation?.count ?? test.count
         trainer.watchdog = startWatchdog(communicator, seconds: watchdog)
         defer { trainer.watchdog?.stop() }
-        if resume == nil, let runDirectory { try recordFreshRun(runDirectory, output: output, options: options) }
+        if resume == nil, let runDirectory { try recordFreshRun(runDirectory, output: output, options: options, learningRate: training.learningRate) }
         guard communicator.isRoot else {
             return try runUntilDoneOrStopped(trainer, training: training, testImages: heldOut, output: output, method: method,
                                              peftNaming: options.peftNaming, baseSource: backbone.source, quiet: true)
@@ -245,13 +245,13 @@ struct TrainCommand: ParsableCommand {
 
     /// The library's TrainingOptions from the command line's (steps from --epochs over
     /// `trainImages`), validated.
-    private func trainingOptions(_ options: RunOptions, trainImages: Int) throws -> TrainingOptions {
+    private func trainingOptions(_ options: RunOptions, method: FineTuningMethod, trainImages: Int) throws -> TrainingOptions {
         var training = TrainingOptions()
         guard let optimizerKind = TrainingOptions.OptimizerKind(rawValue: options.optimizer) else {
             throw ValidationError("--optimizer \(options.optimizer): use adamw or sgd")
         }
         training.optimizer = optimizerKind
-        training.learningRate = options.learningRate
+        training.learningRate = options.learningRate ?? TrainingOptions.defaultLearningRate(for: method)
         training.weightDecay = options.weightDecay
         training.momentum = options.momentum
         training.loraPlusRatio = options.loraPlusRatio
@@ -281,7 +281,7 @@ struct TrainCommand: ParsableCommand {
 
     /// Options whose default changed, with the default before run.json recorded them: a resume
     /// must train as the run began (weight storage and activation plan change the numerics).
-    private static let recordedOptions = [("--weights", "fp32"), ("--activations", "recompute")]
+    private static let recordedOptions = [("--weights", "fp32"), ("--activations", "recompute"), ("--lr", "0.001")]
 
     private static func contains(_ arguments: [String], _ option: String) -> Bool {
         arguments.contains { $0 == option || $0.hasPrefix(option + "=") }
@@ -291,7 +291,7 @@ struct TrainCommand: ParsableCommand {
     /// run's own arguments (after `train`) minus --device, since a resume may use another device,
     /// plus the weight storage and activation plan in effect, so that a resume keeps them
     /// whatever the defaults become.
-    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, options: RunOptions) throws {
+    private func recordFreshRun(_ runDirectory: RunDirectory, output: URL, options: RunOptions, learningRate: Float) throws {
         try runDirectory.prepareForFreshRun()
         var arguments = Array(CommandLine.arguments.drop { $0 != "train" }.dropFirst())
         // Options of this invocation, not of the run: a resume gives its own.
@@ -300,7 +300,7 @@ struct TrainCommand: ParsableCommand {
             arguments.removeAll { $0.hasPrefix(option + "=") }
         }
         arguments.removeAll { $0 == "--overwrite" || $0 == "--no-tune" }
-        let inEffect = ["--weights": options.weights.storage.rawValue, "--activations": options.activations.rawValue]
+        let inEffect = ["--weights": options.weights.storage.rawValue, "--activations": options.activations.rawValue, "--lr": "\(learningRate)"]
         for (option, _) in Self.recordedOptions where !Self.contains(arguments, option) { arguments += [option, inEffect[option] ?? ""] }
         try writeAtomically(try JSONEncoder().encode(arguments), to: output.appendingPathComponent("run.json"))
     }

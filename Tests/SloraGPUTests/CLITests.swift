@@ -145,20 +145,20 @@ struct TrainingCLITests {
                                     "--data", "synthetic", "--weights", "bf16"])
         #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
         // Without --weights and --activations the defaults (fp16, recompute) are recorded; a
-        // run.json from before they were recorded resumes in fp32 and recompute, as it trained.
+        // run.json from before they were recorded resumes in fp32, recompute and lr 1e-3, as it trained.
         let plain = try makeTemporaryDirectory()
         let first = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--output", plain.path])
         #expect(first.status == 0 && first.standardOutput.contains("frozen weights in fp16")
-                && first.standardOutput.contains("activations recompute"), "\(first.standardError)")
+                && first.standardOutput.contains("activations recompute") && first.standardOutput.contains("adamw lr 0.003,"), "\(first.standardOutput)\(first.standardError)")
         let runFile = plain.appendingPathComponent("run.json")
         var recorded = try JSONDecoder().decode([String].self, from: Data(contentsOf: runFile))
-        #expect(recorded.suffix(4) == ["--weights", "fp16", "--activations", "recompute"])
-        recorded.removeLast(4)
+        #expect(recorded.suffix(6) == ["--weights", "fp16", "--activations", "recompute", "--lr", "0.003"])
+        recorded.removeLast(6)
         recorded = recorded.map { $0 == "2" ? "3" : $0 }   // one more step to resume into
         try JSONEncoder().encode(recorded).write(to: runFile)
         let resumed = try runSloragpu(["train", "--resume", plain.path])
         #expect(resumed.status == 0 && resumed.standardOutput.contains("resuming:") && !resumed.standardOutput.contains("frozen weights in")
-                && resumed.standardOutput.contains("activations recompute"),
+                && resumed.standardOutput.contains("activations recompute") && resumed.standardOutput.contains("adamw lr 0.001,"),
                 "\(resumed.standardOutput)\(resumed.standardError)")
         let bad = try runSloragpu(["train"] + common + ["--weights", "int4"])
         #expect(bad.status != 0 && bad.standardError.contains("fp32") && bad.standardError.contains("bf16"), "\(bad.standardError)")
