@@ -77,9 +77,12 @@ struct SweepCommand: ParsableCommand {
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("cells"), withIntermediateDirectories: true)
         try checkRecord(Record(trainArguments: trainArguments, validationSplit: validationSplit), in: directory)
         let rowsURL = directory.appendingPathComponent("sweep.jsonl")
-        var rows = try readRows(rowsURL).filter { row in grid.cells.contains(row.cell) }
+        // Every finished cell of the directory (its cells share their arguments, so they compare),
+        // not only this grid's: a sweep extended by later commands reports as one.
+        var rows = try readRows(rowsURL)
         let cells = grid.cells
-        print("sweep:    \(cells.count) cells (\(rows.count) already done) into \(directory.path); validation: \(validationSplit) of the training set")
+        let done = cells.filter { cell in rows.contains { $0.cell == cell } }.count
+        print("sweep:    \(cells.count) cells (\(done) already done) into \(directory.path); validation: \(validationSplit) of the training set")
         fflush(nil)
 
         let child = RunningCell()
@@ -123,10 +126,9 @@ struct SweepCommand: ParsableCommand {
             }
             try record(try SweepRow.read(cell, from: cellDirectory), rows: &rows, cells: cells, directory: directory)
         }
-        let ordered = cells.compactMap { cell in rows.first { $0.cell == cell } }
-        try writeAtomically(Data(SweepReport.csv(ordered).utf8), to: directory.appendingPathComponent("sweep.csv"))
-        try writeAtomically(Data(SweepReport.svg(ordered).utf8), to: directory.appendingPathComponent("sweep.svg"))
-        print(SweepReport.table(ordered))
+        try writeAtomically(Data(SweepReport.csv(rows).utf8), to: directory.appendingPathComponent("sweep.csv"))
+        try writeAtomically(Data(SweepReport.svg(rows).utf8), to: directory.appendingPathComponent("sweep.svg"))
+        print(SweepReport.table(rows))
         print("rows:     \(rowsURL.path), \(directory.appendingPathComponent("sweep.csv").path); plot: \(directory.appendingPathComponent("sweep.svg").path)")
     }
 
@@ -142,7 +144,7 @@ struct SweepCommand: ParsableCommand {
             print("done:     " + SweepReport.rowLine(row))
             // The group's last seed: its summary.
             if let group = SweepReport.groups(rows).first(where: { $0.group == cell.group }),
-               group.accuracies.count == cells.filter({ $0.group == cell.group }).count {
+               group.accuracies.count >= cells.filter({ $0.group == cell.group }).count {
                 print("group:    " + SweepReport.groupLine(group))
             }
             fflush(nil)
