@@ -34,7 +34,8 @@ public struct ImageDataset: Sendable {
     }
 
     /// A deterministic, stratified hold-out: of each class's images, round(fraction x count)
-    /// chosen by a seeded shuffle go to `validation`, the rest to `train`; both keep file order.
+    /// chosen by a seeded shuffle go to `validation` (at most all but one: no class leaves
+    /// training), the rest to `train`; both keep file order.
     /// The split depends only on the data, the fraction and `seed`, never on the training seed,
     /// so that runs with different seeds are scored on the same images.
     public func stratifiedSplit(fraction: Double, seed: UInt64 = 0) throws -> (train: ImageDataset, validation: ImageDataset) {
@@ -46,7 +47,7 @@ public struct ImageDataset: Sendable {
             var shuffled = members
             var random = SplitMix(seed: seed ^ (UInt64(UInt32(bitPattern: label)) &* 0xA24B_AED4_963E_E407))
             for i in stride(from: shuffled.count - 1, to: 0, by: -1) { shuffled.swapAt(i, Int(random.next() % UInt64(i + 1))) }
-            for index in shuffled.prefix(Int((fraction * Double(members.count)).rounded())) { held[index] = true }
+            for index in shuffled.prefix(min(members.count - 1, Int((fraction * Double(members.count)).rounded()))) { held[index] = true }
         }
         let validationCount = held.filter { $0 }.count
         guard validationCount > 0, validationCount < count else {

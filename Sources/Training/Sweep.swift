@@ -13,7 +13,7 @@ public struct SweepCell: Codable, Hashable, Sendable {
     public var loraPlusRatio: Float
     public var seed: UInt64
 
-    /// A file-system-safe name: serial-r8-lr0.001-s0, lora_qv-r8-lr0.0003-lp16-s1, probe-lr0.01-s2.
+    /// A file-system-safe name: serial-r8-lr0.001-s0, lora_qv-r8-lr0.0003-lp16.0-s1, probe-lr0.01-s2.
     public var name: String { group + "-s\(seed)" }
 
     public var group: String {
@@ -63,9 +63,18 @@ public struct SweepGrid: Codable, Equatable, Sendable {
             let (name, targets) = Self.split(method)
             guard ["serial", "lora", "full", "probe"].contains(name) else { throw bad("unknown method '\(method)': use serial, lora, lora:TARGETS, full or probe") }
             if let targets {
-                guard name == "lora", !targets.isEmpty else { throw bad("'\(method)': only lora takes targets (lora:q,v)") }
+                guard name == "lora" else { throw bad("'\(method)': only lora takes targets (lora:q,v)") }
+                let parts = targets.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                guard !parts.isEmpty, parts.allSatisfy({ ["q", "k", "v", "o"].contains($0) }), Set(parts).count == parts.count else {
+                    throw bad("'\(method)': targets are a comma list of distinct q, k, v, o")
+                }
             }
         }
+        // Before building them: a product of long lists is refused, not enumerated.
+        let product = [methods.count, ranks.count, learningRates.count, loraPlusRatios.count, seeds.count].reduce(1) { total, count in
+            total > 10_000 ? total : total * count
+        }
+        guard product <= 10_000 else { throw bad("the grid has more than 10000 cells") }
         guard ranks.allSatisfy({ $0 >= 1 }) else { throw bad("ranks must be at least 1, got \(ranks)") }
         guard learningRates.allSatisfy({ $0 > 0 && $0.isFinite }) else { throw bad("learning rates must be positive and finite, got \(learningRates)") }
         guard loraPlusRatios.allSatisfy({ $0 > 0 && $0.isFinite }) else { throw bad("LoRA+ ratios must be positive and finite, got \(loraPlusRatios)") }
@@ -78,17 +87,19 @@ public struct SweepGrid: Codable, Equatable, Sendable {
     }
 
     public var cells: [SweepCell] {
-        var result: [SweepCell] = []
+        var result: [SweepCell] = [], seen = Set<SweepCell>()
         for method in methods {
             let (name, targets) = Self.split(method)
             let adapters = name == "serial" || name == "lora"
-            let resolvedTargets = name == "lora" ? (targets ?? "q,k,v,o") : nil
+            // Canonical order, so that lora:v,q and lora:q,v are one cell.
+            let resolvedTargets = name == "lora"
+                ? ["q", "k", "v", "o"].filter { (targets ?? "q,k,v,o").split(separator: ",").map(String.init).contains($0) }.joined(separator: ",") : nil
             for rank in adapters ? ranks.map(Optional.some) : [nil] {
                 for rate in learningRates {
                     for ratio in adapters ? loraPlusRatios : [1] {
                         for seed in seeds {
                             let cell = SweepCell(method: name, targets: resolvedTargets, rank: rank, learningRate: rate, loraPlusRatio: ratio, seed: seed)
-                            if !result.contains(cell) { result.append(cell) }
+                            if seen.insert(cell).inserted { result.append(cell) }
                         }
                     }
                 }

@@ -371,7 +371,6 @@ struct DeviceCeilings {
     }
 }
 
-/// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is missing.
 /// Small deterministic values in [-1, 1), so a wrong result cannot hide behind constants.
 func benchValues(_ count: Int, seed: UInt64) -> [Float] {
     var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1

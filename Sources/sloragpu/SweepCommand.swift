@@ -27,7 +27,7 @@ struct SweepCommand: ParsableCommand {
     var method: [String] = []
     @Option(help: "Adapter ranks, a comma list.")
     var rank = "8"
-    @Option(name: .customLong("lr"), help: "Learning rates, a comma list.")
+    @Option(name: .customLong("lr"), help: "Learning rates, a comma list (the default suits adapters; full fine-tuning wants about 3e-5).")
     var learningRate = "3e-4,1e-3,3e-3"
     @Option(help: "LoRA+ ratios (B's rate over A's), a comma list.")
     var loraPlusRatio = "1"
@@ -73,6 +73,12 @@ struct SweepCommand: ParsableCommand {
 
     func run() throws {
         let grid = try grid()
+        // A typo after -- is reported now, not as a failure of every cell.
+        if let first = grid.cells.first {
+            do { _ = try TrainCommand.parse(first.trainArguments + trainArguments + ["--validation-split", "\(validationSplit)", "--no-test"]) } catch {
+                throw ValidationError("the arguments for every cell's train do not parse: \(TrainCommand.message(for: error))")
+            }
+        }
         let directory = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("cells"), withIntermediateDirectories: true)
         try checkRecord(Record(trainArguments: trainArguments, validationSplit: validationSplit), in: directory)
@@ -89,9 +95,11 @@ struct SweepCommand: ParsableCommand {
         let sources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            // The cell's train saves a checkpoint on the same signal (a terminal sends SIGINT to
-            // both; a scheduler's SIGTERM is passed on).
+            // Foundation starts the cell's train in a process group of its own, so a terminal's
+            // Ctrl-C reaches only the sweep: it is passed on, and the train saves at the end of
+            // its step (or, before training has begun, just ends).
             source.setEventHandler {
+                FileHandle.standardError.write(Data("\nsweep: stopping after the running cell's current step...\n".utf8))
                 child.stop(number)
             }
             source.resume()
@@ -106,20 +114,26 @@ struct SweepCommand: ParsableCommand {
                 let resuming = FileManager.default.fileExists(atPath: cellDirectory.appendingPathComponent("checkpoints/last/state.json").path)
                     || FileManager.default.fileExists(atPath: cellDirectory.appendingPathComponent("checkpoints/last.tmp/state.json").path)
                     || FileManager.default.fileExists(atPath: cellDirectory.appendingPathComponent("checkpoints/last.old/state.json").path)
-                let arguments = resuming ? ["train", "--resume", cellDirectory.path]
+                let arguments = resuming ? ["train", "--resume", cellDirectory.path] + Self.invocationOptions(trainArguments)
                     : ["train"] + cell.trainArguments + trainArguments
                         + ["--validation-split", "\(validationSplit)", "--no-test", "--output", cellDirectory.path, "--overwrite"]
                 print("cell:     \(cell.name)" + (resuming ? " (resuming)" : ""))
                 fflush(nil)
                 let status = try runCell(arguments, log: cellDirectory.appendingPathComponent("train.log"), child: child)
-                if let signal = child.stopSignal {
+                let stopped = child.stopSignal.map { 128 + $0 } ?? ([130, 143].contains(status) ? status : nil)
+                if let stopped {
                     FileHandle.standardError.write(Data("sweep: stopped during \(cell.name); run the same command again to continue\n".utf8))
-                    throw ExitCode(128 + signal)
+                    throw ExitCode(stopped)
                 }
                 if status != 0 {
-                    // A rate that diverges is an outcome, not an error: the cell scores 0 and the sweep goes on.
                     let log = (try? String(contentsOf: cellDirectory.appendingPathComponent("train.log"), encoding: .utf8)) ?? ""
                     let reason = log.split(separator: "\n").last { $0.hasPrefix("Error:") || $0.contains("error:") }.map(String.init) ?? "exit status \(status)"
+                    // A rate that diverges is an outcome: the cell scores 0 and the sweep goes on.
+                    // Anything else (a missing file, a killed process) stops the sweep and the
+                    // cell runs again next time.
+                    guard reason.contains("the loss became") else {
+                        throw ValidationError("cell \(cell.name) failed (exit status \(status)): \(reason)\nIts output: \(cellDirectory.appendingPathComponent("train.log").path)")
+                    }
                     try record(SweepRow(failed: cell, reason: reason), rows: &rows, cells: cells, directory: directory)
                     continue
                 }
@@ -151,6 +165,23 @@ struct SweepCommand: ParsableCommand {
         }
     }
 
+    /// What a resumed cell's train needs again from the cell arguments: the options of an
+    /// invocation, which run.json leaves out (--device, --watchdog, --no-tune).
+    static func invocationOptions(_ arguments: [String]) -> [String] {
+        var kept: [String] = [], index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            if ["--device", "--watchdog"].contains(argument), index + 1 < arguments.count {
+                kept += [argument, arguments[index + 1]]
+                index += 1
+            } else if argument == "--no-tune" || argument.hasPrefix("--device=") || argument.hasPrefix("--watchdog=") {
+                kept.append(argument)
+            }
+            index += 1
+        }
+        return kept
+    }
+
     /// The first run writes sweep.json; later runs must have the same cell arguments and split.
     private func checkRecord(_ record: Record, in directory: URL) throws {
         let url = directory.appendingPathComponent("sweep.json")
@@ -167,7 +198,12 @@ struct SweepCommand: ParsableCommand {
     }
 
     private func readRows(_ url: URL) throws -> [SweepRow] {
-        guard let text = try? String(contentsOf: url, encoding: .utf8) else { return [] }
+        guard var text = try? String(contentsOf: url, encoding: .utf8) else { return [] }
+        // A line cut short by a kill while it was appended: dropped (its cell runs again).
+        if !text.isEmpty, !text.hasSuffix("\n") {
+            text = text.contains("\n") ? String(text[...text.lastIndex(of: "\n")!]) : ""
+            try writeAtomically(Data(text.utf8), to: url)
+        }
         return try text.split(separator: "\n").enumerated().map { index, line in
             do { return try JSONDecoder().decode(SweepRow.self, from: Data(line.utf8)) } catch {
                 throw ValidationError("\(url.path), line \(index + 1): not a sweep row (\(error)); remove the line to rerun that cell")

@@ -67,7 +67,7 @@ struct TrainCommand: ParsableCommand {
         var labelSmoothing: Float = 0
         @Option(help: "Seed for initialisation, data order and augmentation.")
         var seed: UInt64 = 0
-        @Option(help: "Evaluate on the test set every N steps (0: only at the end).")
+        @Option(help: "Evaluate every N steps (0: only at the end), on the validation split if there is one, else on the test set.")
         var evalInterval = 0
         @Option(help: "Save the last checkpoint every N steps.")
         var checkpointInterval = 50
@@ -146,7 +146,13 @@ struct TrainCommand: ParsableCommand {
         guard watchdog >= 0, watchdog.isFinite else { throw ValidationError("--watchdog must be finite and not negative, got \(watchdog)") }
     }
 
-    func run() throws { try runAsRank(Self.self, train) }
+    func run() throws {
+        // A parent that ignores these (sloragpu sweep) passes that on: until the trainer's own
+        // handlers are installed, a stop should end the process, which loses nothing yet.
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+        try runAsRank(Self.self, train)
+    }
 
     private func train(_ communicator: Communicator) throws {
         let (options, resumeCheckpoint) = try resolvedOptions(communicator)

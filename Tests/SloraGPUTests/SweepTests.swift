@@ -21,6 +21,10 @@ struct SweepTests {
         let again = try data.stratifiedSplit(fraction: 0.2)
         #expect(again.validation.pixels == validation.pixels)
         #expect(try data.stratifiedSplit(fraction: 0.2, seed: 9).validation.pixels != validation.pixels)
+        // No class leaves training, however small.
+        let tiny = try ImageDataset(name: "t", height: 1, width: 1, channels: 1, classNames: ["a", "b"], pixels: [0, 1, 2, 3], labels: [0, 1, 1, 1])
+        let tinySplit = try tiny.stratifiedSplit(fraction: 0.9)
+        #expect(Set(tinySplit.train.labels) == [0, 1] && tinySplit.validation.labels == [1, 1])
         for bad in [0.0, 1.0, -0.5, .nan, 0.001] {
             #expect(throws: DatasetError.self) { try data.stratifiedSplit(fraction: bad) }
         }
@@ -67,7 +71,11 @@ struct SweepTests {
         let lora = try #require(cells.first { $0.method == "lora" })
         #expect(lora.trainArguments == ["--method", "lora", "--lr", "0.001", "--seed", "0", "--lora-plus-ratio", "1.0", "--rank", "4", "--targets", "q,v"])
         #expect(try SweepGrid(methods: ["lora"], ranks: [8], learningRates: [1e-3], loraPlusRatios: [1], seeds: [0]).cells[0].targets == "q,k,v,o")
-        for (methods, rates) in [(["bogus"], [Float(1e-3)]), (["serial:q"], [1e-3]), (["serial"], [0]), (["serial"], [.nan]), ([], [1e-3])] {
+        // Targets in any order are one cell, named in q, k, v, o order.
+        #expect(try SweepGrid(methods: ["lora:v,q", "lora:q,v"], ranks: [8], learningRates: [1e-3], loraPlusRatios: [1], seeds: [0]).cells.map(\.name)
+                == ["lora_qv-r8-lr0.001-s0"])
+        for (methods, rates) in [(["bogus"], [Float(1e-3)]), (["serial:q"], [1e-3]), (["serial"], [0]), (["serial"], [.nan]), ([], [1e-3]),
+                                 (["lora:q,x"], [1e-3]), (["lora:q,,v"], [1e-3]), (["lora:q,q"], [1e-3])] {
             #expect(throws: TrainingError.self) { try SweepGrid(methods: methods, ranks: [8], learningRates: rates, loraPlusRatios: [1], seeds: [0]) }
         }
     }
@@ -120,5 +128,14 @@ struct SweepTests {
         #expect(other.status != 0 && other.standardError.contains("holds a sweep with other cell arguments"))
         let reserved = try runSloragpu(["sweep", "--output", output.path, "--", "--lr", "1"])
         #expect(reserved.status != 0 && reserved.standardError.contains("the sweep sets it for every cell"))
+        let typo = try runSloragpu(["sweep", "--output", try makeTemporaryDirectory().path, "--"] + cellArguments + ["--stepz", "3"])
+        #expect(typo.status != 0 && typo.standardError.contains("do not parse") && typo.standardError.contains("--stepz"), "\(typo.standardError)")
+
+        // A diverging rate is an outcome: the cell scores 0, the sweep goes on and succeeds.
+        let diverging = try makeTemporaryDirectory()
+        let wild = try runSloragpu(["sweep", "--output", diverging.path, "--lr", "1e30,1e-3", "--validation-split", "0.2", "--"] + cellArguments)
+        #expect(wild.status == 0 && wild.standardOutput.contains("serial-r8-lr1e+30-s0 failed:") && wild.standardOutput.contains("the loss became"),
+                "\(wild.standardOutput)\(wild.standardError)")
+        #expect(wild.standardOutput.contains("done:     serial-r8-lr0.001-s0"))
     }
 }
