@@ -163,8 +163,8 @@ public final class Trainer {
     /// Told of every micro-batch, evaluation batch and checkpoint, when set.
     public var watchdog: Watchdog?
     private let fault: (rank: Int, step: Int, fault: InjectedFault)?
-    /// The last all-reduce's size and time (nil in one process).
-    public private(set) var lastReduction: (bytes: Int, seconds: Double)?
+    /// The last all-reduce's time in seconds (nil in one process).
+    public private(set) var lastReductionSeconds: Double?
 
     public var lastCheckpoint: URL { output.appendingPathComponent("checkpoints/last") }
     public var bestCheckpoint: URL { output.appendingPathComponent("checkpoints/best") }
@@ -319,7 +319,7 @@ public final class Trainer {
             report(.step(step: step, total: options.steps, epoch: trainLoader.position.epoch, loss: loss, learningRate: rate, imagesPerSecond: imagesPerSecond))
             var record: [String: Any] = ["kind": "step", "step": step, "loss": Double(loss), "learning_rate": Double(rate),
                                          "images_per_second": imagesPerSecond, "epoch": trainLoader.position.epoch]
-            if let lastReduction { record["all_reduce_seconds"] = lastReduction.seconds }
+            if let lastReductionSeconds { record["all_reduce_seconds"] = lastReductionSeconds }
             writeMetrics(record)
             try afterStep(step, report)
         }
@@ -369,7 +369,7 @@ public final class Trainer {
         let reduction = try sumGradients(model.parameters, riders: [lossSum, Float(images), stopRequested.load(ordering: .relaxed) ? 1 : 0],
                                          communicator)
         let (totalLoss, totalImages, stopVotes) = (reduction.riders[0], reduction.riders[1], reduction.riders[2])
-        lastReduction = (reduction.bytes, reduction.seconds)
+        lastReductionSeconds = reduction.seconds
         stopAgreed = stopVotes > 0
         watchdog?.beat("step \(step), after the all-reduce")
         // Armed once every rank has finished a step (and compiled its kernels).

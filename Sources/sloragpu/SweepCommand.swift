@@ -92,18 +92,12 @@ struct SweepCommand: ParsableCommand {
         fflush(nil)
 
         let child = RunningCell()
-        let sources = [SIGINT, SIGTERM].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            // Foundation starts the cell's train in a process group of its own, so a terminal's
-            // Ctrl-C reaches only the sweep: it is passed on, and the train saves at the end of
-            // its step (or, before training has begun, just ends).
-            source.setEventHandler {
-                FileHandle.standardError.write(Data("\nsweep: stopping after the running cell's current step...\n".utf8))
-                child.stop(number)
-            }
-            source.resume()
-            return source
+        // Foundation starts the cell's train in a process group of its own, so a terminal's
+        // Ctrl-C reaches only the sweep: it is passed on, and the train saves at the end of its
+        // step (or, before training has begun, just ends).
+        let sources = onStopSignals { number in
+            FileHandle.standardError.write(Data("\nsweep: stopping after the running cell's current step...\n".utf8))
+            child.stop(number)
         }
         defer { for source in sources { source.cancel() } }
 

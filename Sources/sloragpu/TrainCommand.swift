@@ -316,18 +316,12 @@ struct TrainCommand: ParsableCommand {
     private func runUntilDoneOrStopped(_ trainer: Trainer, training: TrainingOptions, testImages: Int, output: URL, method: FineTuningMethod,
                                        peftNaming: PEFTNaming, baseSource: String, quiet: Bool = false) throws {
         let received = Mutex<Int32>(0)
-        let signalSources = [SIGINT, SIGTERM].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                received.withLock { $0 = number }
-                let name = number == SIGINT ? "interrupt" : "SIGTERM"
-                let rank = trainer.communicator.isDistributed ? "rank \(trainer.communicator.rank): " : ""
-                FileHandle.standardError.write(Data("\n\(rank)\(name): saving a checkpoint at the end of this step...\n".utf8))
-                trainer.requestStop()
-            }
-            source.resume()
-            return source
+        let signalSources = onStopSignals { number in
+            received.withLock { $0 = number }
+            let name = number == SIGINT ? "interrupt" : "SIGTERM"
+            let rank = trainer.communicator.isDistributed ? "rank \(trainer.communicator.rank): " : ""
+            FileHandle.standardError.write(Data("\n\(rank)\(name): saving a checkpoint at the end of this step...\n".utf8))
+            trainer.requestStop()
         }
         defer { for source in signalSources { source.cancel() } }
 
@@ -476,6 +470,18 @@ func duration(_ seconds: Double) -> String {
 }
 
 extension ActivationMemory: ExpressibleByArgument {}
+
+/// SIGINT and SIGTERM call `handler` (on a global queue) instead of ending the process, until
+/// the returned sources are cancelled.
+func onStopSignals(_ handler: @escaping (Int32) -> Void) -> [DispatchSourceSignal] {
+    [SIGINT, SIGTERM].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { handler(number) }
+        source.resume()
+        return source
+    }
+}
 
 /// A GPU without a tuned GEMM entry is tuned once, with a visible line, before its first run.
 /// `quiet`: a data-parallel rank other than 0, which prints nothing.
