@@ -41,14 +41,24 @@ public struct AttentionShape: Sendable, Equatable {
 public enum AttentionPath: Sendable, Equatable {
     case rowPerItem
     case block(rows: Int)
-    /// `queries` per work-item in the forward and dq kernels, `keys` in dkv.
-    case tiled(queries: Int, keys: Int)
+    /// `queries` per work-item in the forward and dq kernels, `keys` in dkv; output rows are
+    /// stored as vectors of `vectorWidth` floats (16, 8 or 4, dividing the head dimension).
+    case tiled(queries: Int, keys: Int, vectorWidth: Int = 16)
     /// GPUs: a work-group of `rows` (32, 64 or 128) work-items owns that many queries (keys),
     /// one each, and streams the other side through `__local` in tiles of `rows`.
     case flash(rows: Int)
 
     public static func forDevice(_ device: Device) -> AttentionPath {
-        device.type.contains(.gpu) ? .flash(rows: 64) : .tiled(queries: 4, keys: 4)
+        if device.type.contains(.gpu) { return .flash(rows: 64) }
+        return cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)
+    }
+
+    /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers; with
+    /// AVX2's 16 ymm registers, 2 queries (keys) of 8-float vectors ran the forward about 1.25x
+    /// faster than either 4 x 16 or 4 x 8 (docs/BENCHMARKS.md).
+    public static func cpu(preferredVectorWidth: Int) -> AttentionPath {
+        preferredVectorWidth >= 16 ? .tiled(queries: 4, keys: 4, vectorWidth: 16)
+            : .tiled(queries: 2, keys: 2, vectorWidth: preferredVectorWidth >= 8 ? 8 : 4)
     }
 
     /// `__local` bytes of the flash kernels (dkv's, the largest: two tiles and two statistics rows).
@@ -59,7 +69,11 @@ public enum AttentionPath: Sendable, Equatable {
     /// limit) and fall back to one row per work-item past it (head dimension above 160).
     /// `deviceLocalBytes` and `maxWorkGroup`: the device's own limits, when below NVIDIA's.
     func resolved(headDimension: Int, deviceLocalBytes: Int = Int.max, maxWorkGroup: Int = 1024) -> AttentionPath {
-        if case .tiled = self, headDimension % 4 != 0 { return .block(rows: 16) }
+        if case .tiled(let queries, let keys, let width) = self {
+            if headDimension % 4 != 0 { return .block(rows: 16) }
+            // The widest vector up to the requested one that divides the head dimension.
+            return .tiled(queries: queries, keys: keys, vectorWidth: [16, 8, 4].first { $0 <= width && headDimension % $0 == 0 } ?? 4)
+        }
         if case .flash(let rows) = self {
             let localLimit = min(TiledGemm.localLimit, deviceLocalBytes)
             guard let fitting = [rows, 64, 32].filter({ $0 <= rows && $0 <= maxWorkGroup }).first(where: {
@@ -83,8 +97,7 @@ public enum AttentionPath: Sendable, Equatable {
         switch self {
         case .rowPerItem: "-DDH=\(headDimension)"
         case .block(let rows): "-DDH=\(headDimension) -DQB=\(rows)"
-        case .tiled(let queries, let keys):
-            "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\([16, 8, 4].first { headDimension % $0 == 0 }!)"
+        case .tiled(let queries, let keys, let width): "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\(width)"
         case .flash(let rows): "-DDH=\(headDimension) -DFB=\(rows)"
         }
     }
@@ -104,14 +117,14 @@ public enum AttentionPath: Sendable, Equatable {
     func global(_ shape: AttentionShape) -> [Int] {
         switch self {
         case .rowPerItem: [shape.tokens, shape.heads, shape.batch]
-        case .block(let rows), .tiled(let rows, _): [(shape.tokens + rows - 1) / rows, shape.heads, shape.batch]
+        case .block(let rows), .tiled(let rows, _, _): [(shape.tokens + rows - 1) / rows, shape.heads, shape.batch]
         case .flash(let rows): [roundUp(shape.tokens, rows), shape.heads, shape.batch]
         }
     }
 
     /// Work-items for the kernel that owns keys (dkv).
     func keyGlobal(_ shape: AttentionShape) -> [Int] {
-        if case .tiled(_, let keys) = self { return [(shape.tokens + keys - 1) / keys, shape.heads, shape.batch] }
+        if case .tiled(_, let keys, _) = self { return [(shape.tokens + keys - 1) / keys, shape.heads, shape.batch] }
         return global(shape)
     }
 }
@@ -213,8 +226,13 @@ extension Engine {
         if case .flash(let rows) = attentionPath, ![32, 64, 128].contains(rows) {
             throw TensorError.shapeMismatch(operation: operation, details: "flash attention takes work-groups of 32, 64 or 128 rows, got \(rows)")
         }
-        if case .tiled(let queries, let keys) = attentionPath, !(1...8).contains(queries) || !(1...8).contains(keys) {
-            throw TensorError.shapeMismatch(operation: operation, details: "tiled attention takes 1 to 8 queries and keys per work-item, got \(queries) and \(keys)")
+        if case .tiled(let queries, let keys, let width) = attentionPath {
+            guard (1...8).contains(queries), (1...8).contains(keys) else {
+                throw TensorError.shapeMismatch(operation: operation, details: "tiled attention takes 1 to 8 queries and keys per work-item, got \(queries) and \(keys)")
+            }
+            guard [4, 8, 16].contains(width) else {
+                throw TensorError.shapeMismatch(operation: operation, details: "tiled attention stores vectors of 4, 8 or 16 floats, got \(width)")
+            }
         }
         guard shape.batch > 0, shape.tokens > 0, shape.heads > 0, (1...256).contains(shape.headDimension) else {
             throw TensorError.shapeMismatch(operation: operation, details: "invalid attention shape \(shape) (head dimension 1...256)")

@@ -1,9 +1,10 @@
 import CLRuntime
 import Foundation
 
-/// Tunables for one device class, passed to kernels as `-D` defines. The CPU profile targets
-/// PoCL on AVX-512 (one work-item owns a register tile of 16-float vectors, so LLVM maps it to
-/// zmm registers); the GPU profile keeps tiles small so there are many work-items.
+/// Tunables for one device class, passed to kernels as `-D` defines. The CPU profile gives one
+/// work-item a register tile of the device's native vectors (16 floats: AVX-512's zmm; 8: AVX2's
+/// ymm), so LLVM keeps it in registers; the GPU profile keeps tiles small so there are many
+/// work-items.
 public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// Rows of C per work-item.
     public var rowsPerItem: Int
@@ -41,7 +42,18 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         return "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
+    /// AVX-512's tile: 6 x 2 vectors of 16 floats, 12 of the 32 zmm registers.
     public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, kBlock: 0, localSize: nil)
+
+    /// The CPU tile for a device's preferred float vector width (PoCL reports 16 where it
+    /// compiles for AVX-512, 8 for AVX2, 4 for SSE or NEON): 6 x 2 vectors of that width, 12
+    /// accumulators, as in the BLAS micro-kernels for those ISAs. AVX-512's 16-float tile on an
+    /// AVX2 device needs 24 of its 16 ymm registers and spills on every FMA (half the rate).
+    public static func cpu(preferredVectorWidth: Int) -> GemmProfile {
+        var profile = cpu
+        profile.vectorWidth = preferredVectorWidth >= 16 ? 16 : preferredVectorWidth >= 8 ? 8 : 4
+        return profile
+    }
     /// The skinny kernels give a GPU too few work-items (one per 16 rows): tiles there, with
     /// narrow tiles for the low-rank products.
     public static let gpu = {
@@ -52,7 +64,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     }()
 
     public static func forDevice(_ device: Device, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmProfile {
-        let base = device.type.contains(.gpu) ? gpu : cpu
+        let base = device.type.contains(.gpu) ? gpu : cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)
         guard let override = environment["SLORAGPU_GEMM_PROFILE"], !override.isEmpty else { return base }
         return try base.overridden(by: override)
     }

@@ -18,8 +18,9 @@ struct AttentionTests {
                         Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32), Case(batch: 2, tokens: 17, heads: 2, headDimension: 40),
                         Case(batch: 1, tokens: 50, heads: 2, headDimension: 20), Case(batch: 1, tokens: 9, heads: 1, headDimension: 6)]
 
+    /// Tiled: AVX-512's default (4 x 16), AVX2's (2 x 8), 4-float vectors, and odd tiles.
     @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8), .tiled(queries: 4, keys: 4),
-                             .tiled(queries: 3, keys: 3)])
+                             .tiled(queries: 3, keys: 3), .tiled(queries: 2, keys: 2, vectorWidth: 8), .tiled(queries: 1, keys: 3, vectorWidth: 4)])
     func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
         try checkAgainstReference(c, path)
     }

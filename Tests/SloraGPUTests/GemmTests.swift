@@ -211,6 +211,36 @@ struct GemmTests {
         }
     }
 
+    /// The CPU tile follows the device's vector width (AVX-512 16, AVX2 8, SSE/NEON 4), so every
+    /// width runs here whatever this machine's CPU: each transpose, A packed and read in place, a
+    /// bias + GELU epilogue, a 16-bit B, and the ragged edges of the 6 x 2-vector tiles.
+    @Test(arguments: [4, 8, 16])
+    func everyCPUVectorWidthMatchesTheReference(width: Int) throws {
+        #expect(GemmProfile.cpu(preferredVectorWidth: width).vectorWidth == width)
+        let engine = try makeEngine()
+        for directA in [true, false] {
+            engine.gemmProfile = GemmProfile.cpu(preferredVectorWidth: width)
+            engine.gemmProfile.directA = directA
+            for shape in Self.shapes + [Case(m: 13, n: 3 * width + 5, k: 21)] {
+                let (m, n, k) = (shape.m, shape.n, shape.k)
+                for (transposeA, transposeB) in Self.transposes {
+                    let a = uniformValues(m * k, seed: 31), b = uniformValues(k * n, seed: 32), bias = uniformValues(n, seed: 33)
+                    let bTensor = try engine.tensor(b, shape: transposeB ? [n, k] : [k, n], storage: transposeB ? .float16 : .float32)
+                    let c = try engine.empty([m, n])
+                    try engine.gemm(try engine.tensor(a, shape: transposeA ? [k, m] : [m, k]), bTensor, into: c,
+                                    transposeA: transposeA, transposeB: transposeB, bias: try engine.tensor(bias, shape: [n]), activation: .gelu)
+                    let product = Reference.matmul(a, try bTensor.download(), m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+                    expectClose(try c.download(), (0..<m * n).map { Reference.gelu(product[$0] + Double(bias[$0 % n])) },
+                                atol: Self.tolerance(k: k), rtol: 1e-5,
+                                "VW=\(width) \(directA ? "direct" : "packed") A \(transposeA ? "T" : "N")\(transposeB ? "T" : "N") \(shape.testDescription)")
+                }
+            }
+        }
+        let device = engine.device
+        let chosen = try GemmProfile.forDevice(device, environment: [:])
+        #expect(chosen == (device.type.contains(.gpu) ? .gpu : .cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)))
+    }
+
     /// Single products with a plain A read it in place (DIRECT_A); the packed route must agree.
     @Test func directAndPackedAAgree() throws {
         let engine = try makeEngine()
