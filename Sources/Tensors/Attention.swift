@@ -53,9 +53,9 @@ public enum AttentionPath: Sendable, Equatable {
         return cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)
     }
 
-    /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers; with
-    /// AVX2's 16 ymm registers, 2 queries (keys) of 8-float vectors ran the forward about 1.25x
-    /// faster than either 4 x 16 or 4 x 8 (docs/BENCHMARKS.md).
+    /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers; AVX2 has
+    /// 16 ymm registers, and 2 queries (keys) of 8-float vectors measured fastest there
+    /// (docs/BENCHMARKS.md).
     public static func cpu(preferredVectorWidth: Int) -> AttentionPath {
         preferredVectorWidth >= 16 ? .tiled(queries: 4, keys: 4, vectorWidth: 16)
             : .tiled(queries: 2, keys: 2, vectorWidth: preferredVectorWidth >= 8 ? 8 : 4)

@@ -48,7 +48,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// The CPU tile for a device's preferred float vector width (PoCL reports 16 where it
     /// compiles for AVX-512, 8 for AVX2, 4 for SSE or NEON): 6 x 2 vectors of that width, 12
     /// accumulators, as in the BLAS micro-kernels for those ISAs. AVX-512's 16-float tile on an
-    /// AVX2 device needs 24 of its 16 ymm registers and spills on every FMA (half the rate).
+    /// AVX2 device needs 24 of its 16 ymm registers and spills on every FMA.
     public static func cpu(preferredVectorWidth: Int) -> GemmProfile {
         var profile = cpu
         profile.vectorWidth = preferredVectorWidth >= 16 ? 16 : preferredVectorWidth >= 8 ? 8 : 4
