@@ -58,7 +58,9 @@
 // A_STORAGE / B_STORAGE 0 fp32, 1 fp16 (vload_half: core OpenCL, no cl_khr_fp16), 2 bf16 (ushort,
 // widened exactly by a shift), 3 int8 (char times the fp32 scale of its stored row: element e of
 // the buffer is q[e] * scales[scale_offset + e / row_length], whatever the view's strides).
-// The micro-kernels only ever see fp32 panels.
+// The paths that read an operand in place (DIRECT_A, the skinny kernels) widen fp16 and bf16 as
+// they read; int8 is only ever dequantized here, in packing (the launcher routes it there), since
+// an in-place read would repeat its per-element row-scale lookup once per column panel.
 #ifndef A_STORAGE
 #define A_STORAGE 0
 #endif
@@ -99,6 +101,15 @@
 #endif
 #ifndef B_SCALE_PARAMETERS
 #define B_SCALE_PARAMETERS
+#endif
+
+// 16 consecutive values of a stored operand, widened: the skinny kernels' vector reads.
+#if A_STORAGE == 1
+#define LOAD_A16(v, p) vload_half16((v), (p))
+#elif A_STORAGE == 2
+#define LOAD_A16(v, p) as_float16(convert_uint16(vload16((v), (p))) << 16)
+#else
+#define LOAD_A16(v, p) vload16((v), (p))
 #endif
 
 // pack_a: global (K, m_panels, batches). Writes zeros for padding rows.
@@ -214,7 +225,15 @@ inline void store_epilogue(float x, const float beta, const int flags, __global 
 // Reduces over packed k in [k_begin, k_end): the launcher splits long reductions into blocks
 // (KC) whose panels stay in cache, accumulating into C with beta = 1 after the first block.
 // a_batched / b_batched: 0 when one packed operand serves every batch (shared weights).
-__kernel void gemm_packed(__global const float *Ap, __global const float *Bp, const int k_total,
+#ifdef DIRECT_A
+#if A_STORAGE == 3
+#error "int8 operands are dequantized in pack_a, never read in place"
+#endif
+#define AP_ELEMENT A_ELEMENT
+#else
+#define AP_ELEMENT float
+#endif
+__kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *Bp, const int k_total,
                           const int k_begin, const int k_end,
                           const int a_offset, const int lda, const int a_batch_stride,
                           const int M, const int N, const int m_panels, const int n_panels,
@@ -232,10 +251,10 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
 #ifdef DIRECT_A
     // A read in place (a plain row-major op(A) with row stride lda): MR row streams; rows past
     // M re-read row M-1 and are never stored.
-    const __global float *a_rows[MR];
+    const __global A_ELEMENT *a_rows[MR];
 #pragma unroll
     for (int r = 0; r < MR; ++r) a_rows[r] = Ap + a_offset + batch * a_batch_stride + min(p * MR + r, M - 1) * lda;
-#define A_VALUE(r, k) a_rows[r][k]
+#define A_VALUE(r, k) LOAD_A(a_rows[r], k)
 #else
     const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MR;
 #define A_VALUE(r, k) a[(k) * MR + (r)]
@@ -298,7 +317,8 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
 // Skinny products: C = alpha op(A) op(B) + beta C with at most 16 columns (NS, a define), the
 // adapters' low-rank GEMMs (u A^T, W B, G C, G^T t, W^T P, and u^T g for dA^T). The panel
 // kernel above spends a 32-column tile on them (a quarter used at r = 8) and packs op(A) when
-// it is transposed (all of G for G^T t); these read both operands in place.
+// it is transposed (all of G for G^T t); these read both operands in place (fp32, fp16 or bf16:
+// A_STORAGE and B_STORAGE 0 to 2, widened as read).
 // C[i][j] is at c + i * c_rs + j * c_cs (so a transposed C serves C^T = op(B)^T op(A)^T).
 #ifndef NS
 #define NS 16
@@ -313,22 +333,25 @@ __kernel void gemm_packed(__global const float *Ap, __global const float *Bp, co
 // Rows variant, for an op(A) with contiguous rows (A[i][k] at a + i * a_rs + k): RS rows per
 // work-item, one 16-lane vector of columns per row. Bp holds op(B) as K rows of 16 (zero past
 // NS), written by pack_small_b. Global (ceil(M / RS)).
-__kernel void pack_small_b(__global const float *B, const int b_offset, const int b_rs, const int b_cs,
+#if A_STORAGE == 3 || B_STORAGE == 3
+// (An int8 build only packs for the panel kernel: the skinny kernels are not compiled in it.)
+#else
+__kernel void pack_small_b(__global const B_ELEMENT *B, const int b_offset, const int b_rs, const int b_cs,
                            const int K, __global float *Bp, const int bp_offset)
 {
     const int k = get_global_id(0);
     if (k >= K) return;
-    for (int j = 0; j < 16; ++j) Bp[bp_offset + k * 16 + j] = j < NS ? B[b_offset + k * b_rs + j * b_cs] : 0.0f;
+    for (int j = 0; j < 16; ++j) Bp[bp_offset + k * 16 + j] = j < NS ? LOAD_B(B, b_offset + k * b_rs + j * b_cs) : 0.0f;
 }
 
-__kernel void gemm_small_rows(__global const float *A, const int a_offset, const int a_rs,
+__kernel void gemm_small_rows(__global const A_ELEMENT *A, const int a_offset, const int a_rs,
                               __global const float *Bp, const int bp_offset, const int M, const int K,
                               __global float *C, const int c_offset, const int c_rs, const int c_cs,
                               const float alpha, const float beta)
 {
     const int i0 = get_global_id(0) * RS;
     if (i0 >= M) return;
-    const __global float *rows[RS];
+    const __global A_ELEMENT *rows[RS];
     float16 acc[RS];
 #pragma unroll
     for (int r = 0; r < RS; ++r) {
@@ -339,7 +362,7 @@ __kernel void gemm_small_rows(__global const float *A, const int a_offset, const
     for (int k = 0; k < K; ++k) {
         const float16 b = vload16(k, Bp + bp_offset);
 #pragma unroll
-        for (int r = 0; r < RS; ++r) acc[r] = fma((float16)(rows[r][k]), b, acc[r]);
+        for (int r = 0; r < RS; ++r) acc[r] = fma((float16)(LOAD_A(rows[r], k)), b, acc[r]);
     }
     float lanes[16];
 #pragma unroll
@@ -357,8 +380,8 @@ __kernel void gemm_small_rows(__global const float *A, const int a_offset, const
 // transposed operand): 16 * LV rows per work-item in the lanes of LV vectors, LV * NS
 // accumulators, op(B) read as broadcasts (B[k][j] at b + k * b_rs + j * b_cs).
 // Global (ceil(M / (16 * LV))).
-__kernel void gemm_small_lanes(__global const float *A, const int a_offset, const int a_cs,
-                               __global const float *B, const int b_offset, const int b_rs, const int b_cs,
+__kernel void gemm_small_lanes(__global const A_ELEMENT *A, const int a_offset, const int a_cs,
+                               __global const B_ELEMENT *B, const int b_offset, const int b_rs, const int b_cs,
                                const int M, const int K,
                                __global float *C, const int c_offset, const int c_rs, const int c_cs,
                                const float alpha, const float beta)
@@ -370,16 +393,16 @@ __kernel void gemm_small_lanes(__global const float *A, const int a_offset, cons
     for (int v = 0; v < LV; ++v)
 #pragma unroll
         for (int j = 0; j < NS; ++j) acc[v][j] = (float16)(0.0f);
-    const __global float *a = A + a_offset + i0;
-    const __global float *b = B + b_offset;
+    const __global A_ELEMENT *a = A + a_offset + i0;
+    const __global B_ELEMENT *b = B + b_offset;
     if (i0 + 16 * LV <= M) {
         for (int k = 0; k < K; ++k) {
             float16 column[LV];
 #pragma unroll
-            for (int v = 0; v < LV; ++v) column[v] = vload16(v, a + k * a_cs);
+            for (int v = 0; v < LV; ++v) column[v] = LOAD_A16(v, a + k * a_cs);
 #pragma unroll
             for (int j = 0; j < NS; ++j) {
-                const float16 weight = (float16)(b[k * b_rs + j * b_cs]);
+                const float16 weight = (float16)(LOAD_B(b, k * b_rs + j * b_cs));
 #pragma unroll
                 for (int v = 0; v < LV; ++v) acc[v][j] = fma(column[v], weight, acc[v][j]);
             }
@@ -391,12 +414,12 @@ __kernel void gemm_small_lanes(__global const float *A, const int a_offset, cons
 #pragma unroll
             for (int v = 0; v < LV; ++v) {
                 float padded[16];
-                for (int l = 0; l < 16; ++l) padded[l] = a[k * a_cs + min(16 * v + l, M - 1 - i0)];
+                for (int l = 0; l < 16; ++l) padded[l] = LOAD_A(a, k * a_cs + min(16 * v + l, M - 1 - i0));
                 column[v] = vload16(0, padded);
             }
 #pragma unroll
             for (int j = 0; j < NS; ++j) {
-                const float16 weight = (float16)(b[k * b_rs + j * b_cs]);
+                const float16 weight = (float16)(LOAD_B(b, k * b_rs + j * b_cs));
 #pragma unroll
                 for (int v = 0; v < LV; ++v) acc[v][j] = fma(column[v], weight, acc[v][j]);
             }
@@ -414,6 +437,7 @@ __kernel void gemm_small_lanes(__global const float *A, const int a_offset, cons
             }
         }
 }
+#endif // int8
 #endif // !TILED
 
 #ifdef TILED

@@ -57,8 +57,8 @@ public enum AttentionPath: Sendable, Equatable {
     /// 16 ymm registers, and 2 queries (keys) of 8-float vectors measured fastest there
     /// (docs/BENCHMARKS.md).
     public static func cpu(preferredVectorWidth: Int) -> AttentionPath {
-        preferredVectorWidth >= 16 ? .tiled(queries: 4, keys: 4, vectorWidth: 16)
-            : .tiled(queries: 2, keys: 2, vectorWidth: preferredVectorWidth >= 8 ? 8 : 4)
+        let width = GemmProfile.cpuVectorWidth(preferred: preferredVectorWidth)
+        return width == 16 ? .tiled(queries: 4, keys: 4, vectorWidth: 16) : .tiled(queries: 2, keys: 2, vectorWidth: width)
     }
 
     /// `__local` bytes of the flash kernels (dkv's, the largest: two tiles and two statistics rows).

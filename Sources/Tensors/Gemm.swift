@@ -159,7 +159,7 @@ extension Engine {
                      activation: Activation = .none, preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
         let problem = try GemmProblem(self, terms, into: cOperand, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
         let profile = gemmProfile
-        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, problem.allOperandsFP32,
+        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, problem.noOperandQuantized,
            try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
             return
         }
@@ -196,10 +196,11 @@ extension Engine {
         let options = profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        // A single product with a plain (non-transposed, unit column stride) A reads A in place.
+        // A single product with a plain (non-transposed, unit column stride) A reads A in place,
+        // widening a 16-bit A as it reads; int8 is dequantized in packing only.
         let directA = p.terms.count == 1 && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && profile.directA
-            && p.aViews[0].tensor.dtype == .float32
-        let microOptions = directA ? options + " -DDIRECT_A" : options
+            && p.aViews[0].tensor.dtype != .int8
+        let microOptions = directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
                                           batches: (p.aPackedBatches, p.bPackedBatches), packA: !directA)
 
@@ -326,8 +327,9 @@ private struct GemmProblem {
         (self.bias, self.preTensor, self.flags) = (bias, preTensor, flags)
     }
 
-    /// Whether every operand is fp32 (the paths that read operands in place need that).
-    var allOperandsFP32: Bool { terms.allSatisfy { $0.a.tensor.dtype == .float32 && $0.b.tensor.dtype == .float32 } }
+    /// Whether no operand is int8 (the skinny kernels read fp32, fp16 and bf16 in place; int8 is
+    /// dequantized in the panels' packing only).
+    var noOperandQuantized: Bool { terms.allSatisfy { $0.a.tensor.dtype != .int8 && $0.b.tensor.dtype != .int8 } }
 
     /// C, its offset, row stride and batch stride.
     var cArguments: [KernelArgument] {
@@ -419,7 +421,7 @@ extension Engine {
             (cRowStride, cColumnStride) = (cColumnStride, cRowStride)
         }
         let (m, n, k) = (a.rows, b.columns, a.columns)
-        let options = "-DNS=\(n)"
+        let options = "-DNS=\(n)" + Self.storageOption("A", a.tensor.dtype) + Self.storageOption("B", b.tensor.dtype)
         let work = KernelWork(flops: 2 * Double(m) * Double(n) * Double(k))
         if a.columnStride == 1 {
             let packed = try empty([k * 16])

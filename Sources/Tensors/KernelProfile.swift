@@ -42,6 +42,10 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         return "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
+    /// The kernels' vector width (16, 8 or 4 floats) for a CPU device's preferred float width,
+    /// shared by the GEMM tile and the attention tiles.
+    static func cpuVectorWidth(preferred: Int) -> Int { preferred >= 16 ? 16 : preferred >= 8 ? 8 : 4 }
+
     /// AVX-512's tile: 6 x 2 vectors of 16 floats, 12 of the 32 zmm registers.
     public static let cpu = GemmProfile(rowsPerItem: 6, vectorWidth: 16, vectorsPerRow: 2, kUnroll: 4, kBlock: 0, localSize: nil)
 
@@ -51,9 +55,10 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// AVX2 device needs 24 of its 16 ymm registers and spills on every FMA.
     public static func cpu(preferredVectorWidth: Int) -> GemmProfile {
         var profile = cpu
-        profile.vectorWidth = preferredVectorWidth >= 16 ? 16 : preferredVectorWidth >= 8 ? 8 : 4
+        profile.vectorWidth = cpuVectorWidth(preferred: preferredVectorWidth)
         return profile
     }
+
     /// The skinny kernels give a GPU too few work-items (one per 16 rows): tiles there, with
     /// narrow tiles for the low-rank products.
     public static let gpu = {

@@ -104,15 +104,23 @@ struct PrecisionTests {
         }
     }
 
-    /// GEMM paths x stored type: the CPU profile (packed; A read in place when fp32, so a
-    /// 16-bit A must pack; the skinny kernels for narrow products, which a 16-bit operand
-    /// leaves), the GPU profile's tiled kernel, transposes, and a two-term sum mixing a 16-bit
-    /// weight with an fp32 adapter term (Serial LoRA's fused qkv). The reference multiplies the
-    /// stored values, so results agree up to fp32 accumulation order.
-    @Test(arguments: [DType.float16, .bfloat16, .int8], [false, true])
-    func everyGemmPathReadsTheStoredType(storage: DType, tiled: Bool) throws {
+    /// GEMM paths x stored type: the CPU profile (fp16 and bf16 read in place by DIRECT_A and
+    /// the skinny kernels, int8 always dequantized in packing), the CPU profile with both in-place
+    /// paths off (everything packed), the GPU profile's tiled kernel; transposes; and a two-term
+    /// sum mixing a 16-bit weight with an fp32 adapter term (Serial LoRA's fused qkv). The kernels
+    /// that ran are checked, so each path is known to be the one tested. The reference multiplies
+    /// the stored values, so results agree up to fp32 accumulation order.
+    @Test(arguments: [DType.float16, .bfloat16, .int8], ["cpu", "cpu, packed only", "tiled"])
+    func everyGemmPathReadsTheStoredType(storage: DType, path: String) throws {
         let engine = try makeEngine()
-        if tiled { engine.gemmProfile = .gpu }
+        let cpu = GemmProfile.cpu(preferredVectorWidth: engine.device.info.preferredFloatVectorWidth)
+        switch path {
+        case "tiled": engine.gemmProfile = .gpu
+        case "cpu, packed only": engine.gemmProfile = try cpu.overridden(by: "DA=0,SK=0")
+        default: engine.gemmProfile = cpu
+        }
+        let profiler = KernelProfiler()
+        engine.profiler = profiler
         for (m, n, k) in [(65, 72, 40), (197, 8, 33), (8, 100, 37), (3, 5, 7)] {
             for (storedA, storedB) in [(true, false), (false, true), (true, true)] {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -120,13 +128,33 @@ struct PrecisionTests {
                     let a = try engine.tensor(a0, shape: ta ? [k, m] : [m, k], storage: storedA ? storage : .float32)
                     let b = try engine.tensor(b0, shape: tb ? [n, k] : [k, n], storage: storedB ? storage : .float32)
                     let c = try engine.empty([m, n])
+                    profiler.reset()
                     try engine.gemm(a, b, into: c, transposeA: ta, transposeB: tb)
+                    let ran = Set(try profiler.summary().map(\.kernel))
+                    let label = "\(storage) \(path) \(m)x\(n)x\(k) A\(storedA ? "\(storage)" : "fp32")\(ta ? "T" : "N") B\(storedB ? "\(storage)" : "fp32")\(tb ? "T" : "N")"
                     let expected = Reference.matmul(try a.download(), try b.download(), m: m, n: n, k: k, transposeA: ta, transposeB: tb)
-                    expectClose(try c.download(), expected, atol: GemmTests.tolerance(k: k), rtol: 1e-5,
-                                "\(storage) \(tiled ? "tiled" : "packed") \(m)x\(n)x\(k) A\(storedA ? "\(storage)" : "fp32")\(ta ? "T" : "N") B\(storedB ? "\(storage)" : "fp32")\(tb ? "T" : "N")")
+                    expectClose(try c.download(), expected, atol: GemmTests.tolerance(k: k), rtol: 1e-5, label)
+
+                    let skinny = ran.contains("gemm_small_rows") || ran.contains("gemm_small_lanes")
+                    switch path {
+                    case "tiled":
+                        #expect(ran.contains("gemm_tiled") && !skinny, "\(label): ran \(ran.sorted())")
+                    case "cpu, packed only":
+                        #expect(ran.contains("pack_a") && ran.contains("gemm_packed") && !skinny, "\(label): ran \(ran.sorted())")
+                    default:
+                        if storage == .int8 {
+                            // A quantized A packs; a quantized B leaves a plain fp32 A in place.
+                            #expect(!skinny && ran.contains("pack_a") == (storedA || ta), "\(label): ran \(ran.sorted())")
+                        } else if min(m, n) <= 16 {
+                            #expect(skinny && !ran.contains("gemm_packed"), "\(label): ran \(ran.sorted())")
+                        } else {
+                            #expect(ran.contains("gemm_packed") && ran.contains("pack_a") == ta, "\(label): ran \(ran.sorted())")
+                        }
+                    }
                 }
             }
         }
+        engine.profiler = nil
         // [u | s t] [W | C]^T + b with W stored in 16 bits, C and the rest fp32.
         let (rows, d, r) = (37, 24, 4)
         let u = uniformValues(rows * d, seed: 4), t = uniformValues(rows * r, seed: 5), w0 = uniformValues(3 * d * d, seed: 6)
