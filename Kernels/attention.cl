@@ -481,7 +481,8 @@ __kernel void attention_backward_dq_tiled(__global const float *q, const int q_o
 }
 
 // Lanes are queries: qt, dot are Q^T and dO^T from attention_transpose; a work-item owns MK
-// keys. Global (ceil(N / MK), H, B).
+// keys. With store_ds it also writes dS^T (without the scale) to ds_t [B, H, N keys, NP queries],
+// zeros in the padding lanes, for attention_backward_dq_ds_tiled. Global (ceil(N / MK), H, B).
 __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_offset,
                                            __global const float *k, const int k_offset,
                                            __global const float *v, const int v_offset, const int ld_qkv,
@@ -491,7 +492,8 @@ __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_
                                            __global const float *delta, const int delta_offset,
                                            __global float *dk, const int dk_offset,
                                            __global float *dv, const int dv_offset, const int ld_d,
-                                           const int N, const int NP, const int H, const float scale)
+                                           const int N, const int NP, const int H, const float scale,
+                                           __global float *ds_t, const int ds_offset, const int store_ds)
 {
     const int j0 = get_global_id(0) * MK, h = get_global_id(1), b = get_global_id(2);
     if (j0 >= N) return;
@@ -537,9 +539,10 @@ __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_
         }
         #pragma unroll
         for (int r = 0; r < MK; ++r) {
-            const float16 p = exp(s[r] - lse_q);
+            const float16 p = exp(s[r] - lse_q), ds = p * (dp[r] - delta_q);
             vstore16(p, 0, p_tile[r]);
-            vstore16(p * (dp[r] - delta_q), 0, ds_tile[r]);
+            vstore16(ds, 0, ds_tile[r]);
+            if (store_ds && j0 + r < N) vstore16(ds, 0, ds_t + ds_offset + ((size_t)(b * H + h) * N + j0 + r) * NP + i0);
         }
         for (int ii = 0; ii < count; ++ii) {
             const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, i0 + ii, h);
@@ -564,6 +567,42 @@ __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_
             vstoreV(dk_acc[r][x] * scale, x, dk_row);
             vstoreV(dv_acc[r][x], x, dv_row);
         }
+    }
+}
+
+// dQ from the dS^T that attention_backward_dkv_tiled stored, so the scores and dP are computed
+// once for both gradients (the dq kernel above recomputes them: 3 of the backward's 7 N x N x DH
+// products become 1). dQ_i[c] = scale sum_j K^T[c][j] dS^T[j][i]: a work-item owns KW queries
+// (the lanes, like the dkv kernel's) and DC features, DC accumulators of KW lanes fed by one
+// vector load of dS^T and DC broadcasts of K^T per key, as in the GEMM micro-kernel. K^T from
+// attention_transpose. Global (NP / KW * DH / DC, H, B).
+#ifndef DC
+#define DC 4
+#endif
+__kernel void attention_backward_dq_ds_tiled(__global const float *kt, const int kt_offset,
+                                             __global const float *ds_t, const int ds_offset,
+                                             __global float *dq, const int dq_offset, const int ld_d,
+                                             const int N, const int NP, const int H, const float scale)
+{
+    const int tiles = NP / KW;
+    const int i0 = (get_global_id(0) % tiles) * KW, c0 = (get_global_id(0) / tiles) * DC;
+    const int h = get_global_id(1), b = get_global_id(2);
+    if (c0 >= DH) return;
+    const __global float *kt_rows = kt + kt_offset + ((size_t)(b * H + h) * DH + c0) * NP;
+    const __global float *ds_columns = ds_t + ds_offset + (size_t)(b * H + h) * N * NP + i0;
+    float16 acc[DC];
+    #pragma unroll
+    for (int c = 0; c < DC; ++c) acc[c] = (float16)(0.0f);
+    for (int j = 0; j < N; ++j) {
+        const float16 ds = vload16(0, ds_columns + (size_t)j * NP);
+        #pragma unroll
+        for (int c = 0; c < DC; ++c) acc[c] = fma((float16)(kt_rows[c * NP + j]), ds, acc[c]);
+    }
+    #pragma unroll
+    for (int c = 0; c < DC; ++c) {
+        float lanes[KW];
+        vstore16(acc[c] * scale, 0, lanes);
+        for (int l = 0; l < KW && i0 + l < N; ++l) ROW(dq, dq_offset, ld_d, b, N, i0 + l, h)[c0 + c] = lanes[l];
     }
 }
 

@@ -1,4 +1,5 @@
 import CLRuntime
+import Foundation
 
 // Launchers for Kernels/attention.cl.
 // q, k, v: [B * N, ld] token matrices, head h in columns [h * dh, (h + 1) * dh) after each
@@ -38,7 +39,7 @@ public struct AttentionShape: Sendable, Equatable {
 /// rows with one vector lane per row (vertical FMAs); or GEMM-like tiles of a few queries
 /// (keys) against 16 keys (queries) at a time from transposed copies of K, V (Q, dO), whose
 /// accumulators fit in a CPU's vector registers (the CPU default: 2.1-2.4x the block path).
-public enum AttentionPath: Sendable, Equatable {
+public enum AttentionPath: Sendable, Equatable, CustomStringConvertible {
     case rowPerItem
     case block(rows: Int)
     /// `queries` per work-item in the forward and dq kernels, `keys` in dkv; output rows are
@@ -48,9 +49,44 @@ public enum AttentionPath: Sendable, Equatable {
     /// one each, and streams the other side through `__local` in tiles of `rows`.
     case flash(rows: Int)
 
-    public static func forDevice(_ device: Device) -> AttentionPath {
+    /// The device class's path, or `SLORAGPU_ATTENTION_PATH` when set (for tuning; see `parse`).
+    public static func forDevice(_ device: Device, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AttentionPath {
+        if let text = environment[environmentVariable], !text.isEmpty { return try parse(text) }
         if device.type.contains(.gpu) { return .flash(rows: 64) }
         return cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)
+    }
+
+    public static let environmentVariable = "SLORAGPU_ATTENTION_PATH"
+
+    /// `row`, `block:ROWS`, `tiled:QUERIES,KEYS,WIDTH` (width 4, 8 or 16) or `flash:ROWS`
+    /// (32, 64 or 128): the forms `description` prints.
+    public static func parse(_ text: String) throws -> AttentionPath {
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        let numbers = parts.count == 2 ? parts[1].split(separator: ",").map { Int($0) } : []
+        func invalid(_ reason: String) -> KernelProfileError { .invalidVariable(environmentVariable, text, reason: reason) }
+        guard numbers.allSatisfy({ ($0 ?? 0) > 0 }) else { throw invalid("the counts must be positive integers") }
+        let counts = numbers.compactMap { $0 }
+        switch (parts[0], counts.count) {
+        case ("row", 0) where parts.count == 1: return .rowPerItem
+        case ("block", 1): return .block(rows: counts[0])
+        case ("tiled", 3):
+            guard [4, 8, 16].contains(counts[2]) else { throw invalid("the tiled vector width must be 4, 8 or 16") }
+            guard counts[0] <= 8, counts[1] <= 8 else { throw invalid("at most 8 queries and 8 keys per work-item") }
+            return .tiled(queries: counts[0], keys: counts[1], vectorWidth: counts[2])
+        case ("flash", 1):
+            guard [32, 64, 128].contains(counts[0]) else { throw invalid("flash rows must be 32, 64 or 128") }
+            return .flash(rows: counts[0])
+        default: throw invalid("expected row, block:ROWS, tiled:QUERIES,KEYS,WIDTH or flash:ROWS")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .rowPerItem: "row"
+        case .block(let rows): "block:\(rows)"
+        case .tiled(let queries, let keys, let width): "tiled:\(queries),\(keys),\(width)"
+        case .flash(let rows): "flash:\(rows)"
+        }
     }
 
     /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers; AVX2 has
@@ -97,10 +133,16 @@ public enum AttentionPath: Sendable, Equatable {
         switch self {
         case .rowPerItem: "-DDH=\(headDimension)"
         case .block(let rows): "-DDH=\(headDimension) -DQB=\(rows)"
-        case .tiled(let queries, let keys, let width): "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\(width)"
+        case .tiled(let queries, let keys, let width):
+            "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\(width) -DDC=\(Self.dqFeatures(headDimension: headDimension, vectorWidth: width))"
         case .flash(let rows): "-DDH=\(headDimension) -DFB=\(rows)"
         }
     }
+
+    /// Features per work-item of the tiled dq-from-dS kernel: 8 accumulators of 16 lanes fill
+    /// half of AVX-512's registers; AVX2's 16 registers hold 4 (each 16 lanes is two registers).
+    /// The tiled path runs only for head dimensions divisible by 4.
+    static func dqFeatures(headDimension: Int, vectorWidth: Int) -> Int { vectorWidth == 16 && headDimension % 8 == 0 ? 8 : 4 }
 
     /// Block and tiled kernels hold several KiB of private arrays per work-item; PoCL keeps the
     /// private memory of a whole work-group on its thread stack and overflowed it (stack
@@ -194,19 +236,32 @@ extension Engine {
         try launch("attention_backward_delta", in: "attention", options: options, global: [shape.tokens, shape.heads, shape.batch],
                    work: .floats(2 * rows * shape.width),
                    dO, o, shape.width, delta, shape.tokens, shape.heads)
-        if case .tiled = path {
+        if case .tiled(_, _, let width) = path {
             let padded = paddedTokens(shape)
             let dOLayout = HeadLayout(dO, rowStride: shape.width)
-            let kt = try transposedHeads(k, shape, options: options), vt = try transposedHeads(v, shape, options: options)
-            try launch("attention_backward_dq_tiled", in: "attention", options: options, global: global, local: path.local,
-                       work: shape.products(3),
-                       q.tensor, k.tensor, q.rowStride, kt, vt, dO, shape.width, lse, delta,
-                       dq.tensor, dq.rowStride, shape.tokens, padded, shape.heads, shape.scale)
+            // dkv stores dS^T when it fits the limit, and dq is then one product instead of three.
+            let dsCount = shape.batch * shape.heads * shape.tokens * padded
+            let reuseDS = 4 * dsCount <= attentionScoreBufferLimit
+            let dsT = reuseDS ? try empty([dsCount]) : delta
             let qt = try transposedHeads(q, shape, options: options), dOt = try transposedHeads(dOLayout, shape, options: options)
             try launch("attention_backward_dkv_tiled", in: "attention", options: options, global: path.keyGlobal(shape), local: path.local,
                        work: shape.products(4),
                        q.tensor, k.tensor, v.tensor, q.rowStride, qt, dOt, dO, shape.width, lse, delta,
-                       dk.tensor, dv.tensor, dk.rowStride, shape.tokens, padded, shape.heads, shape.scale)
+                       dk.tensor, dv.tensor, dk.rowStride, shape.tokens, padded, shape.heads, shape.scale, dsT, reuseDS)
+            let kt = try transposedHeads(k, shape, options: options)
+            if reuseDS {
+                let features = AttentionPath.dqFeatures(headDimension: shape.headDimension, vectorWidth: width)
+                try launch("attention_backward_dq_ds_tiled", in: "attention", options: options,
+                           global: [padded / tiledLanes * (shape.headDimension / features), shape.heads, shape.batch], local: path.local,
+                           work: shape.products(1),
+                           kt, dsT, dq.tensor, dq.rowStride, shape.tokens, padded, shape.heads, shape.scale)
+            } else {
+                let vt = try transposedHeads(v, shape, options: options)
+                try launch("attention_backward_dq_tiled", in: "attention", options: options, global: global, local: path.local,
+                           work: shape.products(3),
+                           q.tensor, k.tensor, q.rowStride, kt, vt, dO, shape.width, lse, delta,
+                           dq.tensor, dq.rowStride, shape.tokens, padded, shape.heads, shape.scale)
+            }
             return
         }
         try launch("attention_backward_dq" + path.kernelSuffix, in: "attention", options: options, global: global, local: path.local,

@@ -47,6 +47,9 @@ public final class Engine {
     public var gemmProfile: GemmProfile
     /// Attention work-item mapping for this device class.
     public var attentionPath: AttentionPath
+    /// The tiled attention backward keeps dS [B, H, N, N] (padded) between its dkv and dq
+    /// kernels when it takes at most this many bytes, and recomputes the scores for dq past it.
+    public var attentionScoreBufferLimit = 64 << 20
     /// Row-reduction (LayerNorm) work-item mapping for this device class.
     public var reductionPath: ReductionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).
@@ -63,7 +66,7 @@ public final class Engine {
                                 diskCache: configuration.cacheDirectory.map(ProgramDiskCache.init(directory:)))
         pool = BufferPool(context: context)
         gemmProfile = try GemmProfile.forDevice(device)
-        attentionPath = AttentionPath.forDevice(device)
+        attentionPath = try AttentionPath.forDevice(device)
         reductionPath = ReductionPath.forDevice(device)
         tuningCache = configuration.cacheDirectory.map(TuningCache.init(kernelCache:))
         // Explicit tunables win over a tuning entry.

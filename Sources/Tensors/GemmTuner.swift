@@ -359,7 +359,8 @@ extension Engine {
         if lookup == .miss, let entry = TuningCache.committed(for: key, device: device) { lookup = .hit(entry) }
         if case .hit(let entry) = lookup {
             gemmProfile.tiles = entry.tiles
-            if let rows = entry.attentionRows, case .flash = attentionPath { attentionPath = .flash(rows: rows) }
+            if let rows = entry.attentionRows, case .flash = attentionPath,
+               ProcessInfo.processInfo.environment[AttentionPath.environmentVariable] == nil { attentionPath = .flash(rows: rows) }
             if let size = entry.reductionSize, case .workGroup = reductionPath { reductionPath = .workGroup(size: size) }
         }
         return lookup

@@ -130,10 +130,12 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
 
 public enum KernelProfileError: Error, CustomStringConvertible {
     case invalid(String, reason: String)
+    case invalidVariable(String, String, reason: String)
     case tile(TiledGemm, reason: String)
     public var description: String {
         switch self {
         case .invalid(let text, let reason): "invalid SLORAGPU_GEMM_PROFILE '\(text)': \(reason)"
+        case .invalidVariable(let variable, let text, let reason): "invalid \(variable) '\(text)': \(reason)"
         case .tile(let tile, let reason): "GEMM tile \(tile): \(reason)"
         }
     }

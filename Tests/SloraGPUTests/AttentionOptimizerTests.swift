@@ -18,11 +18,29 @@ struct AttentionTests {
                         Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32), Case(batch: 2, tokens: 17, heads: 2, headDimension: 40),
                         Case(batch: 1, tokens: 50, heads: 2, headDimension: 20), Case(batch: 1, tokens: 9, heads: 1, headDimension: 6)]
 
-    /// Tiled: AVX-512's default (4 x 16), AVX2's (2 x 8), 4-float vectors, and odd tiles.
+    /// Tiled: AVX-512's default (4 x 16), AVX2's (2 x 8), 4-float vectors, and odd tiles; each
+    /// with dq from the stored dS (the default) and, with no room for dS, from recomputed scores.
     @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8), .tiled(queries: 4, keys: 4),
                              .tiled(queries: 3, keys: 3), .tiled(queries: 2, keys: 2, vectorWidth: 8), .tiled(queries: 1, keys: 3, vectorWidth: 4)])
     func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
         try checkAgainstReference(c, path)
+        if case .tiled = path { try checkAgainstReference(c, path, scoreBufferLimit: 0) }
+    }
+
+    /// SLORAGPU_ATTENTION_PATH: every path's printed form parses back to it, the variable wins
+    /// over the device's default, and malformed values are refused with the variable named.
+    @Test func attentionPathFromTheEnvironment() throws {
+        for path in [AttentionPath.rowPerItem, .block(rows: 16), .tiled(queries: 2, keys: 1, vectorWidth: 8), .flash(rows: 128)] {
+            #expect(try AttentionPath.parse(path.description) == path)
+        }
+        let device = try makeEngine().device
+        #expect(try AttentionPath.forDevice(device, environment: ["SLORAGPU_ATTENTION_PATH": "tiled:3,1,4"]) == .tiled(queries: 3, keys: 1, vectorWidth: 4))
+        #expect(try AttentionPath.forDevice(device, environment: [:]) == (device.type.contains(.gpu) ? .flash(rows: 64)
+            : .cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)))
+        for bad in ["tiled:2,2", "tiled:2,2,5", "tiled:0,2,8", "tiled:9,1,8", "block", "flash:48", "row:1", "tiles:2,2,8", "block:x", "block:-1"] {
+            let error = try #require(throws: KernelProfileError.self, "\(bad)") { try AttentionPath.parse(bad) }
+            #expect(error.description.contains("SLORAGPU_ATTENTION_PATH '\(bad)'"))
+        }
     }
 
     /// The GPU kernels on PoCL, where a work-group's barriers serialise its work-items (slow, so
@@ -36,9 +54,12 @@ struct AttentionTests {
         try checkAgainstReference(c, .flash(rows: rows))
     }
 
-    private func checkAgainstReference(_ c: Case, _ path: AttentionPath) throws {
+    private func checkAgainstReference(_ c: Case, _ path: AttentionPath, scoreBufferLimit: Int? = nil) throws {
         let engine = try makeEngine()
         engine.attentionPath = path
+        if let scoreBufferLimit { engine.attentionScoreBufferLimit = scoreBufferLimit }
+        let profiler = KernelProfiler()
+        engine.profiler = profiler
         let width = c.heads * c.headDimension, rows = c.batch * c.tokens
         let qkv = uniformValues(rows * 3 * width, seed: 1, scale: 2)
         let dO = uniformValues(rows * width, seed: 2)
@@ -76,6 +97,12 @@ struct AttentionTests {
             expectedQKV += grads.dv[r * width..<(r + 1) * width]
         }
         expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription) \(path)")
+        if case .tiled = path.resolved(headDimension: c.headDimension) {
+            let ran = Set(try profiler.summary().map(\.kernel))
+            let fromDS = scoreBufferLimit.map { $0 > 0 } ?? true
+            #expect(ran.contains("attention_backward_dq_ds_tiled") == fromDS && ran.contains("attention_backward_dq_tiled") == !fromDS,
+                    "\(c.testDescription) \(path): ran \(ran.sorted())")
+        }
     }
 
     /// The flash kernels' work-groups are whole warps and their __local fits NVIDIA's 48 KiB as
