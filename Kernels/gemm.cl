@@ -16,8 +16,11 @@
 //      edges are stored scalar.
 //
 // Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
-// DIRECT_A: for a single product whose op(A) is a plain row-major matrix, the micro-kernel reads
-// A in place and pack_a is skipped (packing A was 9% of a ViT-S training step).
+// DIRECT_A: when op(A) is a plain row-major matrix, the micro-kernel reads A in place and pack_a
+// is skipped (packing A was 9% of a ViT-S training step, and on AVX2 the micro-kernel runs
+// about 30% slower over packed A than over A's rows, cause not found). A second term's A
+// (a two-term sum such as the serial adapter's [u | t]) is read in place too, from A2 for
+// packed k in [k_split, k_total), times a2_scale.
 // The k-block length KC is a launch parameter, not a define.
 
 #ifndef MR
@@ -36,6 +39,8 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
+#define PRAGMA(x) _Pragma(#x)
+#define PRAGMA_UNROLL(n) PRAGMA(unroll n)
 #define floatV CAT(float, VW)
 #define vloadV CAT(vload, VW)
 #define vstoreV CAT(vstore, VW)
@@ -241,7 +246,9 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
                           __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
                           const float alpha, const float beta,
                           __global const float *bias, const int bias_offset, const int flags,
-                          __global float *pre, const int pre_offset)
+                          __global float *pre, const int pre_offset,
+                          __global const float *A2, const int a2_offset, const int lda2, const int a2_batch_stride,
+                          const float a2_scale, const int k_split)
 {
     const int q = get_global_id(0);
     const int p = get_global_id(1);
@@ -255,6 +262,10 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 #pragma unroll
     for (int r = 0; r < MR; ++r) a_rows[r] = Ap + a_offset + batch * a_batch_stride + min(p * MR + r, M - 1) * lda;
 #define A_VALUE(r, k) LOAD_A(a_rows[r], k)
+    const __global float *a2_rows[MR];
+#pragma unroll
+    for (int r = 0; r < MR; ++r) a2_rows[r] = A2 + a2_offset + batch * a2_batch_stride + min(p * MR + r, M - 1) * lda2;
+#define A2_VALUE(r, k) (a2_scale * a2_rows[r][(k) - k_split])
 #else
     const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MR;
 #define A_VALUE(r, k) a[(k) * MR + (r)]
@@ -267,18 +278,25 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[r][v] = (floatV)(0.0f);
 
-#pragma unroll UK
-    for (int k = k_begin; k < k_end; ++k) {
-        floatV bv[NV];
-#pragma unroll
-        for (int v = 0; v < NV; ++v) bv[v] = vloadV(v, b + k * NR);
-#pragma unroll
-        for (int r = 0; r < MR; ++r) {
-            const floatV av = (floatV)(A_VALUE(r, k));
-#pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, bv[v], acc[r][v]);
-        }
+#define ACCUMULATE(k_from, k_to, VALUE)                                          \
+    PRAGMA_UNROLL(UK)                                                           \
+    for (int k = (k_from); k < (k_to); ++k) {                                   \
+        floatV bv[NV];                                                          \
+        _Pragma("unroll")                                                       \
+        for (int v = 0; v < NV; ++v) bv[v] = vloadV(v, b + k * NR);             \
+        _Pragma("unroll")                                                       \
+        for (int r = 0; r < MR; ++r) {                                          \
+            const floatV av = (floatV)(VALUE(r, k));                            \
+            _Pragma("unroll")                                                   \
+            for (int v = 0; v < NV; ++v) acc[r][v] = fma(av, bv[v], acc[r][v]); \
+        }                                                                       \
     }
+#ifdef DIRECT_A
+    ACCUMULATE(k_begin, min(k_end, k_split), A_VALUE)
+    ACCUMULATE(max(k_begin, k_split), k_end, A2_VALUE)
+#else
+    ACCUMULATE(k_begin, k_end, A_VALUE)
+#endif
 
     const int c_base = c_offset + batch * c_batch_stride;
     const int pre_base = pre_offset + batch * c_batch_stride;

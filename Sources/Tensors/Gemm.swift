@@ -196,10 +196,14 @@ extension Engine {
         let options = profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        // A single product with a plain (non-transposed, unit column stride) A reads A in place,
-        // widening a 16-bit A as it reads; int8 is dequantized in packing only.
-        let directA = p.terms.count == 1 && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && profile.directA
-            && p.aViews[0].tensor.dtype != .int8
+        // A plain (non-transposed, unit column stride) A is read in place, widening a 16-bit A as
+        // it is read (int8 is dequantized in packing only); so is a second term's fp32 A, times
+        // its scale (the serial adapter's [u | t] and its backward).
+        let inPlace = p.aViews.allSatisfy { $0.columnStride == 1 }
+        let directA = profile.directA && inPlace && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
+            && (p.terms.count == 1 || (p.terms.count == 2 && p.aViews[1].tensor.dtype == .float32))
+        let second = directA && p.terms.count == 2 ? p.aViews[1] : nil
+        let kSplit = second == nil ? kTotal : p.aViews[0].columns
         let microOptions = directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
                                           batches: (p.aPackedBatches, p.bPackedBatches), packA: !directA)
@@ -225,7 +229,10 @@ extension Engine {
                 .int32(Int32(directA ? p.aViews[0].batchStride : 0)),
                 .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
                 .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
-                .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0))
+                .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0) + [
+                .buffer((second?.tensor ?? packedA).buffer), .int32(Int32(second?.tensor.offset ?? 0)),
+                .int32(Int32(second?.rowStride ?? 0)), .int32(Int32(second?.batchStride ?? 0)),
+                .float(second.map { _ in p.terms[1].scale } ?? 1), .int32(Int32(kSplit))])
             try enqueue(micro, global: global, local: local,
                         work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
             kBegin = kEnd

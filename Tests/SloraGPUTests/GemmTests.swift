@@ -169,9 +169,23 @@ struct GemmTests {
         expectClose(try c2.download(), expected2, atol: 1e-4, rtol: 1e-5, "batched B^T")
     }
 
-    /// The fused serial-adapter form: [u | s t] [W | C]^T in one reduction of length d + r.
-    @Test func twoOperandPairsReduceTogether() throws {
+    /// The fused serial-adapter form: [u | s t] [W | C]^T in one reduction of length d + r, and
+    /// its backward [G | s g] [W ; A]. By default both terms' A are read in place (pack_a never
+    /// runs), also with k-blocks that straddle the two terms (KC=20) and with the second A a
+    /// strided column slice; DA=0 packs them. The kernels that ran are checked.
+    @Test(arguments: ["", "KC=20", "DA=0"])
+    func twoOperandPairsReduceTogether(override: String) throws {
         let engine = try makeEngine()
+        let cpu = GemmProfile.cpu(preferredVectorWidth: engine.device.info.preferredFloatVectorWidth)
+        engine.gemmProfile = override.isEmpty ? cpu : try cpu.overridden(by: override)
+        let profiler = KernelProfiler()
+        engine.profiler = profiler
+        let inPlace = override != "DA=0"
+        func expectPath(_ label: String) throws {
+            let ran = Set(try profiler.summary().map(\.kernel))
+            #expect(ran.contains("gemm_packed") && ran.contains("pack_a") == !inPlace, "\(label) \(override): ran \(ran.sorted())")
+            profiler.reset()
+        }
         let (t, d, r, out) = (65, 48, 4, 144)
         let u = uniformValues(t * d, seed: 10), w = uniformValues(out * d, seed: 11)
         let low = uniformValues(t * r, seed: 12), cw = uniformValues(out * r, seed: 13)
@@ -184,17 +198,26 @@ struct GemmTests {
         let first = Reference.matmul(u, w, m: t, n: out, k: d, transposeB: true)
         let second = Reference.matmul(low, cw, m: t, n: out, k: r, transposeB: true)
         let expected = (0..<t * out).map { first[$0] + 0.5 * second[$0] + Double(bias[$0 % out]) }
-        expectClose(try c.download(), expected, atol: 1e-4, rtol: 1e-5, "A1 op(B1) + s A2 op(B2)")
+        expectClose(try c.download(), expected, atol: 1e-4, rtol: 1e-5, "A1 op(B1) + s A2 op(B2) \(override)")
+        try expectPath("forward form")
 
-        // The backward form with mixed transposes: [G | s g] [W ; A], reduction 3d + r.
-        let (g, gLow, a) = (uniformValues(t * out, seed: 15), uniformValues(t * r, seed: 16), uniformValues(r * d, seed: 17))
+        // The backward form with mixed transposes: [G | s g] [W ; A], reduction 3d + r, g being
+        // columns 3..<3+r of a wider [t, 9] tensor (row stride 9).
+        let (g, a) = (uniformValues(t * out, seed: 15), uniformValues(r * d, seed: 17))
+        let wide = uniformValues(t * 9, seed: 16)
+        var gLow: [Float] = []
+        for row in 0..<t { gLow += wide[row * 9 + 3..<row * 9 + 3 + r] }
         let du = try engine.empty([t, d])
         try engine.gemm(sum: [
-            GemmTerm(try engine.tensor(g, shape: [t, out]), try engine.tensor(w, shape: [out, d])),
-            GemmTerm(try engine.tensor(gLow, shape: [t, r]), try engine.tensor(a, shape: [r, d]), scale: 2),
-        ], into: du)
-        let p1 = Reference.matmul(g, w, m: t, n: d, k: out), p2 = Reference.matmul(gLow, a, m: t, n: d, k: r)
-        expectClose(try du.download(), (0..<t * d).map { p1[$0] + 2 * p2[$0] }, atol: 1e-4, rtol: 1e-5, "backward form")
+            GemmTerm(.tensor(try engine.tensor(g, shape: [t, out])), .tensor(try engine.tensor(w, shape: [out, d]))),
+            GemmTerm(.strided(try .columns(3, r, of: try engine.tensor(wide, shape: [t, 9]))), .tensor(try engine.tensor(a, shape: [r, d])), scale: 2),
+        ], into: .tensor(du))
+        let p1: [Double] = Reference.matmul(g, w, m: t, n: d, k: out)
+        let p2: [Double] = Reference.matmul(gLow, a, m: t, n: d, k: r)
+        let wanted: [Double] = (0..<t * d).map { index in p1[index] + 2 * p2[index] }
+        expectClose(try du.download(), wanted, atol: 1e-4, rtol: 1e-5, "backward form \(override)")
+        try expectPath("backward form")
+        engine.profiler = nil
     }
 
     @Test func gpuProfileIsCorrectHereToo() throws {
