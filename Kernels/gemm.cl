@@ -18,9 +18,9 @@
 // Tunables (-D): MR rows per work-item, VW vector width, NV vectors per row, UK k-unroll.
 // DIRECT_A: when op(A) is a plain row-major matrix, the micro-kernel reads A in place and pack_a
 // is skipped (packing A was 9% of a ViT-S training step, and on AVX2 the micro-kernel runs
-// about 30% slower over packed A than over A's rows, cause not found). A second term's A
-// (a two-term sum such as the serial adapter's [u | t]) is read in place too, from A2 for
-// packed k in [k_split, k_total), times a2_scale.
+// about 30% slower over packed A than over A's rows, cause not found). In a sum of terms only
+// the first term's A is read in place (k in [0, k_split)); the others, the adapters' narrow
+// ones ([u | t], [dqkv | g_q | g_k | g_v]), are packed into A_rest (k_total - k_split long).
 // The k-block length KC is a launch parameter, not a define.
 
 #ifndef MR
@@ -247,8 +247,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
                           const float alpha, const float beta,
                           __global const float *bias, const int bias_offset, const int flags,
                           __global float *pre, const int pre_offset,
-                          __global const float *A2, const int a2_offset, const int lda2, const int a2_batch_stride,
-                          const float a2_scale, const int k_split)
+                          __global const float *A_rest, const int k_split)
 {
     const int q = get_global_id(0);
     const int p = get_global_id(1);
@@ -262,10 +261,8 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 #pragma unroll
     for (int r = 0; r < MR; ++r) a_rows[r] = Ap + a_offset + batch * a_batch_stride + min(p * MR + r, M - 1) * lda;
 #define A_VALUE(r, k) LOAD_A(a_rows[r], k)
-    const __global float *a2_rows[MR];
-#pragma unroll
-    for (int r = 0; r < MR; ++r) a2_rows[r] = A2 + a2_offset + batch * a2_batch_stride + min(p * MR + r, M - 1) * lda2;
-#define A2_VALUE(r, k) (a2_scale * a2_rows[r][(k) - k_split])
+    const __global float *a_rest = A_rest + (size_t)((a_batched ? batch : 0) * m_panels + p) * (k_total - k_split) * MR;
+#define A_REST_VALUE(r, k) a_rest[((k) - k_split) * MR + (r)]
 #else
     const __global float *a = Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * k_total * MR;
 #define A_VALUE(r, k) a[(k) * MR + (r)]
@@ -293,7 +290,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
     }
 #ifdef DIRECT_A
     ACCUMULATE(k_begin, min(k_end, k_split), A_VALUE)
-    ACCUMULATE(max(k_begin, k_split), k_end, A2_VALUE)
+    ACCUMULATE(max(k_begin, k_split), k_end, A_REST_VALUE)
 #else
     ACCUMULATE(k_begin, k_end, A_VALUE)
 #endif

@@ -178,10 +178,11 @@ extension Engine {
         let options = tile.buildOptions
         let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: tile.mwg, columns: tile.nwg,
-                                          m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packA: true)
+                                          m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0)
+        let panelsA = try Self.packed(packedA)
         let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
         try kernel.setArguments([
-            .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(p.kTotal)),
+            .buffer(panelsA.buffer), .buffer(packedB.buffer), .int32(Int32(p.kTotal)),
             .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
             .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
             .float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags))
@@ -196,17 +197,15 @@ extension Engine {
         let options = profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        // A plain (non-transposed, unit column stride) A is read in place, widening a 16-bit A as
-        // it is read (int8 is dequantized in packing only); so is a second term's fp32 A, times
-        // its scale (the serial adapter's [u | t] and its backward).
-        let inPlace = p.aViews.allSatisfy { $0.columnStride == 1 }
-        let directA = profile.directA && inPlace && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
-            && (p.terms.count == 1 || (p.terms.count == 2 && p.aViews[1].tensor.dtype == .float32))
-        let second = directA && p.terms.count == 2 ? p.aViews[1] : nil
-        let kSplit = second == nil ? kTotal : p.aViews[0].columns
+        // The first term's A, when plain (non-transposed, unit column stride), is read in place,
+        // widening a 16-bit A as it is read (int8 is dequantized in packing only); the other
+        // terms' A (the adapters' narrow ones) are packed.
+        let directA = profile.directA && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
+        let kSplit = directA ? p.aViews[0].columns : 0
         let microOptions = directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
-                                          batches: (p.aPackedBatches, p.bPackedBatches), packA: !directA)
+                                          batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: directA ? 1 : 0)
+        let firstA = directA ? p.aViews[0].tensor : try Self.packed(packedA)
 
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
         let global: [Int], local: [Int]?
@@ -223,16 +222,14 @@ extension Engine {
             let kEnd = min(kTotal, kBegin + blockLength)
             let isFirst = kBegin == 0, isLast = kEnd == kTotal
             try micro.setArguments([
-                .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
+                .buffer(firstA.buffer), .buffer(packedB.buffer), .int32(Int32(kTotal)),
                 .int32(Int32(kBegin)), .int32(Int32(kEnd)),
                 .int32(Int32(directA ? p.aViews[0].tensor.offset : 0)), .int32(Int32(directA ? p.aViews[0].rowStride : 0)),
                 .int32(Int32(directA ? p.aViews[0].batchStride : 0)),
                 .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
                 .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
                 .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0) + [
-                .buffer((second?.tensor ?? packedA).buffer), .int32(Int32(second?.tensor.offset ?? 0)),
-                .int32(Int32(second?.rowStride ?? 0)), .int32(Int32(second?.batchStride ?? 0)),
-                .float(second.map { _ in p.terms[1].scale } ?? 1), .int32(Int32(kSplit))])
+                .buffer((packedA ?? packedB).buffer), .int32(Int32(kSplit))])
             try enqueue(micro, global: global, local: local,
                         work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
             kBegin = kEnd
@@ -363,6 +360,12 @@ extension Engine {
         }
     }
 
+    /// Packed A panels that `pack` made (every term packs when `packAFrom` is 0, and K >= 1).
+    fileprivate static func packed(_ panels: Tensor?) throws -> Tensor {
+        guard let panels else { throw TensorError.shapeMismatch(operation: "gemm", details: "no packed A panels (K = 0)") }
+        return panels
+    }
+
     /// The int8 builds' extra arguments: the operand's row scales and row length.
     fileprivate static func scaleArguments(_ tensor: Tensor) -> [KernelArgument] {
         guard tensor.dtype == .int8, let rowScales = tensor.rowScales else { return [] }
@@ -373,32 +376,35 @@ extension Engine {
 func roundUp(_ value: Int, _ multiple: Int) -> Int { (value + multiple - 1) / multiple * multiple }
 
 extension Engine {
-    /// Packs scale_t op(A_t) into row panels of `rows` and op(B_t) into column panels of
-    /// `columns`, the terms in consecutive k ranges (Kernels/gemm.cl, pack_a and pack_b). With
-    /// `packA` false, A is read in place and its buffer returned as it is.
+    /// Packs scale_t op(A_t) for the terms from `packAFrom` on into row panels of `rows` (their
+    /// k ranges consecutive, starting at 0; nil when there are none) and op(B_t) of every term
+    /// into column panels of `columns`, the terms in consecutive k ranges (Kernels/gemm.cl,
+    /// pack_a and pack_b).
     fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
-                          m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packA: Bool) throws -> (Tensor, Tensor) {
+                          m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int) throws -> (Tensor?, Tensor) {
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        let packedA = packA ? try empty([batches.a * mPanels * kTotal * mr]) : aViews[0].tensor
+        let kPackedA = aViews[min(first, aViews.count)...].reduce(0) { $0 + $1.columns }
+        let packedA = kPackedA > 0 ? try empty([batches.a * mPanels * kPackedA * mr]) : nil
         let packedB = try empty([batches.b * nPanels * kTotal * nr])
-        guard packedA.count <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
-            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA.count, packedB.count))
+        guard (packedA?.count ?? 0) <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
+            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA?.count ?? 0, packedB.count))
         }
-        var kDestination = 0
-        for (term, (a, b)) in zip(terms, zip(aViews, bViews)) {
+        var kDestination = 0, kDestinationA = 0
+        for (index, (term, (a, b))) in zip(terms, zip(aViews, bViews)).enumerated() {
             let k = a.columns
             // A 16- or 8-bit operand packs through a build that widens it (A_STORAGE / B_STORAGE).
-            let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options + Self.storageOption("A", a.tensor.dtype))
-            let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options + Self.storageOption("B", b.tensor.dtype))
-            if packA {
+            if index >= first, let packedA {
+                let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options + Self.storageOption("A", a.tensor.dtype))
                 try packAKernel.setArguments([
                     .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
                     .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
-                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kPackedA)), .int32(Int32(kDestinationA)),
                     .buffer(packedA.buffer),
                 ] + Self.scaleArguments(a.tensor))
                 try enqueue(packAKernel, global: [k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
+                kDestinationA += k
             }
+            let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options + Self.storageOption("B", b.tensor.dtype))
             try packBKernel.setArguments([
                 .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
                 .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),

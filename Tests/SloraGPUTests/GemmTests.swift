@@ -169,10 +169,11 @@ struct GemmTests {
         expectClose(try c2.download(), expected2, atol: 1e-4, rtol: 1e-5, "batched B^T")
     }
 
-    /// The fused serial-adapter form: [u | s t] [W | C]^T in one reduction of length d + r, and
-    /// its backward [G | s g] [W ; A]. By default both terms' A are read in place (pack_a never
-    /// runs), also with k-blocks that straddle the two terms (KC=20) and with the second A a
-    /// strided column slice; DA=0 packs them. The kernels that ran are checked.
+    /// The fused serial-adapter form: [u | s t] [W | C]^T in one reduction of length d + r, its
+    /// backward [G | s g] [W ; A] with g a strided column slice, and LoRA's four-term backward
+    /// [G | s g_q | s g_k | s g_v]. By default the first term's A is read in place and only the
+    /// others are packed (one pack_a launch fewer), also with k-blocks that straddle the terms
+    /// (KC=20); DA=0 packs every term. The kernels that ran are checked.
     @Test(arguments: ["", "KC=20", "DA=0"])
     func twoOperandPairsReduceTogether(override: String) throws {
         let engine = try makeEngine()
@@ -181,9 +182,9 @@ struct GemmTests {
         let profiler = KernelProfiler()
         engine.profiler = profiler
         let inPlace = override != "DA=0"
-        func expectPath(_ label: String) throws {
-            let ran = Set(try profiler.summary().map(\.kernel))
-            #expect(ran.contains("gemm_packed") && ran.contains("pack_a") == !inPlace, "\(label) \(override): ran \(ran.sorted())")
+        func expectPath(_ label: String, terms: Int) throws {
+            let launches = Dictionary(try profiler.summary().map { ($0.kernel, $0.launches) }, uniquingKeysWith: +)
+            #expect(launches["gemm_packed"] != nil && launches["pack_a"] == (inPlace ? terms - 1 : terms), "\(label) \(override): ran \(launches)")
             profiler.reset()
         }
         let (t, d, r, out) = (65, 48, 4, 144)
@@ -199,7 +200,7 @@ struct GemmTests {
         let second = Reference.matmul(low, cw, m: t, n: out, k: r, transposeB: true)
         let expected = (0..<t * out).map { first[$0] + 0.5 * second[$0] + Double(bias[$0 % out]) }
         expectClose(try c.download(), expected, atol: 1e-4, rtol: 1e-5, "A1 op(B1) + s A2 op(B2) \(override)")
-        try expectPath("forward form")
+        try expectPath("forward form", terms: 2)
 
         // The backward form with mixed transposes: [G | s g] [W ; A], reduction 3d + r, g being
         // columns 3..<3+r of a wider [t, 9] tensor (row stride 9).
@@ -216,7 +217,20 @@ struct GemmTests {
         let p2: [Double] = Reference.matmul(gLow, a, m: t, n: d, k: r)
         let wanted: [Double] = (0..<t * d).map { index in p1[index] + 2 * p2[index] }
         expectClose(try du.download(), wanted, atol: 1e-4, rtol: 1e-5, "backward form \(override)")
-        try expectPath("backward form")
+        try expectPath("backward form", terms: 2)
+
+        // LoRA's: du = G W + s (g_q A_q + g_k A_k + g_v A_v).
+        let lows = (0..<3).map { uniformValues(t * r, seed: 20 + $0) }, downs = (0..<3).map { uniformValues(r * d, seed: 30 + $0) }
+        var loraTerms = [GemmTerm(try engine.tensor(g, shape: [t, out]), try engine.tensor(w, shape: [out, d]))]
+        var loraWanted = p1
+        for index in 0..<3 {
+            loraTerms.append(GemmTerm(try engine.tensor(lows[index], shape: [t, r]), try engine.tensor(downs[index], shape: [r, d]), scale: 0.25))
+            let part = Reference.matmul(lows[index], downs[index], m: t, n: d, k: r)
+            for element in 0..<t * d { loraWanted[element] += 0.25 * part[element] }
+        }
+        try engine.gemm(sum: loraTerms, into: du)
+        expectClose(try du.download(), loraWanted, atol: 1e-4, rtol: 1e-5, "four terms \(override)")
+        try expectPath("four terms", terms: 4)
         engine.profiler = nil
     }
 
