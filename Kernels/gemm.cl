@@ -160,6 +160,46 @@ __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int 
         destination[c] = c < columns ? LOAD_B(source, (panel * NR + c) * b_col_stride) : 0.0f;
 }
 
+// pack_b for a transposed op(B), B[k][c] at B + c * b_col_stride + k (a weight W [N, K] read as
+// W^T, as every forward product reads its frozen weight): one work-item packs KT consecutive k
+// of one panel with one vector load from each of its NR rows of W, where pack_b reads one value
+// from each of NR rows per k (strided scalar loads, at 0.4 of a copy's rate). Written scattered
+// into the panel's KT x NR block, which stays in L1. fp32, fp16, bf16 (int8 takes pack_b).
+// Global (ceil(K / KT), n_panels, batches).
+#define KT 8
+#if B_STORAGE == 1
+#define LOAD_B8(p) vload_half8(0, (p))
+#elif B_STORAGE == 2
+#define LOAD_B8(p) as_float8(convert_uint8(vload8(0, (p))) << 16)
+#else
+#define LOAD_B8(p) vload8(0, (p))
+#endif
+#if B_STORAGE != 3
+__kernel void pack_b_transposed(__global const B_ELEMENT *B, const int b_offset, const int b_col_stride, const int b_batch_stride,
+                                const int K, const int N, const int n_panels, const int k_total, const int k_destination,
+                                __global float *Bp, const int bp_offset)
+{
+    const int k0 = get_global_id(0) * KT, panel = get_global_id(1), batch = get_global_id(2);
+    if (k0 >= K) return;
+    const int columns = min(NR, N - panel * NR), depth = min(KT, K - k0);
+    __global float *destination = Bp + bp_offset + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k0) * NR;
+    for (int c = 0; c < NR; ++c) {
+        float lanes[KT];
+        if (c >= columns) {
+            for (int j = 0; j < KT; ++j) lanes[j] = 0.0f;
+        } else {
+            const __global B_ELEMENT *row = B + b_offset + batch * b_batch_stride + (panel * NR + c) * b_col_stride + k0;
+            if (depth == KT) {
+                vstore8(LOAD_B8(row), 0, lanes);
+            } else {
+                for (int j = 0; j < KT; ++j) lanes[j] = j < depth ? LOAD_B(row, j) : 0.0f;
+            }
+        }
+        for (int j = 0; j < depth; ++j) destination[j * NR + c] = lanes[j];
+    }
+}
+#endif
+
 // erf(x) as an odd rational function, x P(x^2) / Q(x^2) with P of degree 6 and Q of degree 4,
 // the input clamped to [-4, 4] (beyond it erf is +-1 in fp32): 12 multiply-adds and a division,
 // where the library erf (SLEEF in PoCL) made the GELU epilogues the slowest GEMMs of a step.

@@ -404,14 +404,23 @@ extension Engine {
                 try enqueue(packAKernel, global: [k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
                 kDestinationA += k
             }
-            let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: options + Self.storageOption("B", b.tensor.dtype))
-            try packBKernel.setArguments([
-                .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
-                .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
-                .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
-                .buffer(packedB.buffer),
-            ] + Self.scaleArguments(b.tensor))
-            try enqueue(packBKernel, global: [k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
+            let bOptions = options + Self.storageOption("B", b.tensor.dtype)
+            if b.rowStride == 1, b.columnStride != 1, b.tensor.dtype != .int8 {
+                // A transposed B (a weight's rows): vector reads along k (Kernels/gemm.cl).
+                let depth = 8
+                try launch("pack_b_transposed", in: "gemm", options: bOptions, global: [(k + depth - 1) / depth, nPanels, batches.b],
+                           work: .floats(2 * k * nPanels * nr * batches.b),
+                           b.tensor, b.columnStride, b.batchStride, k, n, nPanels, kTotal, kDestination, packedB)
+            } else {
+                let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: bOptions)
+                try packBKernel.setArguments([
+                    .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
+                    .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
+                    .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
+                    .buffer(packedB.buffer),
+                ] + Self.scaleArguments(b.tensor))
+                try enqueue(packBKernel, global: [k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
+            }
             kDestination += k
         }
         return (packedA, packedB)
