@@ -45,7 +45,7 @@ struct PrecisionTests {
         let engine = try makeEngine()
         let nans: [UInt32] = [0x7FC0_0000, 0x7F80_0001, 0x7FFF_FFFF, 0xFF80_0001, 0x7F80_FFFF]
         let halfway: [UInt32] = [0x3F80_8000, 0x3F81_8000, 0x3F80_8001, 0x3F80_1000, 0x3F80_3000, 0x3F80_2000]
-        let values = uniformValues(1003, seed: 11, scale: 5) + [0, -0.0, 65504, 65520, 1e-8, 6e-5, 1e-40, .greatestFiniteMagnitude, .infinity, -.infinity]
+        let values = uniformValues(1003, seed: 11, scale: 5) + [0, -0.0, 65504, 65520, 1e-8, 6e-5, Float.leastNormalMagnitude * 0x1p-7, .greatestFiniteMagnitude, .infinity, -.infinity]
             + (halfway + nans).map { Float(bitPattern: $0) }
         let source = try engine.tensor(values, shape: [values.count])
         let narrow = try engine.empty([values.count], dtype: storage)
