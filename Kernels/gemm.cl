@@ -1,4 +1,4 @@
-// GEMM: C = act(alpha * sum_t scale_t * op(A_t) op(B_t) + beta * C + bias), row-major,
+// GEMM: C = act(alpha * sum_t scale_t * op(A_t) op(B_t) + beta * S + bias), row-major,
 // optionally batched, for any M, N, K (no padding asked of callers).
 //
 // Algorithm (GotoBLAS-style, adapted to OpenCL work-items):
@@ -11,7 +11,8 @@
 //      sum_t op(A_t) op(B_t) ONE reduction of length K_1 + K_2 + ... (the fused serial adapter).
 //   2. gemm_packed: one work-item owns an MR x NR register tile (MR x NV vectors of VW floats),
 //      streams its two panels over k (one vector load of B, MR broadcasts of A per k and
-//      vector), and applies the epilogue: alpha, beta*C, bias (per column), optional copy of
+//      vector), and applies the epilogue: alpha, beta*S (S is C, or an addend with C's layout:
+//      a residual stream, so that no copy of it into C is needed), bias (per column), optional copy of
 //      the pre-activation, GELU (a rational erf, within 4.4e-7), or a product with GELU' of a given pre-activation;
 //      edges are stored scalar.
 //
@@ -248,10 +249,11 @@ inline floatV quick_gelu_grad_vector(const floatV x)
 // The epilogue of one element: x = alpha * (op(A) op(B))[row][column] in, C[c_at] (and
 // pre[pre_at]) out; the scalar form of what gemm_packed does per vector, shared by its edge
 // columns and by gemm_tiled.
-inline void store_epilogue(float x, const float beta, const int flags, __global float *C, const int c_at,
+inline void store_epilogue(float x, const float beta, __global const float *S, const int s_at, const int flags,
+                           __global float *C, const int c_at,
                            __global const float *bias, const int bias_at, __global float *pre, const int pre_at)
 {
-    if (beta != 0.0f) x += beta * C[c_at];
+    if (beta != 0.0f) x += beta * S[s_at];
     if (flags & EPILOGUE_BIAS) x += bias[bias_at];
     if (flags & EPILOGUE_PRE) pre[pre_at] = x;
     if (flags & EPILOGUE_GELU) x = (flags & EPILOGUE_QUICK) ? quick_gelu_scalar(x) : gelu_scalar(x);
@@ -287,7 +289,8 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
                           const float alpha, const float beta,
                           __global const float *bias, const int bias_offset, const int flags,
                           __global float *pre, const int pre_offset,
-                          __global const float *A_rest, const int k_split)
+                          __global const float *A_rest, const int k_split,
+                          __global const float *S, const int s_offset)
 {
     const int q = get_global_id(0);
     const int p = get_global_id(1);
@@ -337,6 +340,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 
     const int c_base = c_offset + batch * c_batch_stride;
     const int pre_base = pre_offset + batch * c_batch_stride;
+    const int s_base = s_offset + batch * c_batch_stride;
 #pragma unroll
     for (int r = 0; r < MR; ++r) {
         const int row = p * MR + r;
@@ -348,7 +352,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
             floatV value = alpha * acc[r][v];
             __global float *c_row = C + c_base + row * ldc + column;
             if (column + VW <= N) {
-                if (beta != 0.0f) value += beta * vloadV(0, c_row);
+                if (beta != 0.0f) value += beta * vloadV(0, S + s_base + row * ldc + column);
                 if (flags & EPILOGUE_BIAS) value += vloadV(0, bias + bias_offset + column);
                 if (flags & EPILOGUE_PRE) vstoreV(value, 0, pre + pre_base + row * ldc + column);
                 if (flags & EPILOGUE_GELU) value = (flags & EPILOGUE_QUICK) ? quick_gelu_vector(value) : gelu_vector(value);
@@ -361,7 +365,8 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
                 float lane[VW];
                 vstoreV(value, 0, lane);
                 for (int j = 0; j < N - column; ++j)
-                    store_epilogue(lane[j], beta, flags, C, c_base + row * ldc + column + j, bias, bias_offset + column + j,
+                    store_epilogue(lane[j], beta, S, s_base + row * ldc + column + j, flags, C, c_base + row * ldc + column + j,
+                                   bias, bias_offset + column + j,
                                    pre, pre_base + row * ldc + column + j);
             }
         }
@@ -551,7 +556,8 @@ void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_
                 __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
                 const float alpha, const float beta,
                 __global const float *bias, const int bias_offset, const int flags,
-                __global float *pre, const int pre_offset)
+                __global float *pre, const int pre_offset,
+                __global const float *S, const int s_offset)
 {
     __local float As[KWG * MWG];
     __local float Bs[KWG * NWG];
@@ -591,6 +597,7 @@ void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_
 
     const int c_base = c_offset + batch * c_batch_stride;
     const int pre_base = pre_offset + batch * c_batch_stride;
+    const int s_base = s_offset + batch * c_batch_stride;
 #pragma unroll
     for (int i = 0; i < MWI; ++i) {
         const int row = p * MWG + ty + i * MDIMC;
@@ -600,7 +607,7 @@ void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_
             const int column = q * NWG + tx + j * NDIMC;
             if (column >= N) break;
             const int at = row * ldc + column;
-            store_epilogue(alpha * acc[i][j], beta, flags, C, c_base + at, bias, bias_offset + column, pre, pre_base + at);
+            store_epilogue(alpha * acc[i][j], beta, S, s_base + at, flags, C, c_base + at, bias, bias_offset + column, pre, pre_base + at);
         }
     }
 }

@@ -139,11 +139,13 @@ private struct MatrixView {
 extension Engine {
     /// C = act(alpha * op(A) op(B) + beta * C + bias). With beta = 0, C is not read.
     /// `times`: C = (alpha op(A) op(B) + beta C + bias) * act'(pre), pre of C's shape.
+    /// `addend`: beta multiplies it instead of C (same layout as C): C = alpha A B + beta R + bias
+    /// without first copying R into C (the residual connections).
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
-                     alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil, activation: Activation = .none,
+                     alpha: Float = 1, beta: Float = 0, addend: Tensor? = nil, bias: Tensor? = nil, activation: Activation = .none,
                      preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
         try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: .tensor(c),
-                 alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
+                 alpha: alpha, beta: beta, addend: addend, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
     }
 
     /// C = act(alpha * sum_t scale_t op(A_t) op(B_t) + beta * C + bias), as ONE reduction of
@@ -155,11 +157,13 @@ extension Engine {
 
     /// C may be a strided matrix (e.g. columns of a wider tensor); `preActivation` then has
     /// C's layout too.
-    public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
-                     activation: Activation = .none, preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
-        let problem = try GemmProblem(self, terms, into: cOperand, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
+    public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, addend: Tensor? = nil,
+                     bias: Tensor? = nil, activation: Activation = .none, preActivation: Tensor? = nil,
+                     times derivative: ActivationDerivative? = nil) throws {
+        let problem = try GemmProblem(self, terms, into: cOperand, addend: addend, bias: bias, activation: activation,
+                                      preActivation: preActivation, times: derivative)
         let profile = gemmProfile
-        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, problem.noOperandQuantized,
+        if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, addend == nil, problem.noOperandQuantized,
            try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
             return
         }
@@ -185,7 +189,7 @@ extension Engine {
             .buffer(panelsA.buffer), .buffer(packedB.buffer), .int32(Int32(p.kTotal)),
             .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
             .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
-            .float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags))
+            .float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags) + p.betaSource(first: true))
         try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, p.batches], local: [tile.ndimc, tile.mdimc, 1],
                     work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(p.kTotal) * Double(p.batches)))
     }
@@ -229,7 +233,7 @@ extension Engine {
                 .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
                 .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
                 .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0) + [
-                .buffer((packedA ?? packedB).buffer), .int32(Int32(kSplit))])
+                .buffer((packedA ?? packedB).buffer), .int32(Int32(kSplit))] + p.betaSource(first: isFirst))
             try enqueue(micro, global: global, local: local,
                         work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
             kBegin = kEnd
@@ -249,12 +253,14 @@ private struct GemmProblem {
     /// batched (then the packed buffer holds every batch).
     let aPackedBatches: Int, bPackedBatches: Int
     let bias: Tensor?
+    /// What beta multiplies, when not C (C's layout).
+    let addend: Tensor?
     /// The one pre-activation pointer: written (a pre-activation copy) or read (a derivative).
     let preTensor: Tensor?
     let flags: Int32
 
-    init(_ engine: Engine, _ terms: [GemmTerm], into cOperand: GemmOperand, bias: Tensor?, activation: Activation, preActivation: Tensor?,
-         times derivative: ActivationDerivative?) throws {
+    init(_ engine: Engine, _ terms: [GemmTerm], into cOperand: GemmOperand, addend: Tensor?, bias: Tensor?, activation: Activation,
+         preActivation: Tensor?, times derivative: ActivationDerivative?) throws {
         let operation = "gemm"
         let derivativeInput = derivative?.preActivation
         guard !terms.isEmpty else { throw TensorError.shapeMismatch(operation: operation, details: "no terms") }
@@ -287,20 +293,22 @@ private struct GemmProblem {
         }
         // Both read or write through the kernel's one pre-activation pointer, with C's layout.
         let preTensor = preActivation ?? derivativeInput
-        if let preTensor {
-            let fits: Bool
+        func hasCLayout(_ tensor: Tensor) -> Bool {
             switch cOperand {
-            case .tensor(let plain): fits = preTensor.shape == plain.shape
-            case .strided: fits = (m - 1) * output.rowStride + n <= preTensor.count
+            case .tensor(let plain): tensor.shape == plain.shape
+            case .strided: (m - 1) * output.rowStride + n <= tensor.count
             }
-            guard fits else {
-                throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
-            }
+        }
+        if let preTensor, !hasCLayout(preTensor) {
+            throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
+        }
+        if let addend, !hasCLayout(addend) {
+            throw TensorError.shapeMismatch(operation: operation, details: "the addend \(addend.shape) does not have C's layout \(c.shape)")
         }
         // Operands may be stored in fp16, bf16 or int8 (frozen weights; widened as they are packed);
         // C, the bias and the pre-activation are fp32.
         let operands = terms.flatMap { [$0.a.tensor, $0.b.tensor] }
-        let outputs = [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? [])
+        let outputs = [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? []) + (addend.map { [$0] } ?? [])
         for tensor in operands + outputs {
             guard tensor.engine === engine else { throw TensorError.foreignEngine(operation: operation) }
             guard tensor.offset + tensor.count <= Int(Int32.max) else {
@@ -328,7 +336,7 @@ private struct GemmProblem {
         (self.m, self.n, self.batches, self.kTotal) = (m, n, batches, aViews.reduce(0) { $0 + $1.columns })
         aPackedBatches = aViews.contains(where: \.isBatched) ? batches : 1
         bPackedBatches = bViews.contains(where: \.isBatched) ? batches : 1
-        (self.bias, self.preTensor, self.flags) = (bias, preTensor, flags)
+        (self.bias, self.addend, self.preTensor, self.flags) = (bias, addend, preTensor, flags)
     }
 
     /// Whether no operand is int8 (the skinny kernels read fp32, fp16 and bf16 in place; int8 is
@@ -339,6 +347,12 @@ private struct GemmProblem {
     var cArguments: [KernelArgument] {
         let c = output.tensor
         return [.buffer(c.buffer), .int32(Int32(c.offset)), .int32(Int32(output.rowStride)), .int32(Int32(output.batchStride))]
+    }
+
+    /// What beta multiplies: the addend in the first (or only) k-block, C itself after it.
+    func betaSource(first: Bool) -> [KernelArgument] {
+        let source = first ? addend ?? output.tensor : output.tensor
+        return [.buffer(source.buffer), .int32(Int32(source.offset))]
     }
 
     /// Bias, flags and the pre-activation pointer (C stands in for absent ones).

@@ -58,9 +58,9 @@ struct BlockLayer {
             try engine.gemm(saved.u2, weights.fc1.weight.value, into: saved.h, transposeB: true, bias: weights.fc1.bias.value,
                             activation: activation, preActivation: saved.plan == .recompute ? nil : saved.hPre)
         }
-        try engine.copy(saved.xMid, into: output)
         try engine.withProfileScope(ProfileScope.fc2) {
-            try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, bias: weights.fc2.bias.value)
+            try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, addend: saved.xMid,
+                            bias: weights.fc2.bias.value)
         }
         try saved.storeSixteenBit(engine)
     }
@@ -120,9 +120,9 @@ struct BlockLayer {
 
     /// xMid = x + a W_o^T + b_o (+ the LoRA o term); rerun by the backward like projectQKV.
     private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
-        try engine.copy(x, into: saved.xMid)
         try engine.withProfileScope(rebuilding ? nil : ProfileScope.proj) {
-            try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, bias: weights.proj.bias.value)
+            try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, addend: x,
+                            bias: weights.proj.bias.value)
         }
         if let pair = weights.loraO {
             let t = try required(saved.loraT[.o], "t for LoRA o")

@@ -87,6 +87,41 @@ struct GemmTests {
         #expect(try c.download() == [1, 2, 3, 2, 4, 6])
     }
 
+    /// C = A B^T + beta R + bias with the addend R read in place of C (a residual connection):
+    /// C's old contents (NaN) never read, on the CPU kernel (vector and scalar edge columns,
+    /// k-blocks: only the first reads R), the GPU tiles and a strided C; a misshapen addend is
+    /// refused.
+    @Test(arguments: ["", "KC=16", "tiled"])
+    func addendReplacesCInTheEpilogue(override: String) throws {
+        let engine = try makeEngine()
+        let cpu = GemmProfile.cpu(preferredVectorWidth: engine.device.info.preferredFloatVectorWidth)
+        engine.gemmProfile = override == "tiled" ? .gpu : override.isEmpty ? cpu : try cpu.overridden(by: override)
+        let (m, n, k) = (37, 45, 50)
+        let a = uniformValues(m * k, seed: 40), b = uniformValues(n * k, seed: 41), r = uniformValues(m * n, seed: 42)
+        let bias = uniformValues(n, seed: 43)
+        let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeB: true)
+        let expected: [Double] = (0..<m * n).map { index in product[index] + 0.5 * Double(r[index]) + Double(bias[index % n]) }
+        let c = try engine.tensor([Float](repeating: .nan, count: m * n), shape: [m, n])
+        try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [n, k]), into: c, transposeB: true,
+                        beta: 0.5, addend: try engine.tensor(r, shape: [m, n]), bias: try engine.tensor(bias, shape: [n]))
+        expectClose(try c.download(), expected, atol: Self.tolerance(k: k), rtol: 1e-5, "addend \(override)")
+
+        // C as columns 2..<2+n of a [m, n + 5] tensor; the addend with the same row stride.
+        let wide = try engine.tensor([Float](repeating: .nan, count: m * (n + 5)), shape: [m, n + 5])
+        var rWide = [Float](repeating: .nan, count: m * (n + 5))
+        for row in 0..<m { for column in 0..<n { rWide[row * (n + 5) + column] = r[row * n + column] } }
+        try engine.gemm(sum: [GemmTerm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [n, k]), transposeB: true)],
+                        into: .strided(try .columns(2, n, of: wide)), beta: 0.5, addend: try engine.tensor(rWide, shape: [m, n + 5]),
+                        bias: try engine.tensor(bias, shape: [n]))
+        let out = try wide.download()
+        let strided = (0..<m * n).map { out[($0 / n) * (n + 5) + 2 + $0 % n] }
+        expectClose(strided, expected, atol: Self.tolerance(k: k), rtol: 1e-5, "strided addend \(override)")
+        #expect(throws: TensorError.self) {
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [n, k]), into: c, transposeB: true,
+                            beta: 1, addend: try engine.zeros([m, n + 1]))
+        }
+    }
+
     @Test(arguments: [Activation.none, .gelu, .quickGELU])
     func biasGeluAndPreActivationEpilogue(activation: Activation) throws {
         let engine = try makeEngine()
