@@ -391,8 +391,15 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 #endif
 
 // Rows variant, for an op(A) with contiguous rows (A[i][k] at a + i * a_rs + k): RS rows per
-// work-item, one 16-lane vector of columns per row. Bp holds op(B) as K rows of 16 (zero past
-// NS), written by pack_small_b. Global (ceil(M / RS)).
+// work-item, one vector of SW columns per row (8 lanes when NS <= 8: the rank-8 adapters would
+// leave half of 16 lanes zero, and 8 accumulators of 16 are all of AVX2's registers). Bp holds
+// op(B) as K rows of SW (zero past NS), written by pack_small_b. Global (ceil(M / RS)).
+#ifndef SW
+#define SW 16
+#endif
+#define floatS CAT(float, SW)
+#define vloadS CAT(vload, SW)
+#define vstoreS CAT(vstore, SW)
 #if A_STORAGE == 3 || B_STORAGE == 3
 // (An int8 build only packs for the panel kernel: the skinny kernels are not compiled in it.)
 #else
@@ -401,7 +408,7 @@ __kernel void pack_small_b(__global const B_ELEMENT *B, const int b_offset, cons
 {
     const int k = get_global_id(0);
     if (k >= K) return;
-    for (int j = 0; j < 16; ++j) Bp[bp_offset + k * 16 + j] = j < NS ? LOAD_B(B, b_offset + k * b_rs + j * b_cs) : 0.0f;
+    for (int j = 0; j < SW; ++j) Bp[bp_offset + k * SW + j] = j < NS ? LOAD_B(B, b_offset + k * b_rs + j * b_cs) : 0.0f;
 }
 
 __kernel void gemm_small_rows(__global const A_ELEMENT *A, const int a_offset, const int a_rs,
@@ -412,23 +419,23 @@ __kernel void gemm_small_rows(__global const A_ELEMENT *A, const int a_offset, c
     const int i0 = get_global_id(0) * RS;
     if (i0 >= M) return;
     const __global A_ELEMENT *rows[RS];
-    float16 acc[RS];
+    floatS acc[RS];
 #pragma unroll
     for (int r = 0; r < RS; ++r) {
         rows[r] = A + a_offset + min(i0 + r, M - 1) * a_rs;
-        acc[r] = (float16)(0.0f);
+        acc[r] = (floatS)(0.0f);
     }
 #pragma unroll 4
     for (int k = 0; k < K; ++k) {
-        const float16 b = vload16(k, Bp + bp_offset);
+        const floatS b = vloadS(k, Bp + bp_offset);
 #pragma unroll
-        for (int r = 0; r < RS; ++r) acc[r] = fma((float16)(LOAD_A(rows[r], k)), b, acc[r]);
+        for (int r = 0; r < RS; ++r) acc[r] = fma((floatS)(LOAD_A(rows[r], k)), b, acc[r]);
     }
-    float lanes[16];
+    float lanes[SW];
 #pragma unroll
     for (int r = 0; r < RS; ++r) {
         if (i0 + r >= M) break;
-        vstore16(acc[r], 0, lanes);
+        vstoreS(acc[r], 0, lanes);
         for (int j = 0; j < NS; ++j) {
             __global float *c = C + c_offset + (i0 + r) * c_rs + j * c_cs;
             *c = beta != 0.0f ? alpha * lanes[j] + beta * *c : alpha * lanes[j];

@@ -460,10 +460,13 @@ extension Engine {
         let options = "-DNS=\(n)" + Self.storageOption("A", a.tensor.dtype) + Self.storageOption("B", b.tensor.dtype)
         let work = KernelWork(flops: 2 * Double(m) * Double(n) * Double(k))
         if a.columnStride == 1 {
-            let packed = try empty([k * 16])
-            try launch("pack_small_b", in: "gemm", options: options, global: [k], work: .floats(k * (n + 16)),
+            // Columns as one vector of 8 lanes when they fit (the rank-8 adapters), else 16.
+            let lanes = n <= 8 ? 8 : 16
+            let rowsOptions = options + " -DSW=\(lanes)"
+            let packed = try empty([k * lanes])
+            try launch("pack_small_b", in: "gemm", options: rowsOptions, global: [k], work: .floats(k * (n + lanes)),
                        b.tensor, b.rowStride, b.columnStride, k, packed)
-            try launch("gemm_small_rows", in: "gemm", options: options, global: [(m + 7) / 8], work: work,
+            try launch("gemm_small_rows", in: "gemm", options: rowsOptions, global: [(m + 7) / 8], work: work,
                        a.tensor, a.rowStride, packed, m, k, c.tensor, cRowStride, cColumnStride, alpha * scale, beta)
             return true
         }
