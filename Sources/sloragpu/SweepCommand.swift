@@ -27,7 +27,7 @@ struct SweepCommand: ParsableCommand {
     var method: [String] = []
     @Option(help: "Adapter ranks, a comma list.")
     var rank = "8"
-    @Option(name: .customLong("lr"), help: "Learning rates, a comma list (the default suits adapters; full fine-tuning wants about 3e-5).")
+    @Option(name: .customLong("lr"), help: "Learning rates, a comma list (the default suits adapters; full fine-tuning wants about 3e-5, the probe about 3e-2).")
     var learningRate = "3e-4,1e-3,3e-3"
     @Option(help: "LoRA+ ratios (B's rate over A's), a comma list.")
     var loraPlusRatio = "1"
