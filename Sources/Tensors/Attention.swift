@@ -61,12 +61,12 @@ public enum AttentionPath: Sendable, Equatable, CustomStringConvertible {
     /// `row`, `block:ROWS`, `tiled:QUERIES,KEYS,WIDTH` (width 4, 8 or 16) or `flash:ROWS`
     /// (32, 64 or 128): the forms `description` prints.
     public static func parse(_ text: String) throws -> AttentionPath {
-        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-        let numbers = parts.count == 2 ? parts[1].split(separator: ",").map { Int($0) } : []
+        let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        let numbers = parts.count == 2 ? parts[1].split(separator: ",", omittingEmptySubsequences: false).map { Int($0) } : []
         func invalid(_ reason: String) -> KernelProfileError { .invalidVariable(environmentVariable, text, reason: reason) }
         guard numbers.allSatisfy({ ($0 ?? 0) > 0 }) else { throw invalid("the counts must be positive integers") }
         let counts = numbers.compactMap { $0 }
-        switch (parts[0], counts.count) {
+        switch (parts.first ?? "", counts.count) {
         case ("row", 0) where parts.count == 1: return .rowPerItem
         case ("block", 1): return .block(rows: counts[0])
         case ("tiled", 3):
@@ -240,9 +240,9 @@ extension Engine {
             let padded = paddedTokens(shape)
             let dOLayout = HeadLayout(dO, rowStride: shape.width)
             // dkv stores dS^T when it fits the limit, and dq is then one product instead of three.
-            let dsCount = shape.batch * shape.heads * shape.tokens * padded
-            let reuseDS = 4 * dsCount <= attentionScoreBufferLimit
-            let dsT = reuseDS ? try empty([dsCount]) : delta
+            // Compared in Double: the product of four sizes may not fit an Int.
+            let reuseDS = 4 * Double(shape.batch) * Double(shape.heads) * Double(shape.tokens) * Double(padded) <= Double(attentionScoreBufferLimit)
+            let dsT = reuseDS ? try empty([shape.batch * shape.heads * shape.tokens * padded]) : delta
             let qt = try transposedHeads(q, shape, options: options), dOt = try transposedHeads(dOLayout, shape, options: options)
             try launch("attention_backward_dkv_tiled", in: "attention", options: options, global: path.keyGlobal(shape), local: path.local,
                        work: shape.products(4),

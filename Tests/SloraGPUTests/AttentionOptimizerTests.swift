@@ -37,7 +37,7 @@ struct AttentionTests {
         #expect(try AttentionPath.forDevice(device, environment: ["SLORAGPU_ATTENTION_PATH": "tiled:3,1,4"]) == .tiled(queries: 3, keys: 1, vectorWidth: 4))
         #expect(try AttentionPath.forDevice(device, environment: [:]) == (device.type.contains(.gpu) ? .flash(rows: 64)
             : .cpu(preferredVectorWidth: device.info.preferredFloatVectorWidth)))
-        for bad in ["tiled:2,2", "tiled:2,2,5", "tiled:0,2,8", "tiled:9,1,8", "block", "flash:48", "row:1", "tiles:2,2,8", "block:x", "block:-1"] {
+        for bad in ["tiled:2,2", "tiled:2,2,5", "tiled:0,2,8", "tiled:9,1,8", "block", "flash:48", "row:1", "tiles:2,2,8", "block:x", "block:-1", ":", "", "tiled:2,,8"] {
             let error = try #require(throws: KernelProfileError.self, "\(bad)") { try AttentionPath.parse(bad) }
             #expect(error.description.contains("SLORAGPU_ATTENTION_PATH '\(bad)'"))
         }
