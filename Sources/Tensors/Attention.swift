@@ -205,19 +205,25 @@ extension Engine {
 
     /// The heads of a token matrix as [B, H, dh, NP]: each head's transpose, zero-padded to NP
     /// columns, so that 16 consecutive tokens of one feature are one vector load.
-    private func transposedHeads(_ x: HeadLayout, _ shape: AttentionShape, options: String) throws -> Tensor {
+    private func transposedHeads(_ x: HeadLayout, _ shape: AttentionShape, options: String, workspace: Workspace? = nil) throws -> Tensor {
         let padded = paddedTokens(shape)
-        let t = try empty([shape.batch * shape.heads * shape.headDimension * padded])
+        let t = try temporary([shape.batch * shape.heads * shape.headDimension * padded], workspace)
         try launch("attention_transpose", in: "attention", options: options, global: [padded / tiledLanes, shape.heads, shape.batch],
                    work: .floats(shape.batch * shape.heads * shape.headDimension * (shape.tokens + padded)),
                    x.tensor, x.rowStride, t, shape.tokens, padded, shape.heads)
         return t
     }
 
-    /// Writes dq, dk, dv (overwriting) from dO, recomputing probabilities from lse.
+    private func temporary(_ shape: [Int], _ workspace: Workspace?) throws -> Tensor {
+        try workspace?.tensor(self, shape) ?? empty(shape)
+    }
+
+    /// Writes dq, dk, dv (overwriting) from dO, recomputing probabilities from lse. `workspace`:
+    /// dead tensors for the temporaries (dS^T, the transposed heads, delta), which must not
+    /// overlap any operand.
     public func attentionBackward(_ shape: AttentionShape, q: HeadLayout, k: HeadLayout, v: HeadLayout,
                                   output o: Tensor, lse: Tensor, dOutput dO: Tensor,
-                                  dq: HeadLayout, dk: HeadLayout, dv: HeadLayout) throws {
+                                  dq: HeadLayout, dk: HeadLayout, dv: HeadLayout, workspace: Workspace? = nil) throws {
         let operation = "attentionBackward"
         try checkAttention(operation, shape, [q, k, v, dq, dk, dv])
         try checkOperands(operation, [o, lse, dO])
@@ -232,7 +238,7 @@ extension Engine {
                                           maxWorkGroup: device.info.maxWorkGroupSize)
         let options = path.options(headDimension: shape.headDimension)
         let global = path.global(shape)
-        let delta = try empty([shape.batch, shape.heads, shape.tokens])
+        let delta = try temporary([shape.batch, shape.heads, shape.tokens], workspace)
         try launch("attention_backward_delta", in: "attention", options: options, global: [shape.tokens, shape.heads, shape.batch],
                    work: .floats(2 * rows * shape.width),
                    dO, o, shape.width, delta, shape.tokens, shape.heads)
@@ -242,13 +248,14 @@ extension Engine {
             // dkv stores dS^T when it fits the limit, and dq is then one product instead of three.
             // Compared in Double: the product of four sizes may not fit an Int.
             let reuseDS = 4 * Double(shape.batch) * Double(shape.heads) * Double(shape.tokens) * Double(padded) <= Double(attentionScoreBufferLimit)
-            let dsT = reuseDS ? try empty([shape.batch * shape.heads * shape.tokens * padded]) : delta
-            let qt = try transposedHeads(q, shape, options: options), dOt = try transposedHeads(dOLayout, shape, options: options)
+            let dsT = reuseDS ? try temporary([shape.batch * shape.heads * shape.tokens * padded], workspace) : delta
+            let qt = try transposedHeads(q, shape, options: options, workspace: workspace)
+            let dOt = try transposedHeads(dOLayout, shape, options: options, workspace: workspace)
             try launch("attention_backward_dkv_tiled", in: "attention", options: options, global: path.keyGlobal(shape), local: path.local,
                        work: shape.products(4),
                        q.tensor, k.tensor, v.tensor, q.rowStride, qt, dOt, dO, shape.width, lse, delta,
                        dk.tensor, dv.tensor, dk.rowStride, shape.tokens, padded, shape.heads, shape.scale, dsT, reuseDS)
-            let kt = try transposedHeads(k, shape, options: options)
+            let kt = try transposedHeads(k, shape, options: options, workspace: workspace)
             if reuseDS {
                 let features = AttentionPath.dqFeatures(headDimension: shape.headDimension, vectorWidth: width)
                 try launch("attention_backward_dq_ds_tiled", in: "attention", options: options,
@@ -256,7 +263,7 @@ extension Engine {
                            work: shape.products(1),
                            kt, dsT, dq.tensor, dq.rowStride, shape.tokens, padded, shape.heads, shape.scale)
             } else {
-                let vt = try transposedHeads(v, shape, options: options)
+                let vt = try transposedHeads(v, shape, options: options, workspace: workspace)
                 try launch("attention_backward_dq_tiled", in: "attention", options: options, global: global, local: path.local,
                            work: shape.products(3),
                            q.tensor, k.tensor, q.rowStride, kt, vt, dO, shape.width, lse, delta,

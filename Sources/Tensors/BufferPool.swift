@@ -17,6 +17,8 @@ public final class BufferPool {
         public var liveBytes = 0
         /// Bytes in free buffers waiting for reuse.
         public var cachedBytes = 0
+        /// The most bytes held at once, live and cached: the pool's share of the peak.
+        public var peakBytes = 0
     }
 
     public private(set) var statistics = Statistics()
@@ -54,6 +56,7 @@ public final class BufferPool {
         }
         statistics.allocations += 1
         statistics.liveBytes += size
+        statistics.peakBytes = max(statistics.peakBytes, statistics.liveBytes + statistics.cachedBytes)
         return buffer
     }
 
@@ -67,5 +70,37 @@ public final class BufferPool {
     public func trim() {
         freeBuffers.removeAll()
         statistics.cachedBytes = 0
+    }
+}
+
+/// Tensors whose values are dead for the length of one operation, lent to that operation's
+/// temporaries so that they take no new buffers: each request is carved from the first lent
+/// tensor with room left, or allocated as usual when none has room. Freed temporaries stay in
+/// the pool for the next step, so without this every distinct temporary of a backward adds to
+/// the peak even while a shared scratch buffer of the same size sits unused.
+public final class Workspace {
+    private var lent: [(tensor: Tensor, used: Int)]
+
+    /// `tensors`: float32 tensors the caller will not read again before overwriting them.
+    public init(lending tensors: [Tensor]) {
+        lent = tensors.filter { $0.dtype == .float32 }.map { ($0, 0) }
+    }
+
+    /// Views start on 256-byte boundaries of the lent storage (the kernels load vectors).
+    private static let alignment = 64
+
+    /// A float32 tensor of `shape` with undefined contents.
+    public func tensor(_ engine: Engine, _ shape: [Int]) throws -> Tensor {
+        let count = shape.reduce(1, *)
+        for index in lent.indices where lent[index].tensor.engine === engine {
+            let start = roundUp(lent[index].used, Self.alignment)
+            // The lent tensor's own offset may not be aligned; align the absolute position.
+            let misalignment = (lent[index].tensor.offset + start) % Self.alignment
+            let begin = misalignment == 0 ? start : start + Self.alignment - misalignment
+            guard begin + count <= lent[index].tensor.count else { continue }
+            lent[index].used = begin + count
+            return try lent[index].tensor.view(offset: begin, shape: shape)
+        }
+        return try engine.empty(shape)
     }
 }

@@ -196,8 +196,17 @@ extension Engine {
 
     /// gemm_packed (CPUs): register tiles over packed panels, A read in place when it can be,
     /// long reductions as k-blocks.
-    private func launchPacked(_ p: GemmProblem, profile: GemmProfile, alpha: Float, beta: Float) throws {
+    private func launchPacked(_ problem: GemmProblem, profile: GemmProfile, alpha: Float, beta: Float) throws {
+        var p = problem
         let (m, n, kTotal, batches) = (p.m, p.n, p.kTotal, p.batches)
+        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
+        // k-blocks store partial sums in C before the last block's epilogue reads the
+        // derivative's input: when that input is C, it is read from a copy.
+        if blockLength < kTotal, let pre = p.preTensor, pre.buffer === p.output.tensor.buffer {
+            let copy = try empty(pre.shape)
+            try self.copy(pre, into: copy)
+            p.preTensor = copy
+        }
         let options = profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
@@ -220,7 +229,6 @@ extension Engine {
         }
         // Long reductions run as k-blocks: every block after the first accumulates into C
         // (beta 1), and only the last applies the epilogue.
-        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
         var kBegin = 0
         while kBegin < kTotal {
             let kEnd = min(kTotal, kBegin + blockLength)
@@ -256,7 +264,7 @@ private struct GemmProblem {
     /// What beta multiplies, when not C (C's layout).
     let addend: Tensor?
     /// The one pre-activation pointer: written (a pre-activation copy) or read (a derivative).
-    let preTensor: Tensor?
+    var preTensor: Tensor?
     let flags: Int32
 
     init(_ engine: Engine, _ terms: [GemmTerm], into cOperand: GemmOperand, addend: Tensor?, bias: Tensor?, activation: Activation,
@@ -301,6 +309,12 @@ private struct GemmProblem {
         }
         if let preTensor, !hasCLayout(preTensor) {
             throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") \(preTensor.shape) does not have C's layout")
+        }
+        // The derivative's input may be C itself (dh written over the pre-activation it is the
+        // derivative at): each element is read before the same work-item writes it. Any other
+        // overlap with C would let one element's write clobber another's input.
+        if let preTensor, preTensor.buffer === c.buffer, preActivation != nil || preTensor.offset != c.offset {
+            throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") overlaps C without being C")
         }
         if let addend, !hasCLayout(addend) {
             throw TensorError.shapeMismatch(operation: operation, details: "the addend \(addend.shape) does not have C's layout \(c.shape)")

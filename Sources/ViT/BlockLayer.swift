@@ -169,9 +169,11 @@ struct BlockLayer {
         try mlpBackward(engine, dx: dx, saved)
         let dAttention = try attentionOutputBackward(engine, dx: dx, saved)
         let dqkv = try engine.empty([x.shape[0], 3 * config.width])
+        // dh and LN2's input gradient are spent by now: their scratch takes the temporaries.
+        let workspace = saved.backwardScratch.map { Workspace(lending: [$0.mlp, $0.narrow]) }
         try engine.attentionBackward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
                                      output: saved.attention, lse: saved.lse, dOutput: dAttention,
-                                     dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2))
+                                     dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2), workspace: workspace)
         try qkvBackward(engine, input: x, dqkv: dqkv, dx: dx, saved)
     }
 
@@ -184,7 +186,7 @@ struct BlockLayer {
             throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc2 trains but h was not kept (a bug)")
         }
         try linearWeightGradients(engine, weights.fc2, dY: dx, x: saved.h)
-        let dh = try engine.empty([rows, config.mlpWidth])                      // (dx W2) * act'(hPre)
+        let dh = try saved.backwardScratch?.mlp ?? engine.empty([rows, config.mlpWidth])  // (dx W2) * act'(hPre)
         try engine.withProfileScope(ProfileScope.fc2Input) {
             try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
         }
@@ -194,7 +196,7 @@ struct BlockLayer {
             throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc1 trains but u2 was not kept (a bug)")
         }
         try linearWeightGradients(engine, weights.fc1, dY: dh, x: saved.u2)
-        let du = try engine.empty([rows, config.width])
+        let du = try saved.backwardScratch?.narrow ?? engine.empty([rows, config.width])
         try engine.withProfileScope(ProfileScope.fc1Input) { try engine.gemm(dh, weights.fc1.weight.value, into: du) }
         try layerNormBackward(engine, weights.norm2, du: du, x: saved.xMid, mean: saved.mean2, rstd: saved.rstd2, dx: dx)
     }
@@ -204,7 +206,7 @@ struct BlockLayer {
     private func attentionOutputBackward(_ engine: Engine, dx: Tensor, _ saved: BlockActivations) throws -> Tensor {
         let s = method.scale
         try linearWeightGradients(engine, weights.proj, dY: dx, x: saved.attention)
-        let dAttention = try engine.empty([dx.shape[0], config.width])
+        let dAttention = try saved.backwardScratch?.mid ?? engine.empty([dx.shape[0], config.width])
         var terms = [GemmTerm(dx, weights.proj.weight.value)]
         if let pair = weights.loraO {
             let t = try required(saved.loraT[.o], "t for LoRA o")
@@ -225,7 +227,7 @@ struct BlockLayer {
     private func qkvBackward(_ engine: Engine, input x: Tensor, dqkv: Tensor, dx: Tensor, _ saved: BlockActivations) throws {
         let d = config.width, rows = x.shape[0], s = method.scale
         let wqkv = weights.qkv.weight.value
-        let du = try engine.empty([rows, d])
+        let du = try saved.backwardScratch?.narrow ?? engine.empty([rows, d])
         var inputTerms = [GemmTerm(dqkv, wqkv)]
         if let serial = weights.serial {
             let t = try required(saved.serialT, "t = u A^T"), rank = serial.a.shape[0]

@@ -296,14 +296,15 @@ struct TrainBench: ParsableCommand {
                                          "rank": rank, "activations": activationPlan, "weights": weights.storage.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
                                          "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
                                          "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
+                                         "device_buffer_peak_bytes": engine.pool.statistics.peakBytes,
                                          "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
             print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@, weights %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
                          model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, weights.storage.rawValue, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
-            print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
-                         Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, firstStep, compiled,
+            print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, device buffers at most %.1f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
+                         Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, Double(engine.pool.statistics.peakBytes) / 1e6, firstStep, compiled,
                          engine.kernels.buildRecords.count - compiled))
         }
         if profile {

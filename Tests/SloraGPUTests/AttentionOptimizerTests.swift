@@ -105,6 +105,43 @@ struct AttentionTests {
         }
     }
 
+    /// The backward's temporaries (delta, dS^T, the transposed heads) carved from lent tensors:
+    /// the same dq, dk, dv bit for bit as from fresh buffers, on every path that has them, and
+    /// no buffer taken from the pool when the lent room suffices (one lent view starts at an
+    /// odd offset: carving aligns). With room for only part, the rest is allocated.
+    @Test(arguments: [AttentionPath.rowPerItem, .tiled(queries: 2, keys: 2, vectorWidth: 8), .tiled(queries: 4, keys: 4)], [true, false])
+    func backwardTemporariesInLentTensors(path: AttentionPath, storeScores: Bool) throws {
+        let engine = try makeEngine()
+        engine.attentionPath = path
+        if !storeScores { engine.attentionScoreBufferLimit = 0 }
+        let c = Case(batch: 2, tokens: 65, heads: 3, headDimension: 32)
+        let width = c.heads * c.headDimension, rows = c.batch * c.tokens
+        let shape = AttentionShape(batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
+        let qkv = try engine.tensor(uniformValues(rows * 3 * width, seed: 1, scale: 2), shape: [rows, 3 * width])
+        let layout = { (tensor: Tensor, column: Int) in HeadLayout(try tensor.view(offset: column, shape: [rows * 3 * width - column]), rowStride: 3 * width) }
+        let o = try engine.empty([rows, width]), lse = try engine.empty([c.batch, c.heads, c.tokens])
+        try engine.attentionForward(shape, q: try layout(qkv, 0), k: try layout(qkv, width), v: try layout(qkv, 2 * width), output: o, lse: lse)
+        let dO = try engine.tensor(uniformValues(rows * width, seed: 2), shape: [rows, width])
+        func backward(_ workspace: Workspace?) throws -> (values: [Float], acquired: Int) {
+            let dqkv = try engine.zeros([rows, 3 * width])
+            let before = engine.pool.statistics
+            try engine.attentionBackward(shape, q: try layout(qkv, 0), k: try layout(qkv, width), v: try layout(qkv, 2 * width), output: o, lse: lse,
+                                         dOutput: dO, dq: try layout(dqkv, 0), dk: try layout(dqkv, width), dv: try layout(dqkv, 2 * width),
+                                         workspace: workspace)
+            let after = engine.pool.statistics
+            return (try dqkv.download(), after.allocations + after.reuses - before.allocations - before.reuses)
+        }
+        let fresh = try backward(nil)
+        #expect(fresh.acquired > 0)
+        let roomy = try engine.empty([16 * rows * width]), small = try engine.empty([rows * width + 7])
+        let lent = try backward(Workspace(lending: [try small.view(offset: 3, shape: [rows * width]), roomy]))
+        #expect(lent.values == fresh.values, "\(path)")
+        #expect(lent.acquired == 0, "\(path): \(lent.acquired) buffers taken with room lent")
+        let partial = try backward(Workspace(lending: [try engine.empty([c.batch * c.heads * c.tokens])]))
+        #expect(partial.values == fresh.values, "\(path)")
+        #expect(partial.acquired == fresh.acquired - 1, "\(path): only delta fits")
+    }
+
     /// The flash kernels' work-groups are whole warps and their __local fits NVIDIA's 48 KiB as
     /// compiled here; tiles shrink for wide heads, and past 160 the row path takes over.
     @Test func flashKernelsStayWithinGPULimits() throws {

@@ -91,11 +91,18 @@ struct GemmTests {
     /// C's old contents (NaN) never read, on the CPU kernel (vector and scalar edge columns,
     /// k-blocks: only the first reads R), the GPU tiles and a strided C; a misshapen addend is
     /// refused.
-    @Test(arguments: ["", "KC=16", "tiled"])
-    func addendReplacesCInTheEpilogue(override: String) throws {
+    /// An engine on this device's CPU profile (`""`), that profile with a SLORAGPU_GEMM_PROFILE
+    /// override applied, or the GPU tiles (`"tiled"`).
+    static func engine(_ override: String) throws -> Engine {
         let engine = try makeEngine()
         let cpu = GemmProfile.cpu(preferredVectorWidth: engine.device.info.preferredFloatVectorWidth)
         engine.gemmProfile = override == "tiled" ? .gpu : override.isEmpty ? cpu : try cpu.overridden(by: override)
+        return engine
+    }
+
+    @Test(arguments: ["", "KC=16", "tiled"])
+    func addendReplacesCInTheEpilogue(override: String) throws {
+        let engine = try Self.engine(override)
         let (m, n, k) = (37, 45, 50)
         let a = uniformValues(m * k, seed: 40), b = uniformValues(n * k, seed: 41), r = uniformValues(m * n, seed: 42)
         let bias = uniformValues(n, seed: 43)
@@ -162,6 +169,28 @@ struct GemmTests {
         #expect(throws: TensorError.self) {
             try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c,
                             times: ActivationDerivative(.none, at: try engine.tensor(pre, shape: [m, n])))
+        }
+    }
+
+    /// dh written over the pre-activation it is the derivative at (the recompute plan's MLP
+    /// backward): right in one pass, with k-blocks (whose partial sums in C would overwrite
+    /// the input before the last block reads it, unless the engine reads a copy) and on the
+    /// GPU tiles. A derivative input that overlaps C at another offset is refused.
+    @Test(arguments: ["", "KC=256", "tiled"])
+    func derivativeWrittenOverItsInput(override: String) throws {
+        let engine = try Self.engine(override)
+        let (m, n, k) = (37, 53, 700)
+        let a = uniformValues(m * k, seed: 7), b = uniformValues(k * n, seed: 8), pre = uniformValues(m * n, seed: 9, scale: 3)
+        let c = try engine.tensor(pre, shape: [m, n])
+        try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: c,
+                        times: ActivationDerivative(.gelu, at: c))
+        let product = Reference.matmul(a, b, m: m, n: n, k: k)
+        expectClose(try c.download(), (0..<m * n).map { product[$0] * Reference.geluDerivative(Double(pre[$0])) },
+                    atol: Self.tolerance(k: k) * 1.2, rtol: 1e-5, "gemm * GELU'(C) into C, \(override)")
+        let wide = try engine.tensor(uniformValues(m * n + 1, seed: 10), shape: [m * n + 1])
+        #expect(throws: TensorError.self) {
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: try wide.view(offset: 0, shape: [m, n]),
+                            times: ActivationDerivative(.gelu, at: try wide.view(offset: 1, shape: [m, n])))
         }
     }
 
