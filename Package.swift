@@ -69,9 +69,12 @@ let package = Package(
                 "Cluster",
                 // `sloragpu selftest` checks a device against it where no test toolchain exists.
                 "Reference",
+                .target(name: "CMalloc", condition: .when(platforms: [.linux])),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // glibc's mallopt, for the CLI's allocator setting (Linux only).
+        .systemLibrary(name: "CMalloc"),
         // Slow, obviously correct CPU versions of every kernel (double accumulation), for tests and selftest.
         .target(name: "Reference"),
         .testTarget(

@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(CMalloc)
+import CMalloc
+#endif
 import Tensors
 
 @main
@@ -15,6 +18,18 @@ struct SloraGPUCommand: ParsableCommand {
         version: SloraGPU.version,
         subcommands: [TrainCommand.self, SweepCommand.self, EvalCommand.self, PredictCommand.self, MergeCommand.self, ExportCommand.self, DevicesCommand.self, KernelsCommand.self, TuneCommand.self, SelftestCommand.self, BenchCommand.self]
     )
+
+    static func main() {
+        #if canImport(CMalloc)
+        // Large host allocations (a checkpoint's fp32 tensors while they are converted and
+        // uploaded, PoCL's device buffers) get pages of their own, returned when freed: with
+        // glibc's default, whose threshold rises to 32 MB after the first large free, they
+        // share the heap and the holes the loading leaves stay resident (14-16 MB of the
+        // training peak, docs/BENCHMARKS.md).
+        _ = mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        #endif
+        main(nil)
+    }
 }
 
 /// The `--device` option every device-using command shares.
