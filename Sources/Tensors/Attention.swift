@@ -218,9 +218,20 @@ extension Engine {
         try workspace?.tensor(self, shape) ?? empty(shape)
     }
 
+    /// The heads of `x` copied into a [B * N, H * dh] tensor of their own.
+    private func compactCopy(_ x: HeadLayout, _ shape: AttentionShape, _ workspace: Workspace?) throws -> HeadLayout {
+        let rows = shape.batch * shape.tokens
+        let copy = try temporary([rows, shape.width], workspace)
+        try self.copy(try StridedMatrix(x.tensor, rows: rows, columns: shape.width, rowStride: x.rowStride),
+                      into: try StridedMatrix(copy, rows: rows, columns: shape.width, rowStride: shape.width))
+        return HeadLayout(copy, rowStride: shape.width)
+    }
+
     /// Writes dq, dk, dv (overwriting) from dO, recomputing probabilities from lse. `workspace`:
     /// dead tensors for the temporaries (dS^T, the transposed heads, delta), which must not
-    /// overlap any operand.
+    /// overlap any operand. dq, dk and dv may be q, k and v themselves (the same layouts: the
+    /// model writes the gradient over the qkv it no longer needs); the tiled path with stored
+    /// scores then runs in place, every other path reads copies of q, k and v.
     public func attentionBackward(_ shape: AttentionShape, q: HeadLayout, k: HeadLayout, v: HeadLayout,
                                   output o: Tensor, lse: Tensor, dOutput dO: Tensor,
                                   dq: HeadLayout, dk: HeadLayout, dv: HeadLayout, workspace: Workspace? = nil) throws {
@@ -238,6 +249,23 @@ extension Engine {
                                           maxWorkGroup: device.info.maxWorkGroupSize)
         let options = path.options(headDimension: shape.headDimension)
         let global = path.global(shape)
+        // dkv stores dS^T when it fits the limit, and dq is then one product instead of three.
+        // Compared in Double: the product of four sizes may not fit an Int.
+        let reuseDS = 4 * Double(shape.batch) * Double(shape.heads) * Double(shape.tokens) * Double(paddedTokens(shape))
+            <= Double(attentionScoreBufferLimit)
+        // In place: dkv reads only its own keys' k and v (before the loop over queries) and
+        // writes their gradients last; the stored-dS dq reads K's transposed copy, not q.
+        var (q, k, v) = (q, k, v)
+        let inputs = [q, k, v], outputs = [dq, dk, dv]
+        if outputs.contains(where: { output in inputs.contains { $0.tensor.buffer === output.tensor.buffer } }) {
+            let sameLayouts = zip(inputs, outputs).allSatisfy {
+                $0.tensor.buffer === $1.tensor.buffer && $0.tensor.offset == $1.tensor.offset && $0.rowStride == $1.rowStride
+            }
+            let tiled = if case .tiled = path { true } else { false }
+            if !(sameLayouts && tiled && reuseDS) {
+                (q, k, v) = try (compactCopy(q, shape, workspace), compactCopy(k, shape, workspace), compactCopy(v, shape, workspace))
+            }
+        }
         let delta = try temporary([shape.batch, shape.heads, shape.tokens], workspace)
         try launch("attention_backward_delta", in: "attention", options: options, global: [shape.tokens, shape.heads, shape.batch],
                    work: .floats(2 * rows * shape.width),
@@ -245,17 +273,15 @@ extension Engine {
         if case .tiled(_, _, let width) = path {
             let padded = paddedTokens(shape)
             let dOLayout = HeadLayout(dO, rowStride: shape.width)
-            // dkv stores dS^T when it fits the limit, and dq is then one product instead of three.
-            // Compared in Double: the product of four sizes may not fit an Int.
-            let reuseDS = 4 * Double(shape.batch) * Double(shape.heads) * Double(shape.tokens) * Double(padded) <= Double(attentionScoreBufferLimit)
             let dsT = reuseDS ? try temporary([shape.batch * shape.heads * shape.tokens * padded], workspace) : delta
             let qt = try transposedHeads(q, shape, options: options, workspace: workspace)
             let dOt = try transposedHeads(dOLayout, shape, options: options, workspace: workspace)
+            // Before dkv, which may overwrite k with dk.
+            let kt = try transposedHeads(k, shape, options: options, workspace: workspace)
             try launch("attention_backward_dkv_tiled", in: "attention", options: options, global: path.keyGlobal(shape), local: path.local,
                        work: shape.products(4),
                        q.tensor, k.tensor, v.tensor, q.rowStride, qt, dOt, dO, shape.width, lse, delta,
                        dk.tensor, dv.tensor, dk.rowStride, shape.tokens, padded, shape.heads, shape.scale, dsT, reuseDS)
-            let kt = try transposedHeads(k, shape, options: options, workspace: workspace)
             if reuseDS {
                 let features = AttentionPath.dqFeatures(headDimension: shape.headDimension, vectorWidth: width)
                 try launch("attention_backward_dq_ds_tiled", in: "attention", options: options,

@@ -168,13 +168,13 @@ struct BlockLayer {
         }
         try mlpBackward(engine, dx: dx, saved)
         let dAttention = try attentionOutputBackward(engine, dx: dx, saved)
-        let dqkv = try engine.empty([x.shape[0], 3 * config.width])
         // dh and LN2's input gradient are spent by now: their scratch takes the temporaries.
+        // No backward reads q, k and v after this: their gradients are written over them.
         let workspace = saved.backwardScratch.map { Workspace(lending: [$0.mlp, $0.narrow]) }
-        try engine.attentionBackward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
-                                     output: saved.attention, lse: saved.lse, dOutput: dAttention,
-                                     dq: try heads(dqkv, 0), dk: try heads(dqkv, 1), dv: try heads(dqkv, 2), workspace: workspace)
-        try qkvBackward(engine, input: x, dqkv: dqkv, dx: dx, saved)
+        let (q, k, v) = (try heads(saved.qkv, 0), try heads(saved.qkv, 1), try heads(saved.qkv, 2))
+        try engine.attentionBackward(attentionShape(batch), q: q, k: k, v: v, output: saved.attention, lse: saved.lse, dOutput: dAttention,
+                                     dq: q, dk: k, dv: v, workspace: workspace)
+        try qkvBackward(engine, input: x, dqkv: saved.qkv, dx: dx, saved)
     }
 
     /// out = xMid + act(u2 W1^T + b1) W2^T + b2: dx (the gradient of out) becomes that of xMid.

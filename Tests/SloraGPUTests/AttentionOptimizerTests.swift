@@ -105,18 +105,23 @@ struct AttentionTests {
         }
     }
 
+    /// An engine on `path`, with dS^T stored or not, and the case's shape.
+    static func engine(_ path: AttentionPath, storeScores: Bool, _ c: Case) throws -> (Engine, AttentionShape) {
+        let engine = try makeEngine()
+        engine.attentionPath = path
+        if !storeScores { engine.attentionScoreBufferLimit = 0 }
+        return (engine, AttentionShape(batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension))
+    }
+
     /// The backward's temporaries (delta, dS^T, the transposed heads) carved from lent tensors:
     /// the same dq, dk, dv bit for bit as from fresh buffers, on every path that has them, and
     /// no buffer taken from the pool when the lent room suffices (one lent view starts at an
     /// odd offset: carving aligns). With room for only part, the rest is allocated.
     @Test(arguments: [AttentionPath.rowPerItem, .tiled(queries: 2, keys: 2, vectorWidth: 8), .tiled(queries: 4, keys: 4)], [true, false])
     func backwardTemporariesInLentTensors(path: AttentionPath, storeScores: Bool) throws {
-        let engine = try makeEngine()
-        engine.attentionPath = path
-        if !storeScores { engine.attentionScoreBufferLimit = 0 }
         let c = Case(batch: 2, tokens: 65, heads: 3, headDimension: 32)
+        let (engine, shape) = try Self.engine(path, storeScores: storeScores, c)
         let width = c.heads * c.headDimension, rows = c.batch * c.tokens
-        let shape = AttentionShape(batch: c.batch, tokens: c.tokens, heads: c.heads, headDimension: c.headDimension)
         let qkv = try engine.tensor(uniformValues(rows * 3 * width, seed: 1, scale: 2), shape: [rows, 3 * width])
         let layout = { (tensor: Tensor, column: Int) in HeadLayout(try tensor.view(offset: column, shape: [rows * 3 * width - column]), rowStride: 3 * width) }
         let o = try engine.empty([rows, width]), lse = try engine.empty([c.batch, c.heads, c.tokens])
@@ -140,6 +145,44 @@ struct AttentionTests {
         let partial = try backward(Workspace(lending: [try engine.empty([c.batch * c.heads * c.tokens])]))
         #expect(partial.values == fresh.values, "\(path)")
         #expect(partial.acquired == fresh.acquired - 1, "\(path): only delta fits")
+    }
+
+    /// dq, dk, dv written over q, k, v (the model's backward): bit for bit the gradients written
+    /// elsewhere, on the path that runs in place (tiled, stored dS) and on those that read
+    /// copies (tiled recomputing dq, row, block, flash); also with the outputs over the inputs
+    /// in another order (dq over k, dk over q), which must read copies.
+    @Test(arguments: [AttentionPath.rowPerItem, .block(rows: 8), .tiled(queries: 2, keys: 2, vectorWidth: 8), .flash(rows: 32)], [true, false])
+    func gradientsWrittenOverTheirInputs(path: AttentionPath, storeScores: Bool) throws {
+        let c = Case(batch: 2, tokens: 33, heads: 2, headDimension: 32)
+        let (engine, shape) = try Self.engine(path, storeScores: storeScores, c)
+        let width = c.heads * c.headDimension, rows = c.batch * c.tokens
+        let values = uniformValues(rows * 3 * width, seed: 1, scale: 2)
+        let qkv = try engine.tensor(values, shape: [rows, 3 * width])
+        let layout = { (tensor: Tensor, part: Int) in
+            HeadLayout(try tensor.view(offset: part * width, shape: [rows * 3 * width - part * width]), rowStride: 3 * width)
+        }
+        let o = try engine.empty([rows, width]), lse = try engine.empty([c.batch, c.heads, c.tokens])
+        try engine.attentionForward(shape, q: try layout(qkv, 0), k: try layout(qkv, 1), v: try layout(qkv, 2), output: o, lse: lse)
+        let dO = try engine.tensor(uniformValues(rows * width, seed: 2), shape: [rows, width])
+        let apart = try engine.zeros([rows, 3 * width])
+        try engine.attentionBackward(shape, q: try layout(qkv, 0), k: try layout(qkv, 1), v: try layout(qkv, 2), output: o, lse: lse,
+                                     dOutput: dO, dq: try layout(apart, 0), dk: try layout(apart, 1), dv: try layout(apart, 2))
+        let expected = try apart.download()
+        let inPlace = try engine.tensor(values, shape: [rows, 3 * width])
+        try engine.attentionBackward(shape, q: try layout(inPlace, 0), k: try layout(inPlace, 1), v: try layout(inPlace, 2), output: o, lse: lse,
+                                     dOutput: dO, dq: try layout(inPlace, 0), dk: try layout(inPlace, 1), dv: try layout(inPlace, 2))
+        #expect(try inPlace.download() == expected, "\(path), dS stored: \(storeScores)")
+        let swapped = try engine.tensor(values, shape: [rows, 3 * width])
+        try engine.attentionBackward(shape, q: try layout(swapped, 0), k: try layout(swapped, 1), v: try layout(swapped, 2), output: o, lse: lse,
+                                     dOutput: dO, dq: try layout(swapped, 1), dk: try layout(swapped, 0), dv: try layout(swapped, 2))
+        var swappedExpected = expected
+        for r in 0..<rows {
+            for x in 0..<width {
+                swappedExpected[r * 3 * width + x] = expected[r * 3 * width + width + x]
+                swappedExpected[r * 3 * width + width + x] = expected[r * 3 * width + x]
+            }
+        }
+        #expect(try swapped.download() == swappedExpected, "\(path), dS stored: \(storeScores), dq over k")
     }
 
     /// The flash kernels' work-groups are whole warps and their __local fits NVIDIA's 48 KiB as
