@@ -175,8 +175,9 @@ public enum AttentionPath: Sendable, Equatable, CustomStringConvertible {
 private let tiledLanes = 16
 
 extension Engine {
+    /// `workspace`: dead tensors for K's transposed copy (tiled path), not overlapping an operand.
     public func attentionForward(_ shape: AttentionShape, q: HeadLayout, k: HeadLayout, v: HeadLayout,
-                                 output o: Tensor, lse: Tensor) throws {
+                                 output o: Tensor, lse: Tensor, workspace: Workspace? = nil) throws {
         let operation = "attentionForward"
         try checkAttention(operation, shape, [q, k, v])
         try checkOperands(operation, [o, lse])
@@ -189,7 +190,7 @@ extension Engine {
                                           maxWorkGroup: device.info.maxWorkGroupSize)
         let options = path.options(headDimension: shape.headDimension)
         if case .tiled = path {
-            let kt = try transposedHeads(k, shape, options: options)
+            let kt = try transposedHeads(k, shape, options: options, workspace: workspace)
             try launch("attention_forward_tiled", in: "attention", options: options, global: path.global(shape), local: path.local,
                        work: shape.products(2),
                        q.tensor, kt, v.tensor, q.rowStride, o, shape.width, lse,

@@ -24,8 +24,8 @@ import Tensors
 /// blocks share one set of block tensors and the residual stream alternates between two buffers.
 final class Activations {
     let batch: Int
-    let patches: Tensor     // [B * Np, C * P * P]
-    let patchOut: Tensor    // [B * Np, d]
+    let patches: Tensor     // [B * Np, C * P * P], outside full fine-tuning a view of the blocks' h
+    let patchOut: Tensor    // [B * Np, d], outside full fine-tuning a view of the blocks' u2
     /// With an embedding LayerNorm (CLIP): the tokens before it [T, d] and its stats [T];
     /// xs[0] is then its output.
     let embedded: Tensor?
@@ -70,8 +70,6 @@ final class Activations {
         self.batch = batch
         self.inference = inference
         let d = config.width, t = batch * config.tokens
-        patches = try engine.empty([batch * config.patchCount, config.patchValues])
-        patchOut = try engine.empty([batch * config.patchCount, d])
         let embeddingNorm = config.architecture.embeddingNorm
         embedded = embeddingNorm ? try engine.empty([t, d]) : nil
         embeddingMean = embeddingNorm ? try engine.empty([t]) : nil
@@ -104,6 +102,17 @@ final class Activations {
                                      scratch: scratch, plan: plan)
             }
         }
+        // The embedding runs before any block writes its scratch, and outside full fine-tuning
+        // (whose patch-weight gradient reads the patches) nothing reads the patches or their
+        // projection afterwards: they live in the blocks' shared h and u2.
+        let patchRows = batch * config.patchCount
+        let scratch = blocks.first?.backwardScratch
+        if let scratch, patchRows * config.patchValues <= scratch.mlp.count {
+            patches = try scratch.mlp.view(offset: 0, shape: [patchRows, config.patchValues])
+        } else {
+            patches = try engine.empty([patchRows, config.patchValues])
+        }
+        patchOut = try scratch?.narrow.view(offset: 0, shape: [patchRows, d]) ?? engine.empty([patchRows, d])
         clsRows = try engine.empty([batch, d])
         pooled = try engine.empty([batch, d])
         features = config.architecture.projection == nil ? pooled : try engine.empty([batch, config.featureWidth])
@@ -169,7 +178,7 @@ final class BlockActivations {
         }
         self.plan = plan
         backwardScratch = method == .full ? nil
-            : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid)
+            : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid, spareMLP: plan == .keepBF16 ? hPre : nil)
         sixteenBit = plan == .keepBF16
             ? SixteenBitActivations(qkv: try engine.empty([t, 3 * d], dtype: .bfloat16), attention: try engine.empty([t, d], dtype: .bfloat16),
                                     xMid: try engine.empty([t, d], dtype: .bfloat16), hPre: try engine.empty([t, m], dtype: .bfloat16))
@@ -212,6 +221,11 @@ struct BackwardScratch {
     let narrow: Tensor    // [T, d]
     /// [T, d], when xMid is shared scratch (recompute, keep-bf16); keep's own xMid stays intact.
     let mid: Tensor?
+    /// [T, m]: keep-bf16's widened pre-activation, last read by fc2.dX.
+    let spareMLP: Tensor?
+
+    /// What the attention backward may use for its temporaries (after the MLP's backward).
+    var attentionWorkspace: Workspace { Workspace(lending: [mlp, narrow] + (spareMLP.map { [$0] } ?? [])) }
 }
 
 /// Block intermediates shared by all blocks (nil: each block has its own).

@@ -49,8 +49,10 @@ struct BlockLayer {
 
     func forward(_ engine: Engine, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
         try projectQKV(engine, input: x, saved)
+        // h is written only later, by fc1.
         try engine.attentionForward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
-                                    output: saved.attention, lse: saved.lse)
+                                    output: saved.attention, lse: saved.lse,
+                                    workspace: saved.backwardScratch.map { Workspace(lending: [$0.mlp]) })
         try projectOutput(engine, input: x, saved)
         try normalizeMid(engine, saved)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
@@ -170,7 +172,7 @@ struct BlockLayer {
         let dAttention = try attentionOutputBackward(engine, dx: dx, saved)
         // dh and LN2's input gradient are spent by now: their scratch takes the temporaries.
         // No backward reads q, k and v after this: their gradients are written over them.
-        let workspace = saved.backwardScratch.map { Workspace(lending: [$0.mlp, $0.narrow]) }
+        let workspace = saved.backwardScratch?.attentionWorkspace
         let (q, k, v) = (try heads(saved.qkv, 0), try heads(saved.qkv, 1), try heads(saved.qkv, 2))
         try engine.attentionBackward(attentionShape(batch), q: q, k: k, v: v, output: saved.attention, lse: saved.lse, dOutput: dAttention,
                                      dq: q, dk: k, dv: v, workspace: workspace)
