@@ -215,10 +215,6 @@ extension Engine {
         return t
     }
 
-    private func temporary(_ shape: [Int], _ workspace: Workspace?) throws -> Tensor {
-        try workspace?.tensor(self, shape) ?? empty(shape)
-    }
-
     /// The heads of `x` copied into a [B * N, H * dh] tensor of their own.
     private func compactCopy(_ x: HeadLayout, _ shape: AttentionShape, _ workspace: Workspace?) throws -> HeadLayout {
         let rows = shape.batch * shape.tokens

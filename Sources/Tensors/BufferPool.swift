@@ -89,6 +89,18 @@ public final class Workspace {
     /// Views start on 256-byte boundaries of the lent storage (the kernels load vectors).
     private static let alignment = 64
 
+    /// A float32 tensor of `shape` at the very start of a lent buffer nothing was carved from
+    /// yet, or nil: for kernels that address an operand from its buffer's start (the GEMM's
+    /// packed panels).
+    func tensorAtBufferStart(_ engine: Engine, _ shape: [Int]) throws -> Tensor? {
+        let count = shape.reduce(1, *)
+        guard let index = lent.indices.first(where: {
+            lent[$0].tensor.engine === engine && lent[$0].tensor.offset == 0 && lent[$0].used == 0 && count <= lent[$0].tensor.count
+        }) else { return nil }
+        lent[index].used = count
+        return try lent[index].tensor.view(offset: 0, shape: shape)
+    }
+
     /// A float32 tensor of `shape` with undefined contents.
     public func tensor(_ engine: Engine, _ shape: [Int]) throws -> Tensor {
         let count = shape.reduce(1, *)
@@ -102,5 +114,12 @@ public final class Workspace {
             return try lent[index].tensor.view(offset: begin, shape: shape)
         }
         return try engine.empty(shape)
+    }
+}
+
+extension Engine {
+    /// A float32 temporary from the workspace when one is lent and has room, else from the pool.
+    func temporary(_ shape: [Int], _ workspace: Workspace?) throws -> Tensor {
+        try workspace?.tensor(self, shape) ?? empty(shape)
     }
 }

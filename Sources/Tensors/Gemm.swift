@@ -143,25 +143,29 @@ extension Engine {
     /// without first copying R into C (the residual connections).
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
                      alpha: Float = 1, beta: Float = 0, addend: Tensor? = nil, bias: Tensor? = nil, activation: Activation = .none,
-                     preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil) throws {
+                     preActivation: Tensor? = nil, times derivative: ActivationDerivative? = nil, workspace: Workspace? = nil) throws {
         try gemm(sum: [GemmTerm(a, b, transposeA: transposeA, transposeB: transposeB)], into: .tensor(c),
-                 alpha: alpha, beta: beta, addend: addend, bias: bias, activation: activation, preActivation: preActivation, times: derivative)
+                 alpha: alpha, beta: beta, addend: addend, bias: bias, activation: activation, preActivation: preActivation, times: derivative,
+                 workspace: workspace)
     }
 
     /// C = act(alpha * sum_t scale_t op(A_t) op(B_t) + beta * C + bias), as ONE reduction of
     /// length sum_t K_t. `preActivation`, if given, receives the value before the activation.
     public func gemm(sum terms: [GemmTerm], into c: Tensor, alpha: Float = 1, beta: Float = 0, bias: Tensor? = nil,
-                     activation: Activation = .none, preActivation: Tensor? = nil) throws {
-        try gemm(sum: terms, into: .tensor(c), alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation)
+                     activation: Activation = .none, preActivation: Tensor? = nil, workspace: Workspace? = nil) throws {
+        try gemm(sum: terms, into: .tensor(c), alpha: alpha, beta: beta, bias: bias, activation: activation, preActivation: preActivation,
+                 workspace: workspace)
     }
 
     /// C may be a strided matrix (e.g. columns of a wider tensor); `preActivation` then has
     /// C's layout too.
+    /// `workspace`: dead tensors for B's packed panels, overlapping no operand.
     public func gemm(sum terms: [GemmTerm], into cOperand: GemmOperand, alpha: Float = 1, beta: Float = 0, addend: Tensor? = nil,
                      bias: Tensor? = nil, activation: Activation = .none, preActivation: Tensor? = nil,
-                     times derivative: ActivationDerivative? = nil) throws {
-        let problem = try GemmProblem(self, terms, into: cOperand, addend: addend, bias: bias, activation: activation,
+                     times derivative: ActivationDerivative? = nil, workspace: Workspace? = nil) throws {
+        var problem = try GemmProblem(self, terms, into: cOperand, addend: addend, bias: bias, activation: activation,
                                       preActivation: preActivation, times: derivative)
+        problem.workspace = workspace
         let profile = gemmProfile
         if profile.skinny, terms.count == 1, problem.batches == 1, problem.flags == 0, addend == nil, problem.noOperandQuantized,
            try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
@@ -182,7 +186,8 @@ extension Engine {
         let options = tile.buildOptions
         let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: tile.mwg, columns: tile.nwg,
-                                          m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0)
+                                          m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0,
+                                          workspace: p.workspace)
         let panelsA = try Self.packed(packedA)
         let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
         try kernel.setArguments([
@@ -217,7 +222,8 @@ extension Engine {
         let kSplit = directA ? p.aViews[0].columns : 0
         let microOptions = directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
-                                          batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: directA ? 1 : 0)
+                                          batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: directA ? 1 : 0,
+                                          workspace: p.workspace)
         let firstA = directA ? p.aViews[0].tensor : try Self.packed(packedA)
 
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
@@ -265,6 +271,8 @@ private struct GemmProblem {
     let addend: Tensor?
     /// The one pre-activation pointer: written (a pre-activation copy) or read (a derivative).
     var preTensor: Tensor?
+    /// Where B's packed panels may go.
+    var workspace: Workspace?
     let flags: Int32
 
     init(_ engine: Engine, _ terms: [GemmTerm], into cOperand: GemmOperand, addend: Tensor?, bias: Tensor?, activation: Activation,
@@ -409,11 +417,15 @@ extension Engine {
     /// into column panels of `columns`, the terms in consecutive k ranges (Kernels/gemm.cl,
     /// pack_a and pack_b).
     fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
-                          m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int) throws -> (Tensor?, Tensor) {
+                          m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int,
+                          workspace: Workspace?) throws -> (Tensor?, Tensor) {
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         let kPackedA = aViews[min(first, aViews.count)...].reduce(0) { $0 + $1.columns }
+        // The kernels address the panels from their buffers' start: only B's (the frozen
+        // weights', the larger) may take a lent buffer, and only from its start.
         let packedA = kPackedA > 0 ? try empty([batches.a * mPanels * kPackedA * mr]) : nil
-        let packedB = try empty([batches.b * nPanels * kTotal * nr])
+        let packedBShape = [batches.b * nPanels * kTotal * nr]
+        let packedB = try workspace?.tensorAtBufferStart(self, packedBShape) ?? empty(packedBShape)
         guard (packedA?.count ?? 0) <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
             throw TensorError.tooLarge(operation: "gemm", elements: max(packedA?.count ?? 0, packedB.count))
         }

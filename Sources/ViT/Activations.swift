@@ -185,6 +185,10 @@ final class BlockActivations {
             : nil
     }
 
+    /// Where the qkv and proj products (forward, rerun and input gradients) pack their
+    /// operands: h, which none of them reads or writes, outside full fine-tuning.
+    var packingWorkspace: Workspace? { backwardScratch.map { Workspace(lending: [$0.mlp]) } }
+
     /// keepBF16, end of the block's forward: round what the backward reads into the block's copies.
     func storeSixteenBit(_ engine: Engine) throws {
         guard let sixteenBit else { return }

@@ -104,11 +104,11 @@ struct BlockLayer {
             }
             try engine.withProfileScope(rebuilding ? nil : ProfileScope.fusedQKV) {
                 try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
-                                into: saved.qkv, bias: bqkv)
+                                into: saved.qkv, bias: bqkv, workspace: saved.packingWorkspace)
             }
             return
         }
-        try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv)
+        try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv, workspace: saved.packingWorkspace)
         try engine.withProfileScope(ProfileScope.adapter) {
             for (target, pair) in weights.lora {
                 guard let part = target.qkvIndex else { continue }
@@ -124,7 +124,7 @@ struct BlockLayer {
     private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         try engine.withProfileScope(rebuilding ? nil : ProfileScope.proj) {
             try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, addend: x,
-                            bias: weights.proj.bias.value)
+                            bias: weights.proj.bias.value, workspace: saved.packingWorkspace)
         }
         if let pair = weights.loraO {
             let t = try required(saved.loraT[.o], "t for LoRA o")
@@ -220,7 +220,7 @@ struct BlockLayer {
             }
             terms.append(GemmTerm(g, pair.a, scale: s))                                              // da += s g A
         }
-        try engine.withProfileScope(ProfileScope.projInput) { try engine.gemm(sum: terms, into: dAttention) }
+        try engine.withProfileScope(ProfileScope.projInput) { try engine.gemm(sum: terms, into: dAttention, workspace: saved.packingWorkspace) }
         return dAttention
     }
 
@@ -271,7 +271,7 @@ struct BlockLayer {
         try linearWeightGradients(engine, weights.qkv, dY: dqkv, x: saved.u1)
         // With the adapters' terms this is one reduction over 3d + (number of adapters) r.
         try engine.withProfileScope(inputTerms.count > 1 ? ProfileScope.fusedInput : nil) {
-            try engine.gemm(sum: inputTerms, into: du)
+            try engine.gemm(sum: inputTerms, into: du, workspace: saved.packingWorkspace)
         }
         try layerNormBackward(engine, weights.norm1, du: du, x: x, mean: saved.mean1, rstd: saved.rstd1, dx: dx)
     }

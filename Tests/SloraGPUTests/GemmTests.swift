@@ -194,6 +194,34 @@ struct GemmTests {
         }
     }
 
+    /// B's packed panels in a lent buffer: the same C bit for bit, one buffer fewer from the
+    /// pool; a lent view that does not start its buffer is left alone (the kernels address
+    /// the panels from the buffer's start), as is a buffer too small.
+    @Test(arguments: ["", "tiled"])
+    func packedPanelsInALentBuffer(override: String) throws {
+        let engine = try Self.engine(override)
+        let (m, n, k) = (37, 53, 70)
+        let a = try engine.tensor(uniformValues(m * k, seed: 20), shape: [m, k])
+        let b = try engine.tensor(uniformValues(n * k, seed: 21), shape: [n, k])
+        func product(_ workspace: Workspace?) throws -> (values: [Float], acquired: Int) {
+            let c = try engine.empty([m, n])
+            let before = engine.pool.statistics
+            try engine.gemm(a, b, into: c, transposeB: true, workspace: workspace)
+            let after = engine.pool.statistics
+            return (try c.download(), after.allocations + after.reuses - before.allocations - before.reuses)
+        }
+        let fresh = try product(nil)
+        let lent = try product(Workspace(lending: [try engine.empty([64 * (m + n) * k])]))
+        #expect(lent.values == fresh.values)
+        #expect(lent.acquired == fresh.acquired - 1)
+        let big = try engine.empty([64 * (m + n) * k + 1])
+        for unusable in [try big.view(offset: 1, shape: [64 * (m + n) * k]), try engine.empty([n])] {
+            let result = try product(Workspace(lending: [unusable]))
+            #expect(result.values == fresh.values)
+            #expect(result.acquired == fresh.acquired)
+        }
+    }
+
     /// The epilogues' GELU and GELU' (a rational erf, not the library's) over [-8, 8] densely,
     /// through the vector columns and the scalar edge columns (n = 40) of both the CPU and the
     /// tiled kernels: within 1e-6 (absolute, plus 1e-6 relative) of double precision, about
