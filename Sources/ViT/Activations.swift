@@ -9,15 +9,15 @@ import Tensors
 /// token instead of 10d + 4m. The backward rebuilds u1, qkv, xMid, u2 and the fc1
 /// pre-activation in scratch shared by all blocks, rerunning the forward's kernels (the qkv,
 /// proj and fc1 GEMMs and two LayerNorms per block, about 20% of a ViT-S step; the attention
-/// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 197 MB
-/// saved instead of 437 MB. `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid
+/// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 187 MB
+/// saved instead of 427 MB. `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid
 /// and the pre-activation (11d floats per token) and nothing is recomputed; only u2 and h,
 /// which no backward of these methods reads, stay shared. `keepBF16` reruns no GEMM either but
-/// keeps the backward's tensors as bfloat16 copies: qkv, the attention output, xMid and the
-/// pre-activation (5d + m values per token at 2 bytes, the bytes of 4.5d floats at m = 4d,
-/// besides the fp32 block input). The forward computes in fp32 scratch shared by all blocks
-/// and rounds into the copies; the backward widens them back into the scratch and rebuilds u1
-/// with LN1 (no GEMM). The forward and the loss are exactly the fp32 ones; only the backward
+/// keeps the backward's tensors as bfloat16 copies: the block input, qkv, the attention
+/// output, xMid and the pre-activation (6d + m values per token at 2 bytes, the bytes of 5d
+/// floats at m = 4d). The forward computes in fp32 scratch shared by all blocks (the residual
+/// stream alternates between two buffers) and rounds into the copies; the backward widens them
+/// back into the scratch and rebuilds u1 with LN1 (no GEMM). The forward and the loss are exactly the fp32 ones; only the backward
 /// reads rounded values (bf16 for its range: pre-activations and residual streams can exceed
 /// fp16's). Full fine-tuning keeps everything its weight gradients read. A linear probe's
 /// backward never enters the blocks, and a forward for evaluation has no backward: then all
@@ -81,9 +81,17 @@ final class Activations {
                                               scratch: BlockScratch(), plan: .keep)
             blocks = Array(repeating: shared, count: config.layers)
         } else {
-            xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
             let plan: ActivationMemory = method == .full ? .keep : memory
             var scratch = BlockScratch()
+            if plan == .keepBF16 {
+                // Each block keeps a bf16 copy of its input; the fp32 stream alternates between
+                // two buffers, and the backward widens the copy into scratch of its own.
+                let (even, odd) = (try engine.empty([t, d]), try engine.empty([t, d]))
+                xs = (0...config.layers).map { $0 % 2 == 0 ? even : odd }
+                scratch.input = try engine.empty([t, d])
+            } else {
+                xs = try (0...config.layers).map { _ in try engine.empty([t, d]) }
+            }
             if method != .full {
                 scratch.u2 = try engine.empty([t, d])
                 scratch.h = try engine.empty([t, config.mlpWidth])
@@ -142,6 +150,8 @@ final class BlockActivations {
     /// (attention and hPre too), and `sixteenBit` holds the block's own rounded copies.
     let plan: ActivationMemory
     let sixteenBit: SixteenBitActivations?
+    /// keepBF16: shared scratch the block's input is widened into for the backward.
+    let widenedInput: Tensor?
     /// Shared scratch whose values no backward reads (nil under full fine-tuning, whose weight
     /// gradients read h and u2): the backward writes its temporaries there instead of taking
     /// new buffers. See `BackwardScratch`.
@@ -177,11 +187,13 @@ final class BlockActivations {
         case .keep: hPre = try engine.empty([t, m])
         }
         self.plan = plan
+        widenedInput = plan == .keepBF16 ? try scratch.input ?? engine.empty([t, d]) : nil
         backwardScratch = method == .full ? nil
             : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid, spareMLP: plan == .keepBF16 ? hPre : nil)
         sixteenBit = plan == .keepBF16
             ? SixteenBitActivations(qkv: try engine.empty([t, 3 * d], dtype: .bfloat16), attention: try engine.empty([t, d], dtype: .bfloat16),
-                                    xMid: try engine.empty([t, d], dtype: .bfloat16), hPre: try engine.empty([t, m], dtype: .bfloat16))
+                                    xMid: try engine.empty([t, d], dtype: .bfloat16), hPre: try engine.empty([t, m], dtype: .bfloat16),
+                                    input: try engine.empty([t, d], dtype: .bfloat16))
             : nil
     }
 
@@ -189,16 +201,19 @@ final class BlockActivations {
     /// operands: h, which none of them reads or writes, outside full fine-tuning.
     var packingWorkspace: Workspace? { backwardScratch.map { Workspace(lending: [$0.mlp]) } }
 
-    /// keepBF16, end of the block's forward: round what the backward reads into the block's copies.
-    func storeSixteenBit(_ engine: Engine) throws {
+    /// keepBF16, end of the block's forward: round what the backward reads, the block's input
+    /// x among it, into the block's copies.
+    func storeSixteenBit(_ engine: Engine, input x: Tensor) throws {
         guard let sixteenBit else { return }
-        for (value, copy) in zip(fullPrecision, sixteenBit.all) { try engine.convert(value, into: copy) }
+        for (value, copy) in zip(fullPrecision + [x], sixteenBit.all) { try engine.convert(value, into: copy) }
     }
 
-    /// keepBF16, start of the block's backward: widen the copies back into the shared scratch.
-    func loadSixteenBit(_ engine: Engine) throws {
-        guard let sixteenBit else { return }
-        for (copy, value) in zip(sixteenBit.all, fullPrecision) { try engine.convert(copy, into: value) }
+    /// keepBF16, start of the block's backward: widen the copies back into the shared scratch;
+    /// returns the widened input (the residual stream's buffer holds a later block's by now).
+    func loadSixteenBit(_ engine: Engine) throws -> Tensor? {
+        guard let sixteenBit, let widenedInput else { return nil }
+        for (copy, value) in zip(sixteenBit.all, fullPrecision + [widenedInput]) { try engine.convert(copy, into: value) }
+        return widenedInput
     }
 
     private var fullPrecision: [Tensor] { [qkv, attention, xMid, hPre] }
@@ -210,7 +225,8 @@ struct SixteenBitActivations {
     let attention: Tensor   // [T, d]
     let xMid: Tensor        // [T, d]
     let hPre: Tensor        // [T, m]
-    var all: [Tensor] { [qkv, attention, xMid, hPre] }
+    let input: Tensor       // [T, d], the block's input x
+    var all: [Tensor] { [qkv, attention, xMid, hPre, input] }
 }
 
 /// Shared block scratch that a backward outside full fine-tuning may overwrite: no frozen
@@ -241,6 +257,7 @@ struct BlockScratch {
     var h: Tensor?       // [T, m], also the recomputed pre-activation
     var attention: Tensor?  // [T, d]
     var hPre: Tensor?    // [T, m], the forward's pre-activation before it is rounded (keepBF16)
+    var input: Tensor?   // [T, d], the block's input widened from its bf16 copy (keepBF16)
 }
 
 /// What the forward keeps for the backward outside full fine-tuning (see Activations).
@@ -252,8 +269,8 @@ public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
     /// 3-4x the saved activations).
     case keep
-    /// As keep, no GEMM rerun, with the kept tensors rounded to bfloat16 (u1 rebuilt by a
-    /// LayerNorm): about 0.6x keep's saved bytes; the backward reads values within bf16's
-    /// rounding of the fp32 ones, the forward and loss are exact.
+    /// As keep, no GEMM rerun, with the kept tensors (the block input among them) rounded to
+    /// bfloat16 and u1 rebuilt by a LayerNorm: about 0.55x keep's saved bytes; the backward
+    /// reads values within bf16's rounding of the fp32 ones, the forward and loss are exact.
     case keepBF16 = "keep-bf16"
 }

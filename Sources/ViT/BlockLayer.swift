@@ -64,7 +64,7 @@ struct BlockLayer {
             try engine.gemm(saved.h, weights.fc2.weight.value, into: output, transposeB: true, beta: 1, addend: saved.xMid,
                             bias: weights.fc2.bias.value)
         }
-        try saved.storeSixteenBit(engine)
+        try saved.storeSixteenBit(engine, input: x)
     }
 
     private func normalizeInput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations) throws {
@@ -148,7 +148,8 @@ struct BlockLayer {
                                      dGamma: norm.weight.gradient, dBeta: norm.bias.gradient, accumulateParameters: true)
     }
 
-    func backward(_ engine: Engine, input x: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
+    func backward(_ engine: Engine, input stream: Tensor, dx: Tensor, _ saved: BlockActivations, batch: Int) throws {
+        var x = stream
         switch saved.plan {
         case .recompute:
             // Everything but the block input, the attention output and lse lives in scratch shared
@@ -163,7 +164,7 @@ struct BlockLayer {
         case .keepBF16:
             // qkv, the attention output, xMid and the pre-activation from the block's bf16 copies;
             // u1 (read by the adapters' gradients) from LN1 again. u2 is read by no backward here.
-            try saved.loadSixteenBit(engine)
+            x = try saved.loadSixteenBit(engine) ?? stream
             try normalizeInput(engine, input: x, saved)
         case .keep:
             break
