@@ -54,34 +54,50 @@ __kernel void copy_2d(__global const float *x, const int x_offset, const int x_l
 // no cl_khr_fp16). fp16 through vstore_half_rte / vload_half; bf16 as the upper 16 bits of an
 // fp32: widening is a shift (exact), narrowing rounds to nearest even and keeps every NaN a
 // NaN (a payload in the low bits alone would otherwise round into an Inf or truncate to one).
+// Eight values per work-item as vectors (one per element ran at half a copy's rate on PoCL's
+// CPU device); the last n % 8 one by one. Global: ceil(n / 8).
+#define CONVERT_TAIL(statement) else for (int j = i; j < n; ++j) { statement; }
+
+inline ushort bf16_nearest_even(const uint bits)
+{
+    return (bits & 0x7fffffffu) > 0x7f800000u
+        ? (ushort)((bits >> 16) | 0x0040u)                                  // quiet NaN, sign kept
+        : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);          // nearest even
+}
+
 __kernel void narrow_f32_to_f16(__global const float *x, const int x_offset,
                                 __global half *y, const int y_offset, const int n)
 {
-    const int i = get_global_id(0);
-    if (i < n) vstore_half_rte(x[x_offset + i], y_offset + i, y);
+    const int i = get_global_id(0) * 8;
+    if (i + 8 <= n) vstore_half8_rte(vload8(0, x + x_offset + i), 0, y + y_offset + i);
+    CONVERT_TAIL(vstore_half_rte(x[x_offset + j], y_offset + j, y))
 }
 
 __kernel void widen_f16_to_f32(__global const half *x, const int x_offset,
                                __global float *y, const int y_offset, const int n)
 {
-    const int i = get_global_id(0);
-    if (i < n) y[y_offset + i] = vload_half(x_offset + i, x);
+    const int i = get_global_id(0) * 8;
+    if (i + 8 <= n) vstore8(vload_half8(0, x + x_offset + i), 0, y + y_offset + i);
+    CONVERT_TAIL(y[y_offset + j] = vload_half(x_offset + j, x))
 }
 
 __kernel void narrow_f32_to_bf16(__global const float *x, const int x_offset,
                                  __global ushort *y, const int y_offset, const int n)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    const uint bits = as_uint(x[x_offset + i]);
-    y[y_offset + i] = (bits & 0x7fffffffu) > 0x7f800000u
-        ? (ushort)((bits >> 16) | 0x0040u)                                  // quiet NaN, sign kept
-        : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);          // nearest even
+    const int i = get_global_id(0) * 8;
+    if (i + 8 <= n) {
+        const uint8 bits = as_uint8(vload8(0, x + x_offset + i));
+        const uint8 nearest = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+        const uint8 quiet = (bits >> 16) | 0x0040u;
+        vstore8(convert_ushort8(select(nearest, quiet, (bits & 0x7fffffffu) > (uint8)(0x7f800000u))), 0, y + y_offset + i);
+    }
+    CONVERT_TAIL(y[y_offset + j] = bf16_nearest_even(as_uint(x[x_offset + j])))
 }
 
 __kernel void widen_bf16_to_f32(__global const ushort *x, const int x_offset,
                                 __global float *y, const int y_offset, const int n)
 {
-    const int i = get_global_id(0);
-    if (i < n) y[y_offset + i] = as_float((uint)x[x_offset + i] << 16);
+    const int i = get_global_id(0) * 8;
+    if (i + 8 <= n) vstore8(as_float8(convert_uint8(vload8(0, x + x_offset + i)) << 16), 0, y + y_offset + i);
+    CONVERT_TAIL(y[y_offset + j] = as_float((uint)x[x_offset + j] << 16))
 }

@@ -63,7 +63,7 @@ extension Engine {
         try checkOperands("convert", [source], dtype: source.dtype)
         try checkOperands("convert", [destination], dtype: destination.dtype)
         guard source.count > 0 else { return }
-        try launch(name, in: "elementwise", global: [source.count], work: KernelWork(bytes: 6 * Double(source.count)),
+        try launch(name, in: "elementwise", global: [(source.count + 7) / 8], work: KernelWork(bytes: 6 * Double(source.count)),
                    source, destination, source.count)
     }
 
