@@ -207,7 +207,7 @@ extension Engine {
         let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
         // k-blocks store partial sums in C before the last block's epilogue reads the
         // derivative's input: when that input is C, it is read from a copy.
-        if blockLength < kTotal, let pre = p.preTensor, pre.buffer === p.output.tensor.buffer {
+        if blockLength < kTotal, let pre = p.preTensor, pre.buffer === p.output.tensor.buffer, pre.offset == p.output.tensor.offset {
             let copy = try empty(pre.shape)
             try self.copy(pre, into: copy)
             p.preTensor = copy
@@ -321,7 +321,8 @@ private struct GemmProblem {
         // The derivative's input may be C itself (dh written over the pre-activation it is the
         // derivative at): each element is read before the same work-item writes it. Any other
         // overlap with C would let one element's write clobber another's input.
-        if let preTensor, preTensor.buffer === c.buffer, preActivation != nil || preTensor.offset != c.offset {
+        if let preTensor, preTensor.buffer === c.buffer, preTensor.offset < c.offset + c.count, c.offset < preTensor.offset + preTensor.count,
+           preActivation != nil || preTensor.offset != c.offset {
             throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") overlaps C without being C")
         }
         if let addend, !hasCLayout(addend) {

@@ -187,11 +187,16 @@ struct GemmTests {
         let product = Reference.matmul(a, b, m: m, n: n, k: k)
         expectClose(try c.download(), (0..<m * n).map { product[$0] * Reference.geluDerivative(Double(pre[$0])) },
                     atol: Self.tolerance(k: k) * 1.2, rtol: 1e-5, "gemm * GELU'(C) into C, \(override)")
-        let wide = try engine.tensor(uniformValues(m * n + 1, seed: 10), shape: [m * n + 1])
+        let wide = try engine.tensor(uniformValues(2 * m * n, seed: 10) + pre, shape: [3 * m * n])
         #expect(throws: TensorError.self) {
             try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: try wide.view(offset: 0, shape: [m, n]),
                             times: ActivationDerivative(.gelu, at: try wide.view(offset: 1, shape: [m, n])))
         }
+        // Apart in one buffer is fine.
+        let apart = try wide.view(offset: 0, shape: [m, n])
+        try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [k, n]), into: apart,
+                        times: ActivationDerivative(.gelu, at: try wide.view(offset: 2 * m * n, shape: [m, n])))
+        #expect(try apart.download() == (try c.download()))
     }
 
     /// B's packed panels in a lent buffer: the same C bit for bit, one buffer fewer from the
