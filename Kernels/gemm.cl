@@ -55,6 +55,41 @@
 // With GELU or GELU_GRAD: CLIP's quick GELU x sigmoid(1.702 x) (and its derivative) instead.
 #define EPILOGUE_QUICK 16
 
+// The pre-activation (written by PRE, read by GELU_GRAD) is fp32, or with PRE_STORAGE 2 bf16:
+// keep-bf16's saved copy, rounded to nearest even as it is stored (a NaN stays a NaN) and
+// widened exactly as it is read, so no conversion pass runs over [T, m].
+#ifndef PRE_STORAGE
+#define PRE_STORAGE 0
+#endif
+#if PRE_STORAGE == 2
+#define PRE_ELEMENT ushort
+#define uintV CAT(uint, VW)
+#define as_uintV CAT(as_uint, VW)
+#define as_floatV CAT(as_float, VW)
+#define convert_uintV CAT(convert_uint, VW)
+#define convert_ushortV CAT(convert_ushort, VW)
+inline ushort pre_bf16(const float x)
+{
+    const uint bits = as_uint(x);
+    return (bits & 0x7fffffffu) > 0x7f800000u ? (ushort)((bits >> 16) | 0x0040u)
+                                              : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+#define PRE_STORE(x, p, i) ((p)[i] = pre_bf16(x))
+#define PRE_LOAD(p, i) as_float((uint)(p)[i] << 16)
+#define PRE_STORE_V(x, p) do { \
+        const uintV bits_ = as_uintV(x); \
+        const uintV nearest_ = (bits_ + 0x7fffu + ((bits_ >> 16) & 1u)) >> 16; \
+        vstoreV(convert_ushortV(select(nearest_, (bits_ >> 16) | 0x0040u, (bits_ & 0x7fffffffu) > (uintV)(0x7f800000u))), 0, (p)); \
+    } while (0)
+#define PRE_LOAD_V(p) as_floatV(convert_uintV(vloadV(0, (p))) << 16)
+#else
+#define PRE_ELEMENT float
+#define PRE_STORE(x, p, i) ((p)[i] = (x))
+#define PRE_LOAD(p, i) (p)[i]
+#define PRE_STORE_V(x, p) vstoreV((x), 0, (p))
+#define PRE_LOAD_V(p) vloadV(0, (p))
+#endif
+
 // Packing: one work-item copies one k-row of one panel (MR values of A, NR values of B).
 // Consecutive work-items take consecutive k, so both storage orders read cache-friendly
 // (a transposed operand reads MR or NR contiguous floats; a plain one reads MR or NR
@@ -251,14 +286,14 @@ inline floatV quick_gelu_grad_vector(const floatV x)
 // columns and by gemm_tiled.
 inline void store_epilogue(float x, const float beta, __global const float *S, const int s_at, const int flags,
                            __global float *C, const int c_at,
-                           __global const float *bias, const int bias_at, __global float *pre, const int pre_at)
+                           __global const float *bias, const int bias_at, __global PRE_ELEMENT *pre, const int pre_at)
 {
     if (beta != 0.0f) x += beta * S[s_at];
     if (flags & EPILOGUE_BIAS) x += bias[bias_at];
-    if (flags & EPILOGUE_PRE) pre[pre_at] = x;
+    if (flags & EPILOGUE_PRE) PRE_STORE(x, pre, pre_at);
     if (flags & EPILOGUE_GELU) x = (flags & EPILOGUE_QUICK) ? quick_gelu_scalar(x) : gelu_scalar(x);
     if (flags & EPILOGUE_GELU_GRAD) {
-        const float p = pre[pre_at];
+        const float p = PRE_LOAD(pre, pre_at);
         x *= (flags & EPILOGUE_QUICK) ? quick_gelu_grad_scalar(p) : gelu_grad_scalar(p);
     }
     C[c_at] = x;
@@ -288,7 +323,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
                           __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
                           const float alpha, const float beta,
                           __global const float *bias, const int bias_offset, const int flags,
-                          __global float *pre, const int pre_offset,
+                          __global PRE_ELEMENT *pre, const int pre_offset,
                           __global const float *A_rest, const int k_split,
                           __global const float *S, const int s_offset)
 {
@@ -354,10 +389,10 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
             if (column + VW <= N) {
                 if (beta != 0.0f) value += beta * vloadV(0, S + s_base + row * ldc + column);
                 if (flags & EPILOGUE_BIAS) value += vloadV(0, bias + bias_offset + column);
-                if (flags & EPILOGUE_PRE) vstoreV(value, 0, pre + pre_base + row * ldc + column);
+                if (flags & EPILOGUE_PRE) PRE_STORE_V(value, pre + pre_base + row * ldc + column);
                 if (flags & EPILOGUE_GELU) value = (flags & EPILOGUE_QUICK) ? quick_gelu_vector(value) : gelu_vector(value);
                 if (flags & EPILOGUE_GELU_GRAD) {
-                    const floatV p = vloadV(0, pre + pre_base + row * ldc + column);
+                    const floatV p = PRE_LOAD_V(pre + pre_base + row * ldc + column);
                     value *= (flags & EPILOGUE_QUICK) ? quick_gelu_grad_vector(p) : gelu_grad_vector(p);
                 }
                 vstoreV(value, 0, c_row);
@@ -563,7 +598,7 @@ void gemm_tiled(__global const float *Ap, __global const float *Bp, const int k_
                 __global float *C, const int c_offset, const int ldc, const int c_batch_stride,
                 const float alpha, const float beta,
                 __global const float *bias, const int bias_offset, const int flags,
-                __global float *pre, const int pre_offset,
+                __global PRE_ELEMENT *pre, const int pre_offset,
                 __global const float *S, const int s_offset)
 {
     __local float As[KWG * MWG];

@@ -189,7 +189,7 @@ extension Engine {
                                           m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0,
                                           workspace: p.workspace)
         let panelsA = try Self.packed(packedA)
-        let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
+        let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options + p.preStorageOption)
         try kernel.setArguments([
             .buffer(panelsA.buffer), .buffer(packedB.buffer), .int32(Int32(p.kTotal)),
             .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)),
@@ -220,7 +220,7 @@ extension Engine {
         // terms' A (the adapters' narrow ones) are packed.
         let directA = profile.directA && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
         let kSplit = directA ? p.aViews[0].columns : 0
-        let microOptions = directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options
+        let microOptions = (directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options) + p.preStorageOption
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
                                           batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: directA ? 1 : 0,
                                           workspace: p.workspace)
@@ -322,14 +322,14 @@ private struct GemmProblem {
         // derivative at): each element is read before the same work-item writes it. Any other
         // overlap with C would let one element's write clobber another's input.
         if let preTensor, preTensor.buffer === c.buffer, preTensor.offset < c.offset + c.count, c.offset < preTensor.offset + preTensor.count,
-           preActivation != nil || preTensor.offset != c.offset {
+           preActivation != nil || preTensor.offset != c.offset || preTensor.dtype != .float32 {
             throw TensorError.shapeMismatch(operation: operation, details: "\(preActivation != nil ? "preActivation" : "the activation derivative's input") overlaps C without being C")
         }
         if let addend, !hasCLayout(addend) {
             throw TensorError.shapeMismatch(operation: operation, details: "the addend \(addend.shape) does not have C's layout \(c.shape)")
         }
         // Operands may be stored in fp16, bf16 or int8 (frozen weights; widened as they are packed);
-        // C, the bias and the pre-activation are fp32.
+        // C, the bias and the addend are fp32, the pre-activation fp32 or bf16.
         let operands = terms.flatMap { [$0.a.tensor, $0.b.tensor] }
         let outputs = [c] + (bias.map { [$0] } ?? []) + (preTensor.map { [$0] } ?? []) + (addend.map { [$0] } ?? [])
         for tensor in operands + outputs {
@@ -342,7 +342,9 @@ private struct GemmProblem {
         for tensor in operands where !tensor.dtype.isFloatingPoint && !(tensor.dtype == .int8 && tensor.rowScales != nil) {
             try tensor.expect(.float32, operation)
         }
-        for tensor in outputs { try tensor.expect(.float32, operation) }
+        for tensor in [c] + (bias.map { [$0] } ?? []) + (addend.map { [$0] } ?? []) { try tensor.expect(.float32, operation) }
+        // The pre-activation may be bf16 (keep-bf16's saved copy: rounded as stored, widened as read).
+        if let preTensor, preTensor.dtype != .bfloat16 { try preTensor.expect(.float32, operation) }
         var flags: Int32 = 0
         if bias != nil { flags |= 1 }
         if activation != .none { flags |= 2 }
@@ -377,6 +379,9 @@ private struct GemmProblem {
         let source = first ? addend ?? output.tensor : output.tensor
         return [.buffer(source.buffer), .int32(Int32(source.offset))]
     }
+
+    /// The epilogue kernels' build option for a bf16 pre-activation (none for fp32).
+    var preStorageOption: String { preTensor?.dtype == .bfloat16 ? " -DPRE_STORAGE=2" : "" }
 
     /// Bias, flags and the pre-activation pointer (C stands in for absent ones).
     func epilogueArguments(flags: Int32) -> [KernelArgument] {

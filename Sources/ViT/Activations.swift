@@ -16,9 +16,10 @@ import Tensors
 /// keeps the backward's tensors as bfloat16 copies: the block input, qkv, the attention
 /// output, xMid and the pre-activation (6d + m values per token at 2 bytes, the bytes of 5d
 /// floats at m = 4d). The forward computes in fp32 scratch shared by all blocks (the residual
-/// stream alternates between two buffers) and rounds into the copies; the backward widens them
-/// back into the scratch and rebuilds u1 with LN1 (no GEMM). The forward and the loss are exactly the fp32 ones; only the backward
-/// reads rounded values (bf16 for its range: pre-activations and residual streams can exceed
+/// stream alternates between two buffers) and rounds into the copies, the pre-activation in
+/// fc1's epilogue; the backward widens them back into the scratch (fc2.dX's epilogue reads the
+/// pre-activation's as it is) and rebuilds u1 with LN1 (no GEMM). The forward and the loss are
+/// exactly the fp32 ones; only the backward reads rounded values (bf16 for its range: pre-activations and residual streams can exceed
 /// fp16's). Full fine-tuning keeps everything its weight gradients read. A linear probe's
 /// backward never enters the blocks, and a forward for evaluation has no backward: then all
 /// blocks share one set of block tensors and the residual stream alternates between two buffers.
@@ -101,10 +102,7 @@ final class Activations {
                 scratch.qkv = try engine.empty([t, 3 * d])
                 scratch.xMid = try engine.empty([t, d])
             }
-            if plan == .keepBF16 {
-                scratch.attention = try engine.empty([t, d])
-                scratch.hPre = try engine.empty([t, config.mlpWidth])
-            }
+            if plan == .keepBF16 { scratch.attention = try engine.empty([t, d]) }
             blocks = try (0..<config.layers).map { _ in
                 try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch,
                                      scratch: scratch, plan: plan)
@@ -142,12 +140,13 @@ final class BlockActivations {
     let lse: Tensor                                   // [B, H, N]
     let xMid: Tensor                                  // [T, d] after the attention residual
     let u2: Tensor, mean2: Tensor, rstd2: Tensor      // LN2
-    let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU
+    let hPre: Tensor, h: Tensor                       // [T, m] before and after GELU (hPre bf16 under keepBF16)
 
     /// recompute: u1, qkv, xMid, u2 and the fc1 pre-activation are in shared scratch and the
     /// backward rebuilds them; hPre then shares h's buffer (the forward does not write it, and
     /// the backward no longer needs h: fc2 is frozen). keepBF16: the same tensors are scratch
-    /// (attention and hPre too), and `sixteenBit` holds the block's own rounded copies.
+    /// (attention too) and `sixteenBit` holds the block's own rounded copies, but hPre is the
+    /// block's own bf16 tensor, written and read by the fc1 and fc2.dX epilogues.
     let plan: ActivationMemory
     let sixteenBit: SixteenBitActivations?
     /// keepBF16: shared scratch the block's input is widened into for the backward.
@@ -181,20 +180,19 @@ final class BlockActivations {
         mean2 = try engine.empty([t])
         rstd2 = try engine.empty([t])
         h = try scratch.h ?? engine.empty([t, m])
+        sixteenBit = plan == .keepBF16
+            ? SixteenBitActivations(qkv: try engine.empty([t, 3 * d], dtype: .bfloat16), attention: try engine.empty([t, d], dtype: .bfloat16),
+                                    xMid: try engine.empty([t, d], dtype: .bfloat16), input: try engine.empty([t, d], dtype: .bfloat16))
+            : nil
         switch plan {
         case .recompute: hPre = h
-        case .keepBF16: hPre = try scratch.hPre ?? engine.empty([t, m])
+        // fc1's epilogue rounds it into the block's bf16 tensor and fc2.dX's widens it: no fp32 copy.
+        case .keepBF16: hPre = try engine.empty([t, m], dtype: .bfloat16)
         case .keep: hPre = try engine.empty([t, m])
         }
         self.plan = plan
         widenedInput = plan == .keepBF16 ? try scratch.input ?? engine.empty([t, d]) : nil
-        backwardScratch = method == .full ? nil
-            : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid, spareMLP: plan == .keepBF16 ? hPre : nil)
-        sixteenBit = plan == .keepBF16
-            ? SixteenBitActivations(qkv: try engine.empty([t, 3 * d], dtype: .bfloat16), attention: try engine.empty([t, d], dtype: .bfloat16),
-                                    xMid: try engine.empty([t, d], dtype: .bfloat16), hPre: try engine.empty([t, m], dtype: .bfloat16),
-                                    input: try engine.empty([t, d], dtype: .bfloat16))
-            : nil
+        backwardScratch = method == .full ? nil : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid)
     }
 
     /// Where the qkv and proj products (forward, rerun and input gradients) pack their
@@ -216,7 +214,7 @@ final class BlockActivations {
         return widenedInput
     }
 
-    private var fullPrecision: [Tensor] { [qkv, attention, xMid, hPre] }
+    private var fullPrecision: [Tensor] { [qkv, attention, xMid] }
 }
 
 /// A block's bfloat16 copies of the tensors its backward reads (the keepBF16 plan).
@@ -224,9 +222,8 @@ struct SixteenBitActivations {
     let qkv: Tensor         // [T, 3d]
     let attention: Tensor   // [T, d]
     let xMid: Tensor        // [T, d]
-    let hPre: Tensor        // [T, m]
     let input: Tensor       // [T, d], the block's input x
-    var all: [Tensor] { [qkv, attention, xMid, hPre, input] }
+    var all: [Tensor] { [qkv, attention, xMid, input] }
 }
 
 /// Shared block scratch that a backward outside full fine-tuning may overwrite: no frozen
@@ -241,11 +238,9 @@ struct BackwardScratch {
     let narrow: Tensor    // [T, d]
     /// [T, d], when xMid is shared scratch (recompute, keep-bf16); keep's own xMid stays intact.
     let mid: Tensor?
-    /// [T, m]: keep-bf16's widened pre-activation, last read by fc2.dX.
-    let spareMLP: Tensor?
 
     /// What the attention backward may use for its temporaries (after the MLP's backward).
-    var attentionWorkspace: Workspace { Workspace(lending: [mlp, narrow] + (spareMLP.map { [$0] } ?? [])) }
+    var attentionWorkspace: Workspace { Workspace(lending: [mlp, narrow]) }
 }
 
 /// Block intermediates shared by all blocks (nil: each block has its own).
@@ -256,7 +251,6 @@ struct BlockScratch {
     var u2: Tensor?      // [T, d]
     var h: Tensor?       // [T, m], also the recomputed pre-activation
     var attention: Tensor?  // [T, d]
-    var hPre: Tensor?    // [T, m], the forward's pre-activation before it is rounded (keepBF16)
     var input: Tensor?   // [T, d], the block's input widened from its bf16 copy (keepBF16)
 }
 

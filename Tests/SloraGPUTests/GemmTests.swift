@@ -199,6 +199,31 @@ struct GemmTests {
         #expect(try apart.download() == (try c.download()))
     }
 
+    /// A bf16 pre-activation (keep-bf16's saved copy): written rounded to nearest even, bit for
+    /// bit the fp32 pre-activation's rounding, with the output the fp32 one; and read by the
+    /// derivative epilogue exactly as the same values widened to fp32, on the CPU kernel (vector
+    /// and edge columns, k-blocks) and the GPU tiles.
+    @Test(arguments: ["", "KC=16", "tiled"])
+    func preActivationStoredInBF16(override: String) throws {
+        let engine = try Self.engine(override)
+        let (m, n, k) = (37, 53, 40)
+        let x = try engine.tensor(uniformValues(m * k, seed: 30, scale: 2), shape: [m, k])
+        let w = try engine.tensor(uniformValues(n * k, seed: 31), shape: [n, k]), bias = try engine.tensor(uniformValues(n, seed: 32), shape: [n])
+        let out32 = try engine.empty([m, n]), pre32 = try engine.empty([m, n])
+        try engine.gemm(x, w, into: out32, transposeB: true, bias: bias, activation: .gelu, preActivation: pre32)
+        let out16 = try engine.empty([m, n]), pre16 = try engine.empty([m, n], dtype: .bfloat16)
+        try engine.gemm(x, w, into: out16, transposeB: true, bias: bias, activation: .gelu, preActivation: pre16)
+        #expect(try out16.download() == (try out32.download()))
+        let rounded = try pre32.download().map { BFloat16($0).float }
+        #expect(try pre16.download() == rounded)
+
+        let g = try engine.tensor(uniformValues(m * k, seed: 33), shape: [m, k])
+        let dh16 = try engine.empty([m, n]), dh32 = try engine.empty([m, n])
+        try engine.gemm(g, w, into: dh16, transposeB: true, times: ActivationDerivative(.gelu, at: pre16))
+        try engine.gemm(g, w, into: dh32, transposeB: true, times: ActivationDerivative(.gelu, at: try engine.tensor(rounded, shape: [m, n])))
+        #expect(try dh16.download() == (try dh32.download()))
+    }
+
     /// B's packed panels in a lent buffer: the same C bit for bit, one buffer fewer from the
     /// pool; a lent view that does not start its buffer is left alone (the kernels address
     /// the panels from the buffer's start), as is a buffer too small.
