@@ -19,8 +19,8 @@ import Tensors
 /// stream alternates between two buffers) and rounds into the copies, the pre-activation in
 /// fc1's epilogue; the backward widens them back into the scratch (fc2.dX's epilogue reads the
 /// pre-activation's as it is) and rebuilds u1 with LN1 (no GEMM). The forward and the loss are
-/// exactly the fp32 ones; only the backward reads rounded values (bf16 for its range: pre-activations and residual streams can exceed
-/// fp16's). Full fine-tuning keeps everything its weight gradients read. A linear probe's
+/// exactly the fp32 ones; only the backward reads rounded values (bf16 for its range:
+/// pre-activations and residual streams can exceed fp16's). Full fine-tuning keeps everything its weight gradients read. A linear probe's
 /// backward never enters the blocks, and a forward for evaluation has no backward: then all
 /// blocks share one set of block tensors and the residual stream alternates between two buffers.
 final class Activations {
@@ -195,9 +195,10 @@ final class BlockActivations {
         backwardScratch = method == .full ? nil : BackwardScratch(mlp: h, narrow: u2, mid: scratch.xMid)
     }
 
-    /// Where the qkv and proj products (forward, rerun and input gradients) pack their
-    /// operands: h, which none of them reads or writes, outside full fine-tuning.
-    var packingWorkspace: Workspace? { backwardScratch.map { Workspace(lending: [$0.mlp]) } }
+    /// h lent, outside full fine-tuning, to the qkv and proj products (forward, rerun and input
+    /// gradients) for their packed weights and to the attention forward for K's transpose:
+    /// none of them reads or writes h.
+    var workspaceInH: Workspace? { backwardScratch.map { Workspace(lending: [$0.mlp]) } }
 
     /// keepBF16, end of the block's forward: round what the backward reads, the block's input
     /// x among it, into the block's copies.

@@ -49,10 +49,8 @@ struct BlockLayer {
 
     func forward(_ engine: Engine, input x: Tensor, output: Tensor, _ saved: BlockActivations, batch: Int) throws {
         try projectQKV(engine, input: x, saved)
-        // h is written only later, by fc1.
         try engine.attentionForward(attentionShape(batch), q: try heads(saved.qkv, 0), k: try heads(saved.qkv, 1), v: try heads(saved.qkv, 2),
-                                    output: saved.attention, lse: saved.lse,
-                                    workspace: saved.backwardScratch.map { Workspace(lending: [$0.mlp]) })
+                                    output: saved.attention, lse: saved.lse, workspace: saved.workspaceInH)
         try projectOutput(engine, input: x, saved)
         try normalizeMid(engine, saved)
         // When the backward recomputes the pre-activation, hPre shares h's buffer: not written here.
@@ -104,11 +102,11 @@ struct BlockLayer {
             }
             try engine.withProfileScope(rebuilding ? nil : ProfileScope.fusedQKV) {
                 try engine.gemm(sum: [GemmTerm(saved.u1, wqkv, transposeB: true), GemmTerm(t, c, transposeB: true, scale: method.scale)],
-                                into: saved.qkv, bias: bqkv, workspace: saved.packingWorkspace)
+                                into: saved.qkv, bias: bqkv, workspace: saved.workspaceInH)
             }
             return
         }
-        try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv, workspace: saved.packingWorkspace)
+        try engine.gemm(saved.u1, wqkv, into: saved.qkv, transposeB: true, bias: bqkv, workspace: saved.workspaceInH)
         try engine.withProfileScope(ProfileScope.adapter) {
             for (target, pair) in weights.lora {
                 guard let part = target.qkvIndex else { continue }
@@ -124,7 +122,7 @@ struct BlockLayer {
     private func projectOutput(_ engine: Engine, input x: Tensor, _ saved: BlockActivations, rebuilding: Bool = false) throws {
         try engine.withProfileScope(rebuilding ? nil : ProfileScope.proj) {
             try engine.gemm(saved.attention, weights.proj.weight.value, into: saved.xMid, transposeB: true, beta: 1, addend: x,
-                            bias: weights.proj.bias.value, workspace: saved.packingWorkspace)
+                            bias: weights.proj.bias.value, workspace: saved.workspaceInH)
         }
         if let pair = weights.loraO {
             let t = try required(saved.loraT[.o], "t for LoRA o")
@@ -221,7 +219,7 @@ struct BlockLayer {
             }
             terms.append(GemmTerm(g, pair.a, scale: s))                                              // da += s g A
         }
-        try engine.withProfileScope(ProfileScope.projInput) { try engine.gemm(sum: terms, into: dAttention, workspace: saved.packingWorkspace) }
+        try engine.withProfileScope(ProfileScope.projInput) { try engine.gemm(sum: terms, into: dAttention, workspace: saved.workspaceInH) }
         return dAttention
     }
 
@@ -272,7 +270,7 @@ struct BlockLayer {
         try linearWeightGradients(engine, weights.qkv, dY: dqkv, x: saved.u1)
         // With the adapters' terms this is one reduction over 3d + (number of adapters) r.
         try engine.withProfileScope(inputTerms.count > 1 ? ProfileScope.fusedInput : nil) {
-            try engine.gemm(sum: inputTerms, into: du, workspace: saved.packingWorkspace)
+            try engine.gemm(sum: inputTerms, into: du, workspace: saved.workspaceInH)
         }
         try layerNormBackward(engine, weights.norm1, du: du, x: x, mean: saved.mean1, rstd: saved.rstd1, dx: dx)
     }
