@@ -93,6 +93,7 @@ public final class Workspace {
     /// yet, or nil: for kernels that address an operand from its buffer's start (the GEMM's
     /// packed panels).
     func tensorAtBufferStart(_ engine: Engine, _ shape: [Int]) throws -> Tensor? {
+        try Tensor.validate(shape)
         let count = shape.reduce(1, *)
         guard let index = lent.indices.first(where: {
             lent[$0].tensor.engine === engine && lent[$0].tensor.offset == 0 && lent[$0].used == 0 && count <= lent[$0].tensor.count
@@ -103,13 +104,14 @@ public final class Workspace {
 
     /// A float32 tensor of `shape` with undefined contents.
     public func tensor(_ engine: Engine, _ shape: [Int]) throws -> Tensor {
+        try Tensor.validate(shape)
         let count = shape.reduce(1, *)
         for index in lent.indices where lent[index].tensor.engine === engine {
             let start = roundUp(lent[index].used, Self.alignment)
             // The lent tensor's own offset may not be aligned; align the absolute position.
             let misalignment = (lent[index].tensor.offset + start) % Self.alignment
             let begin = misalignment == 0 ? start : start + Self.alignment - misalignment
-            guard begin + count <= lent[index].tensor.count else { continue }
+            guard begin <= lent[index].tensor.count, count <= lent[index].tensor.count - begin else { continue }
             lent[index].used = begin + count
             return try lent[index].tensor.view(offset: begin, shape: shape)
         }
