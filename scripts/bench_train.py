@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--method", default="serial")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--activations", default="recompute", help="sloragpu's activation plan: recompute (the default), keep-bf16 or keep")
+    parser.add_argument("--activations", default="selective", help="sloragpu's activation plan: selective (the default), recompute, keep-bf16 or keep")
     parser.add_argument("--weights", default="fp16", help="sloragpu's frozen-weight storage: fp32, fp16, bf16 or int8")
     parser.add_argument("--torch", default="fp32,bf16", help="PyTorch variants, comma-separated: fp32 (eager) and bf16 (autocast)")
     parser.add_argument("--autocast", default="fp32", help=argparse.SUPPRESS)

@@ -4,15 +4,19 @@ import Tensors
 /// What the forward saves for the backward, for one batch size; allocated once per batch size
 /// and reused across steps. T = B * N tokens, d width, m MLP width, r rank.
 ///
-/// Outside full fine-tuning no weight gradient needs the block's intermediates, so each block
-/// keeps only its input (xs), the attention output a [T, d] and lse [B, H, N]: 2d floats per
+/// Outside full fine-tuning no weight gradient needs the block's intermediates, so under
+/// `ActivationMemory.recompute` each block keeps only its input (xs), the attention output
+/// a [T, d] and lse [B, H, N]: 2d floats per
 /// token instead of 10d + 4m. The backward rebuilds u1, qkv, xMid, u2 and the fc1
 /// pre-activation in scratch shared by all blocks, rerunning the forward's kernels (the qkv,
 /// proj and fc1 GEMMs and two LayerNorms per block, about 20% of a ViT-S step; the attention
 /// and the adapters' t and C are never rerun). On ViT-B/16 at 224 px, batch 8, that is 187 MB
 /// saved instead of 427 MB. `ActivationMemory.keep` trades that back: blocks keep u1, qkv, xMid
 /// and the pre-activation (11d floats per token) and nothing is recomputed; only u2 and h,
-/// which no backward of these methods reads, stay shared. `keepBF16` reruns no GEMM either but
+/// which no backward of these methods reads, stay shared. `selective` (the default) sits
+/// between them: blocks keep qkv and the pre-activation (9d floats per token), the outputs of
+/// the two dearest reruns, and the backward rebuilds u1 with LN1 and xMid with the proj GEMM
+/// (0.5x PyTorch's peak at keep's speed within 3% on ViT-S). `keepBF16` reruns no GEMM either but
 /// keeps the backward's tensors as bfloat16 copies: the block input, qkv, the attention
 /// output, xMid and the pre-activation (6d + m values per token at 2 bytes, the bytes of 5d
 /// floats at m = 4d). The forward computes in fp32 scratch shared by all blocks (the residual
@@ -97,11 +101,9 @@ final class Activations {
                 scratch.u2 = try engine.empty([t, d])
                 scratch.h = try engine.empty([t, config.mlpWidth])
             }
-            if plan != .keep {
-                scratch.u1 = try engine.empty([t, d])
-                scratch.qkv = try engine.empty([t, 3 * d])
-                scratch.xMid = try engine.empty([t, d])
-            }
+            if !plan.keepsOwn(.normalizedInput) { scratch.u1 = try engine.empty([t, d]) }
+            if !plan.keepsOwn(.qkv) { scratch.qkv = try engine.empty([t, 3 * d]) }
+            if !plan.keepsOwn(.mid) { scratch.xMid = try engine.empty([t, d]) }
             if plan == .keepBF16 { scratch.attention = try engine.empty([t, d]) }
             blocks = try (0..<config.layers).map { _ in
                 try BlockActivations(engine: engine, config: config, method: method, tokens: t, batch: batch,
@@ -188,7 +190,7 @@ final class BlockActivations {
         case .recompute: hPre = h
         // fc1's epilogue rounds it into the block's bf16 tensor and fc2.dX's widens it: no fp32 copy.
         case .keepBF16: hPre = try engine.empty([t, m], dtype: .bfloat16)
-        case .keep: hPre = try engine.empty([t, m])
+        case .keep, .selective: hPre = try engine.empty([t, m])
         }
         self.plan = plan
         widenedInput = plan == .keepBF16 ? try scratch.input ?? engine.empty([t, d]) : nil
@@ -258,8 +260,8 @@ struct BlockScratch {
 /// What the forward keeps for the backward outside full fine-tuning (see Activations).
 public enum ActivationMemory: String, Sendable, CaseIterable {
     /// Blocks keep their input, attention output and lse; the backward reruns the qkv, proj
-    /// and fc1 GEMMs and two LayerNorms per block (the library's default, exact: the least
-    /// memory, 0.25-0.3x PyTorch's peak; the CLI's default too).
+    /// and fc1 GEMMs and two LayerNorms per block (exact: the least memory, 0.25-0.3x
+    /// PyTorch's peak, for about 20% fewer images/s than selective).
     case recompute
     /// Blocks keep everything the backward reads; nothing is rerun (about 25% more images/s for
     /// 3-4x the saved activations).
@@ -268,4 +270,21 @@ public enum ActivationMemory: String, Sendable, CaseIterable {
     /// bfloat16 and u1 rebuilt by a LayerNorm: about 0.55x keep's saved bytes; the backward
     /// reads values within bf16's rounding of the fp32 ones, the forward and loss are exact.
     case keepBF16 = "keep-bf16"
+    /// The library's and the CLI's default. Blocks keep the two GEMM outputs that cost most to
+    /// rerun, qkv and fc1's pre-activation, besides their input and attention output (9d floats
+    /// per token at m = 4d, against keep's 11d and recompute's 2d); the backward reruns LN1 and
+    /// the proj GEMM (xMid), a twelfth of the block's forward products. Exact: gives keep's
+    /// gradients bit for bit.
+    case selective
+
+    /// The block tensors a plan keeps per block in fp32 (the others live in shared scratch and
+    /// the backward rebuilds them, or widens them from 16-bit copies).
+    enum BlockTensor { case normalizedInput, qkv, mid }
+
+    func keepsOwn(_ tensor: BlockTensor) -> Bool {
+        switch (self, tensor) {
+        case (.keep, _), (.selective, .qkv): true
+        default: false
+        }
+    }
 }

@@ -164,6 +164,13 @@ struct BlockLayer {
             // u1 (read by the adapters' gradients) from LN1 again. u2 is read by no backward here.
             x = try saved.loadSixteenBit(engine) ?? stream
             try normalizeInput(engine, input: x, saved)
+        case .selective:
+            // qkv and the pre-activation are the block's own; u1 (the adapters' gradients read
+            // it) and xMid (LN2's backward reads it) are rebuilt, proj with its LoRA o term.
+            try engine.withProfileScope(ProfileScope.recompute) {
+                try normalizeInput(engine, input: x, saved)
+                try projectOutput(engine, input: x, saved, rebuilding: true)
+            }
         case .keep:
             break
         }
@@ -191,9 +198,9 @@ struct BlockLayer {
         try engine.withProfileScope(ProfileScope.fc2Input) {
             try engine.gemm(dx, weights.fc2.weight.value, into: dh, times: ActivationDerivative(activation, at: saved.hPre))
         }
-        // u2 is rebuilt only by the recompute plan; keep-bf16 leaves stale scratch there (only
-        // full fine-tuning trains fc1, and it always keeps).
-        guard saved.plan != .keepBF16 || weights.fc1.weight.gradient == nil else {
+        // u2 is rebuilt only by the recompute plan; keep-bf16 and selective leave stale scratch
+        // there (only full fine-tuning trains fc1, and it always keeps).
+        guard saved.plan == .keep || saved.plan == .recompute || weights.fc1.weight.gradient == nil else {
             throw TensorError.shapeMismatch(operation: "BlockLayer.backward", details: "fc1 trains but u2 was not kept (a bug)")
         }
         try linearWeightGradients(engine, weights.fc1, dY: dh, x: saved.u2)

@@ -17,9 +17,9 @@ public final class ViTModel {
     /// `BaseFingerprint` of the backbone as loaded, recorded in the adapters this model saves.
     public var baseFingerprint: String?
 
-    /// Recompute block intermediates in the backward (default), keep them, or keep them in
-    /// bfloat16 (ActivationMemory); changing it drops the current activations.
-    public var activationMemory: ActivationMemory = .recompute {
+    /// Which block intermediates the forward keeps and the backward reruns (ActivationMemory;
+    /// default selective, exact); changing it drops the current activations.
+    public var activationMemory: ActivationMemory = .selective {
         didSet { if activationMemory != oldValue { saved = nil } }
     }
 

@@ -197,8 +197,8 @@ struct TrainBench: ParsableCommand {
     var steps = 5
     @Option(help: "Untimed warm-up steps.")
     var warmup = 2
-    @Option(help: "The activation plan: recompute (train's default), keep-bf16 or keep (see train --help).")
-    var activations: ActivationMemory = .recompute
+    @Option(help: "The activation plan: selective (train's default), recompute, keep-bf16 or keep (see train --help).")
+    var activations: ActivationMemory = .selective
     @OptionGroup var weights: WeightStorageOption
     @Flag(help: "Print device time per kernel over the timed steps.")
     var profile = false

@@ -24,8 +24,8 @@ struct KernelsCommand: ParsableCommand {
     var method = "serial"
     @Option(help: "Adapter rank.")
     var rank = 8
-    @Option(help: "recompute (train's default), keep-bf16 or keep (the activation plan of the training to warm).")
-    var activations: ActivationMemory = .recompute
+    @Option(help: "selective (train's default), recompute, keep-bf16 or keep (the activation plan of the training to warm).")
+    var activations: ActivationMemory = .selective
     @OptionGroup var weights: WeightStorageOption
     @Option(help: "Classes of the head (the skinny head GEMMs are built per class count).")
     var classes = 10

@@ -91,8 +91,8 @@ struct TrainCommand: ParsableCommand {
         var peftNaming: PEFTNaming = .transformers5
         @Option(help: "Output directory (default runs/METHOD).")
         var output: String?
-        @Option(help: "recompute (the default): blocks keep 2 of their tensors and the backward reruns 3 GEMMs per block (exact, least memory); keep-bf16: the backward reruns no GEMM (only LN1) and reads the tensors it needs from bfloat16 copies (about 20% more images/s for about 40% more peak memory; the forward and loss exact, the gradients within bf16 rounding: the default job measured 0.1-0.3 points lower); keep: no rerun, all in fp32, about 1.7x keep-bf16's saved bytes. Full fine-tuning always keeps.")
-        var activations: ActivationMemory = .recompute
+        @Option(help: "selective (the default): blocks keep their input, qkv, the attention output and fc1's pre-activation, and the backward reruns only LN1 and the proj GEMM (exact; about 0.5x PyTorch fp32's peak memory); recompute: blocks keep only their input and attention output and the backward reruns 3 GEMMs per block (exact, the least memory: about 0.55x selective's peak for about 20% fewer images/s); keep-bf16: the backward reruns no GEMM (only LN1) and reads the tensors it needs from bfloat16 copies (about selective's speed at 0.75x its peak; the forward and loss exact, the gradients within bf16 rounding: the default job measured 0.38 points lower over three seeds); keep: no rerun, all in fp32, the most memory. Full fine-tuning always keeps.")
+        var activations: ActivationMemory = .selective
 
         /// Ranges before any arithmetic: every later size, loop and division relies on these.
         /// NaN fails each comparison, so it is refused everywhere.

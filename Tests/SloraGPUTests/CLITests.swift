@@ -144,15 +144,15 @@ struct TrainingCLITests {
         let eval = try runSloragpu(["eval", "--adapter", output.appendingPathComponent("adapter.safetensors").path, "--model", fixtureModel,
                                     "--data", "synthetic", "--weights", "bf16"])
         #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
-        // Without --weights and --activations the defaults (fp16, recompute) are recorded; a
+        // Without --weights and --activations the defaults (fp16, selective) are recorded; a
         // run.json from before they were recorded resumes in fp32, recompute and lr 1e-3, as it trained.
         let plain = try makeTemporaryDirectory()
         let first = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--output", plain.path])
         #expect(first.status == 0 && first.standardOutput.contains("frozen weights in fp16")
-                && first.standardOutput.contains("activations recompute") && first.standardOutput.contains("adamw lr 0.003,"), "\(first.standardOutput)\(first.standardError)")
+                && first.standardOutput.contains("activations selective") && first.standardOutput.contains("adamw lr 0.003,"), "\(first.standardOutput)\(first.standardError)")
         let runFile = plain.appendingPathComponent("run.json")
         var recorded = try JSONDecoder().decode([String].self, from: Data(contentsOf: runFile))
-        #expect(recorded.suffix(6) == ["--weights", "fp16", "--activations", "recompute", "--lr", "0.003"])
+        #expect(recorded.suffix(6) == ["--weights", "fp16", "--activations", "selective", "--lr", "0.003"])
         recorded.removeLast(6)
         recorded = recorded.map { $0 == "2" ? "3" : $0 }   // one more step to resume into
         try JSONEncoder().encode(recorded).write(to: runFile)
