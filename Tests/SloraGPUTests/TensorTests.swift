@@ -102,6 +102,26 @@ struct TensorTests {
         }
         #expect(BufferPool.sizeClass(for: 12_779_520) == 13_631_488)  // a ViT-S MLP activation: 13 x 2^20
     }
+
+    /// A workspace carves aligned, disjoint views from what it is lent, takes a buffer of its
+    /// own when the rest does not fit, and refuses a shape that is empty, has a non-positive
+    /// dimension or whose element count overflows (a library caller's shape) with an error, not a trap.
+    @Test func workspaceCarvesAlignedDisjointViewsAndRefusesBadShapes() throws {
+        let engine = try makeEngine()
+        let lentTensor = try engine.empty([1000]).view(offset: 3, shape: [500])
+        let workspace = Workspace(lending: [lentTensor])
+        let first = try workspace.tensor(engine, [10, 10]), second = try workspace.tensor(engine, [7])
+        for view in [first, second] {
+            #expect(view.buffer === lentTensor.buffer && view.offset % 64 == 0, "offset \(view.offset)")
+        }
+        #expect(second.offset >= first.offset + first.count, "the views overlap")
+        let tooLarge = try workspace.tensor(engine, [400])
+        #expect(tooLarge.buffer !== lentTensor.buffer)
+        for shape in [[], [0], [4, -1], [Int.max, 2], [1 << 32, 1 << 32]] {
+            #expect(throws: TensorError.self, "shape \(shape)") { try workspace.tensor(engine, shape) }
+            #expect(throws: TensorError.self, "shape \(shape)") { try workspace.tensorAtBufferStart(engine, shape) }
+        }
+    }
 }
 
 @Suite("Elementwise kernels")
