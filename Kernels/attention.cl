@@ -304,6 +304,12 @@ __kernel void attention_backward_dkv_block(__global const float *q, const int q_
 #endif
 #define KW 16
 #define ODV (DH / VW)
+// Output vectors per pass of the tiled kernels' accumulation loops (a divisor of ODV): with
+// XP < ODV a pass keeps MQ x XP (MK x XP) accumulators in registers over a block's keys
+// (queries) instead of all MQ x ODV, which overflow AVX2's 16 registers; XP = ODV is one pass.
+#ifndef XP
+#define XP ODV
+#endif
 #define floatV QCAT(float, VW)
 #define vloadV QCAT(vload, VW)
 #define vstoreV QCAT(vstore, VW)
@@ -399,13 +405,18 @@ __kernel void attention_forward_tiled(__global const float *q, const int q_offse
             for (int x = 0; x < ODV; ++x) acc[r][x] *= correction;
             vstore16(p, 0, p_tile[r]);
         }
-        for (int jj = 0; jj < count; ++jj) {
-            const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, j0 + jj, h);
-            #pragma unroll
-            for (int x = 0; x < ODV; ++x) {
-                const floatV value = vloadV(x, v_row);
+        // Feature vectors outermost, XP at a time: a pass keeps MQ x XP accumulators in registers
+        // over the block's keys (each accumulator still sums its keys in order).
+        #pragma unroll
+        for (int x = 0; x < ODV; x += XP) {
+            for (int jj = 0; jj < count; ++jj) {
+                const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, j0 + jj, h);
                 #pragma unroll
-                for (int r = 0; r < MQ; ++r) acc[r][x] = fma((floatV)(p_tile[r][jj]), value, acc[r][x]);
+                for (int xx = 0; xx < XP; ++xx) {
+                    const floatV value = vloadV(x + xx, v_row);
+                    #pragma unroll
+                    for (int r = 0; r < MQ; ++r) acc[r][x + xx] = fma((floatV)(p_tile[r][jj]), value, acc[r][x + xx]);
+                }
             }
         }
     }
@@ -544,16 +555,20 @@ __kernel void attention_backward_dkv_tiled(__global const float *q, const int q_
             vstore16(ds, 0, ds_tile[r]);
             if (store_ds && j0 + r < N) vstore16(ds, 0, ds_t + ds_offset + ((size_t)(b * H + h) * N + j0 + r) * NP + i0);
         }
-        for (int ii = 0; ii < count; ++ii) {
-            const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, i0 + ii, h);
-            const __global float *do_row = ROW(d_o, d_o_offset, ld_o, b, N, i0 + ii, h);
-            #pragma unroll
-            for (int x = 0; x < ODV; ++x) {
-                const floatV query = vloadV(x, q_row), gradient = vloadV(x, do_row);
+        // As in the forward: feature vectors outermost, XP at a time.
+        #pragma unroll
+        for (int x = 0; x < ODV; x += XP) {
+            for (int ii = 0; ii < count; ++ii) {
+                const __global float *q_row = ROW(q, q_offset, ld_qkv, b, N, i0 + ii, h);
+                const __global float *do_row = ROW(d_o, d_o_offset, ld_o, b, N, i0 + ii, h);
                 #pragma unroll
-                for (int r = 0; r < MK; ++r) {
-                    dv_acc[r][x] = fma((floatV)(p_tile[r][ii]), gradient, dv_acc[r][x]);
-                    dk_acc[r][x] = fma((floatV)(ds_tile[r][ii]), query, dk_acc[r][x]);
+                for (int xx = 0; xx < XP; ++xx) {
+                    const floatV query = vloadV(x + xx, q_row), gradient = vloadV(x + xx, do_row);
+                    #pragma unroll
+                    for (int r = 0; r < MK; ++r) {
+                        dv_acc[r][x + xx] = fma((floatV)(p_tile[r][ii]), gradient, dv_acc[r][x + xx]);
+                        dk_acc[r][x + xx] = fma((floatV)(ds_tile[r][ii]), query, dk_acc[r][x + xx]);
+                    }
                 }
             }
         }

@@ -89,12 +89,24 @@ public enum AttentionPath: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers; AVX2 has
-    /// 16 ymm registers, and 2 queries (keys) of 8-float vectors measured fastest there
-    /// (docs/BENCHMARKS.md).
+    /// AVX-512 (16 floats) holds a 4-query tile's accumulators in its 32 zmm registers. AVX2 has
+    /// 16 ymm registers: its kernels accumulate two output vectors per pass (`accumulationPasses`),
+    /// and then 4 queries and 3 keys of 8-float vectors measured fastest (docs/BENCHMARKS.md).
     public static func cpu(preferredVectorWidth: Int) -> AttentionPath {
-        let width = GemmProfile.cpuVectorWidth(preferred: preferredVectorWidth)
-        return width == 16 ? .tiled(queries: 4, keys: 4, vectorWidth: 16) : .tiled(queries: 2, keys: 2, vectorWidth: width)
+        switch GemmProfile.cpuVectorWidth(preferred: preferredVectorWidth) {
+        case 16: .tiled(queries: 4, keys: 4, vectorWidth: 16)
+        case 8: .tiled(queries: 4, keys: 3, vectorWidth: 8)
+        case let width: .tiled(queries: 2, keys: 2, vectorWidth: width)
+        }
+    }
+
+    /// Output vectors each pass of the tiled kernels' accumulation loops keeps in registers (XP):
+    /// two with 8-float vectors (measured on AVX2: the backward 10-16% faster than one pass over
+    /// all DH / 8), one pass of all of them at the other widths, where it was not measured.
+    static func accumulationPasses(headDimension: Int, vectorWidth: Int) -> Int {
+        let vectors = headDimension / vectorWidth
+        guard vectorWidth == 8 else { return vectors }
+        return vectors % 2 == 0 ? 2 : 1
     }
 
     /// `__local` bytes of the flash kernels (dkv's, the largest: two tiles and two statistics rows).
@@ -135,6 +147,7 @@ public enum AttentionPath: Sendable, Equatable, CustomStringConvertible {
         case .block(let rows): "-DDH=\(headDimension) -DQB=\(rows)"
         case .tiled(let queries, let keys, let width):
             "-DDH=\(headDimension) -DMQ=\(queries) -DMK=\(keys) -DVW=\(width) -DDC=\(Self.dqFeatures(headDimension: headDimension, vectorWidth: width))"
+                + " -DXP=\(Self.accumulationPasses(headDimension: headDimension, vectorWidth: width))"
         case .flash(let rows): "-DDH=\(headDimension) -DFB=\(rows)"
         }
     }

@@ -18,10 +18,13 @@ struct AttentionTests {
                         Case(batch: 1, tokens: 1025, heads: 1, headDimension: 32), Case(batch: 2, tokens: 17, heads: 2, headDimension: 40),
                         Case(batch: 1, tokens: 50, heads: 2, headDimension: 20), Case(batch: 1, tokens: 9, heads: 1, headDimension: 6)]
 
-    /// Tiled: AVX-512's default (4 x 16), AVX2's (2 x 8), 4-float vectors, and odd tiles; each
-    /// with dq from the stored dS (the default) and, with no room for dS, from recomputed scores.
+    /// Tiled: AVX-512's default (4 x 16, one accumulation pass), AVX2's (4 queries, 3 keys of 8
+    /// floats, passes of two vectors, or one where DH / 8 is odd: dh 40), 4-float vectors, and
+    /// odd tiles; each with dq from the stored dS (the default) and, with no room for dS, from
+    /// recomputed scores.
     @Test(arguments: cases, [AttentionPath.rowPerItem, .block(rows: 16), .block(rows: 8), .tiled(queries: 4, keys: 4),
-                             .tiled(queries: 3, keys: 3), .tiled(queries: 2, keys: 2, vectorWidth: 8), .tiled(queries: 1, keys: 3, vectorWidth: 4)])
+                             .tiled(queries: 3, keys: 3), .tiled(queries: 4, keys: 3, vectorWidth: 8), .tiled(queries: 2, keys: 2, vectorWidth: 8),
+                             .tiled(queries: 1, keys: 3, vectorWidth: 4)])
     func forwardAndBackwardMatchTheReference(shape c: Case, path: AttentionPath) throws {
         try checkAgainstReference(c, path)
         if case .tiled = path { try checkAgainstReference(c, path, scoreBufferLimit: 0) }
