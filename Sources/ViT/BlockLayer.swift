@@ -16,7 +16,8 @@ import Tensors
 //   the same in reverse, one helper per sub-layer mirroring the forward's; frozen weights get
 //   no weight gradients; every gradient accumulates. Under the recompute plan (Activations.swift)
 //   it first rebuilds u1, qkv, xMid, u2 and the fc1 pre-activation from the saved input and
-//   attention output; under keep-bf16 it widens the block's bf16 copies and reruns LN1.
+//   attention output; under selective (the default) it reruns LN1 and the proj GEMM; under
+//   keep-bf16 it widens the block's bf16 copies and reruns LN1.
 struct BlockLayer {
     let config: ViTConfig
     let method: FineTuningMethod
