@@ -193,6 +193,8 @@ struct TrainBench: ParsableCommand {
     var method = "serial"
     @Option(help: "Adapter rank.")
     var rank = 8
+    @Option(help: "LoRA targets, a comma list of q, k, v, o.")
+    var targets = "q,k,v,o"
     @Option(help: "Timed steps (after warm-up steps).")
     var steps = 5
     @Option(help: "Untimed warm-up steps.")
@@ -226,7 +228,7 @@ struct TrainBench: ParsableCommand {
         let batch = self.batch / ranks
         let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
-        let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: [.q, .k, .v, .o])
+        let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: try parseTargets(targets))
         var generator = SeededGenerator(seed: 1)
         // The host copies of the weights are a temporary: once uploaded they are gone, as in a
         // real run, so the peak RSS measures what training holds.

@@ -445,6 +445,7 @@ struct HostileCommandLineTests {
             (["predict", "--adapter", "a", "--top=-1", "x.png"], "--top must be at least 1, got -1"),
             (["bench", "train", "--steps=-1"], "--steps must be in 1...1000000, got -1"),
             (["bench", "train", "--patch", "0"], "--patch must be in 1...112, got 0"),
+            (["bench", "train", "--method", "lora", "--targets", "q,x"], "unknown LoRA target 'x'"),
             (["bench", "gemm", "--min-seconds", "nan"], "--min-seconds must be in [0, 3600], got nan"),
         ]
         for (arguments, message) in cases {
