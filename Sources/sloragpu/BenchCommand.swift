@@ -229,6 +229,7 @@ struct TrainBench: ParsableCommand {
         let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
         let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: try parseTargets(targets))
+        try fineTuning.validate(width: config.width)  // before the random backbone is built for it
         var generator = SeededGenerator(seed: 1)
         // The host copies of the weights are a temporary: once uploaded they are gone, as in a
         // real run, so the peak RSS measures what training holds.
