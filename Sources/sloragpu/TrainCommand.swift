@@ -43,7 +43,7 @@ struct TrainCommand: ParsableCommand {
         var targets = "q,k,v,o"
         @Option(help: "adamw or sgd.")
         var optimizer = "adamw"
-        @Option(name: .customLong("lr"), help: "Peak learning rate (default by method: serial 3e-3, lora 1e-3, probe 3e-2, full 3e-5; docs/RESULTS.md has the sweeps).")
+        @Option(name: .customLong("lr"), help: "Peak learning rate (default by method: serial 3e-3, lora 1e-3 with three or four --targets and 3e-3 with one or two, probe 3e-2, full 3e-5; docs/RESULTS.md has the sweeps).")
         var learningRate: Float?
         @Option(help: "LoRA+: learning rate of B over that of A.")
         var loraPlusRatio: Float = 1

@@ -120,6 +120,17 @@ struct TrainingTests {
         bad.learningRate = -1
         #expect(throws: TrainingError.self) { try bad.validate() }
     }
+
+    /// The rates docs/RESULTS.md chose on validation: LoRA's follows how many projections it adapts.
+    @Test func eachMethodHasItsSweptDefaultRate() {
+        #expect(TrainingOptions.defaultLearningRate(for: .serial(rank: 8, alpha: 8)) == 3e-3)
+        #expect(TrainingOptions.defaultLearningRate(for: .lora(rank: 8, alpha: 8, targets: [.q, .k, .v, .o])) == 1e-3)
+        #expect(TrainingOptions.defaultLearningRate(for: .lora(rank: 8, alpha: 8, targets: [.q, .k, .v])) == 1e-3)
+        #expect(TrainingOptions.defaultLearningRate(for: .lora(rank: 8, alpha: 8, targets: [.q, .v])) == 3e-3)
+        #expect(TrainingOptions.defaultLearningRate(for: .lora(rank: 4, alpha: 4, targets: [.v])) == 3e-3)
+        #expect(TrainingOptions.defaultLearningRate(for: .probe) == 3e-2)
+        #expect(TrainingOptions.defaultLearningRate(for: .full) == 3e-5)
+    }
 }
 
 @Suite("Datasets")
