@@ -118,38 +118,53 @@ public struct TuningCache: Sendable {
 }
 
 public enum GemmTuner {
-    /// The shape classes and the product each is timed on (a ViT-B/16 step at batch 8:
-    /// 1576 tokens, width 768; the low-rank factors at r = 8).
+    /// The shape classes and the products each is timed on (a ViT-B/16 step at batch 8: 1576
+    /// tokens, width 768; the low-rank factors at r = 8). A class named more than once is timed
+    /// on the sum of its products: the large tile must also fill a GPU on ViT-S's narrow fc2
+    /// (2080 x 384 x 1536 at batch 32), where a 128 x 128 tile leaves most multiprocessors idle.
     public static let vitBase: [(name: String, m: Int, n: Int, k: Int)] = [
-        ("large", 1576, 2304, 768), ("narrowColumns", 1576, 8, 768), ("narrowRows", 8, 768, 1576),
+        ("large", 1576, 2304, 768), ("large", 2080, 384, 1536), ("narrowColumns", 1576, 8, 768), ("narrowRows", 8, 768, 1576),
+    ]
+
+    /// Tiles that do well on current GPUs (128 x 128 and 128 x 64 tiles of 64 or 32 outputs per
+    /// work-item), tried right after the seeds.
+    static let largeFavourites = [
+        TiledGemm(mwg: 128, nwg: 128, kwg: 16, mdimc: 16, ndimc: 16, vwm: 4),
+        TiledGemm(mwg: 128, nwg: 128, kwg: 8, mdimc: 16, ndimc: 16, vwm: 4),
+        TiledGemm(mwg: 128, nwg: 64, kwg: 16, mdimc: 16, ndimc: 16, vwm: 4),
+        TiledGemm(mwg: 64, nwg: 128, kwg: 16, mdimc: 16, ndimc: 16, vwm: 4),
+        TiledGemm(mwg: 64, nwg: 64, kwg: 16, mdimc: 8, ndimc: 16, vwm: 4),
     ]
 
     /// The search space, seeds first, filtered by the kernel's and the device's limits:
     /// MWG, NWG in {32, 64, 128}, KWG in {8, 16, 32}, MDIMC, NDIMC in {8, 16, 32}, VWM in {2, 4}
-    /// for large products; for the narrow classes the narrow side is 16 wide.
+    /// for large products; for the narrow classes the narrow side is 16 wide. After the seeds
+    /// (and, for large products, `largeFavourites`) the space comes in a fixed shuffled order, so
+    /// that a budget that ends early has sampled all of it rather than its first corner (the
+    /// first GPU run tried 55 of the large class's candidates, all with MWG = 32).
     public static func candidates(for className: String, device: Device) -> [TiledGemm] {
-        var space: [TiledGemm] = []
+        var first: [TiledGemm] = [], rest: [TiledGemm] = []
         let seed = GemmTiles.seed
         switch className {
         case "narrowColumns":
-            space.append(seed.narrowColumns)
+            first.append(seed.narrowColumns)
             for mwg in [64, 128, 256] { for kwg in [8, 16, 32] { for mdimc in [16, 32, 64] { for ndimc in [2, 4] { for vwm in [2, 4] {
-                space.append(TiledGemm(mwg: mwg, nwg: 16, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+                rest.append(TiledGemm(mwg: mwg, nwg: 16, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
             } } } } }
         case "narrowRows":
-            space.append(seed.narrowRows)
+            first.append(seed.narrowRows)
             for nwg in [64, 128, 256] { for kwg in [8, 16, 32] { for ndimc in [16, 32, 64] { for mdimc in [2, 4] { for vwm in [2, 4] {
-                space.append(TiledGemm(mwg: 16, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+                rest.append(TiledGemm(mwg: 16, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
             } } } } }
         default:
             // CLBlast's tuned rows for the RTX 3090 and A100 come first.
-            space += [seed.large, TiledGemm(mwg: 32, nwg: 64, kwg: 32, mdimc: 8, ndimc: 16, vwm: 4)]
+            first += [seed.large, TiledGemm(mwg: 32, nwg: 64, kwg: 32, mdimc: 8, ndimc: 16, vwm: 4)] + largeFavourites
             for mwg in [32, 64, 128] { for nwg in [32, 64, 128] { for kwg in [8, 16, 32] { for mdimc in [8, 16, 32] { for ndimc in [8, 16, 32] { for vwm in [2, 4] {
-                space.append(TiledGemm(mwg: mwg, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
+                rest.append(TiledGemm(mwg: mwg, nwg: nwg, kwg: kwg, mdimc: mdimc, ndimc: ndimc, vwm: vwm))
             } } } } } }
         }
         var seen = Set<TiledGemm>()
-        return space.filter { tile in
+        return (first + shuffled(rest)).filter { tile in
             guard seen.insert(tile).inserted else { return false }
             guard (try? tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))) != nil else { return false }
             // At least 4 outputs per work-item, at most 64 (registers).
@@ -158,8 +173,28 @@ public enum GemmTuner {
         }
     }
 
-    /// Tunes every shape class within `budget` seconds (shared; a class runs at least its seed).
-    /// `shapes` overrides the products timed (tests use small ones).
+    /// Fisher-Yates with a fixed linear congruential generator: the same order on every machine
+    /// and every run, so a tuning run can be repeated.
+    static func shuffled<Element>(_ elements: [Element]) -> [Element] {
+        var result = elements, state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for index in stride(from: result.count - 1, to: 0, by: -1) {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            result.swapAt(index, Int((state >> 33) % UInt64(index + 1)))
+        }
+        return result
+    }
+
+    /// One product of a class, on the device, with the host's operands for the check.
+    private struct TimedProduct {
+        let m: Int, n: Int, k: Int
+        let a: [Float], b: [Float]
+        let aTensor: Tensor, bTensor: Tensor, c: Tensor
+        var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+    }
+
+    /// Tunes every shape class within `budget` seconds (shared, the large class getting twice a
+    /// narrow one's share; a class runs at least its seed). `shapes` overrides the products timed
+    /// (tests use small ones).
     public static func tune(_ engine: Engine, budget: Double, maxCandidates: Int? = nil,
                             shapes: [(name: String, m: Int, n: Int, k: Int)] = vitBase,
                             attentionShape: AttentionShape = AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64),
@@ -170,15 +205,22 @@ public enum GemmTuner {
         var classes: [String: TunedClass] = [:]
         let saved = engine.gemmProfile
         defer { engine.gemmProfile = saved }
-        for (index, shape) in shapes.enumerated() {
-            let classBudget = (budget - Date().timeIntervalSince(started)) / Double(shapes.count - index)
+        var names: [String] = []
+        for shape in shapes where !names.contains(shape.name) { names.append(shape.name) }
+        let weight = { (name: String) -> Double in name == "large" ? 2 : 1 }
+        for (index, name) in names.enumerated() {
+            let remainingWeight = names[index...].map(weight).reduce(0, +)
+            let classBudget = (budget - Date().timeIntervalSince(started)) * weight(name) / remainingWeight
             let classStarted = Date()
-            var pool = candidates(for: shape.name, device: engine.device)
+            var pool = candidates(for: name, device: engine.device)
             if let maxCandidates { pool = Array(pool.prefix(maxCandidates)) }
-            let a = tunerValues(shape.m * shape.k, seed: 1), b = tunerValues(shape.k * shape.n, seed: 2)
-            let aTensor = try engine.tensor(a, shape: [shape.m, shape.k]), bTensor = try engine.tensor(b, shape: [shape.k, shape.n])
-            let c = try engine.empty([shape.m, shape.n])
-            let checks = (0..<64).map { ($0 * 7919 % shape.m, $0 * 104_729 % shape.n) }
+            let products = try shapes.filter { $0.name == name }.enumerated().map { offset, shape in
+                let a = tunerValues(shape.m * shape.k, seed: 1 + 2 * UInt64(offset)), b = tunerValues(shape.k * shape.n, seed: 2 + 2 * UInt64(offset))
+                return TimedProduct(m: shape.m, n: shape.n, k: shape.k, a: a, b: b,
+                                    aTensor: try engine.tensor(a, shape: [shape.m, shape.k]), bTensor: try engine.tensor(b, shape: [shape.k, shape.n]),
+                                    c: try engine.empty([shape.m, shape.n]))
+            }
+            let shapeText = products.map { "\($0.m)x\($0.n)x\($0.k)" }.joined(separator: " + ")
             var best: (tile: TiledGemm, seconds: Double)?
             var tried = 0, rejected = 0
             for tile in pool {
@@ -187,25 +229,19 @@ public enum GemmTuner {
                 engine.gemmProfile = .gpu
                 engine.gemmProfile.tiles = GemmTiles(large: tile, narrowColumns: tile, narrowRows: tile)
                 do {
-                    try engine.fill(c, with: .nan)
-                    try engine.gemm(aTensor, bTensor, into: c)
-                    let result = try c.download()
-                    // Checked against the host in double precision before any timing.
-                    let wrong = checks.first { (i, j) in
-                        var sum = 0.0, magnitude = 0.0
-                        for p in 0..<shape.k {
-                            let term = Double(a[i * shape.k + p]) * Double(b[p * shape.n + j])
-                            sum += term
-                            magnitude += abs(term)
-                        }
-                        return !(abs(Double(result[i * shape.n + j]) - sum) <= 1e-5 * magnitude + 1e-6)
+                    // Each product checked against the host in double precision before any timing.
+                    var wrong = false
+                    for product in products where !wrong {
+                        try engine.fill(product.c, with: .nan)
+                        try engine.gemm(product.aTensor, product.bTensor, into: product.c)
+                        wrong = !agreesWithHost(try product.c.download(), product)
                     }
-                    if wrong != nil { rejected += 1; progress("  \(shape.name) \(tile): wrong result, rejected"); continue }
+                    if wrong { rejected += 1; progress("  \(name) \(tile): wrong result, rejected"); continue }
                     var fastest = Double.infinity
                     for _ in 0..<3 {
                         try engine.synchronize()
                         let t0 = DispatchTime.now().uptimeNanoseconds
-                        try engine.gemm(aTensor, bTensor, into: c)
+                        for product in products { try engine.gemm(product.aTensor, product.bTensor, into: product.c) }
                         try engine.synchronize()
                         fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
                         if let best, fastest > 3 * best.seconds { break }
@@ -213,15 +249,14 @@ public enum GemmTuner {
                     if best == nil || fastest < best!.seconds { best = (tile, fastest) }
                 } catch {
                     rejected += 1
-                    progress("  \(shape.name) \(tile): \(error)")
+                    progress("  \(name) \(tile): \(error)")
                 }
             }
-            guard let best else { throw TensorError.shapeMismatch(operation: "tune", details: "no tile of the \(shape.name) class ran correctly") }
-            let gflops = 2 * Double(shape.m) * Double(shape.n) * Double(shape.k) / best.seconds / 1e9
-            progress(String(format: "%@ (%dx%dx%d): %@ at %.1f GFLOP/s, %d tried, %d rejected", shape.name, shape.m, shape.n, shape.k,
-                            "\(best.tile)", gflops, tried, rejected))
-            classes[shape.name] = TunedClass(shape: [shape.m, shape.n, shape.k], tile: best.tile, gflops: gflops, tried: tried, rejected: rejected)
-            switch shape.name {
+            guard let best else { throw TensorError.shapeMismatch(operation: "tune", details: "no tile of the \(name) class ran correctly") }
+            let gflops = products.map(\.flops).reduce(0, +) / best.seconds / 1e9
+            progress(String(format: "%@ (%@): %@ at %.1f GFLOP/s, %d tried, %d rejected", name, shapeText, "\(best.tile)", gflops, tried, rejected))
+            classes[name] = TunedClass(shape: [products[0].m, products[0].n, products[0].k], tile: best.tile, gflops: gflops, tried: tried, rejected: rejected)
+            switch name {
             case "narrowColumns": tiles.narrowColumns = best.tile
             case "narrowRows": tiles.narrowRows = best.tile
             default: tiles.large = best.tile
@@ -330,6 +365,21 @@ public enum GemmTuner {
         }
         if let best { progress(String(format: "reductions (%d x %d): work-group %d, %.2f ms", rows, width, best.candidate, best.seconds * 1e3)) }
         return best?.candidate
+    }
+
+    /// 64 scattered elements of C against the host's double-precision sum, within 1e-5 of the
+    /// sum of the terms' magnitudes.
+    private static func agreesWithHost(_ result: [Float], _ product: TimedProduct) -> Bool {
+        (0..<64).allSatisfy { index in
+            let (i, j) = (index * 7919 % product.m, index * 104_729 % product.n)
+            var sum = 0.0, magnitude = 0.0
+            for p in 0..<product.k {
+                let term = Double(product.a[i * product.k + p]) * Double(product.b[p * product.n + j])
+                sum += term
+                magnitude += abs(term)
+            }
+            return abs(Double(result[i * product.n + j]) - sum) <= 1e-5 * magnitude + 1e-6
+        }
     }
 
     private static func tunerValues(_ count: Int, seed: UInt64) -> [Float] { CheckValues.uniform(count, seed: seed) }

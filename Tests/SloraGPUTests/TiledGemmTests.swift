@@ -152,14 +152,18 @@ struct TiledGemmTests {
 
 @Suite("GEMM tuner", .serialized)
 struct GemmTunerTests {
-    static let small = [("large", 70, 65, 33), ("narrowColumns", 67, 8, 40), ("narrowRows", 8, 66, 40)]
+    static let small = [("large", 70, 65, 33), ("large", 40, 24, 50), ("narrowColumns", 67, 8, 40), ("narrowRows", 8, 66, 40)]
 
     @Test func tuningOnPoCLGivesAValidatedCachedEntryThatEnginesUse() throws {
         let cacheDirectory = try makeTemporaryDirectory()
         let engine = try makeEngine(cacheDirectory: cacheDirectory)
+        var lines: [String] = []
         let entry = try GemmTuner.tune(engine, budget: 60, maxCandidates: 2, shapes: Self.small,
                                        attentionShape: AttentionShape(batch: 1, tokens: 33, heads: 2, headDimension: 16),
-                                       reductionRows: 197, reductionWidth: 65)
+                                       reductionRows: 197, reductionWidth: 65) { lines.append($0) }
+        // A class named twice is checked and timed on both of its products.
+        #expect(lines.contains { $0.hasPrefix("large (70x65x33 + 40x24x50): ") }, "\(lines)")
+        #expect(entry.classes["large"]?.shape == [70, 65, 33])
         #expect(GemmTuner.reductionSizes.contains(entry.reductionSize ?? 0))
         #expect(entry.classes.count == 3 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
         #expect([32, 64, 128].contains(entry.attentionRows ?? 0))
@@ -181,6 +185,22 @@ struct GemmTunerTests {
             #expect(space.count >= 20 && space.count <= 400, "\(name): \(space.count) candidates")
             #expect(space.allSatisfy { $0.localBytes <= TiledGemm.localLimit && $0.workGroupSize % 32 == 0 })
         }
+    }
+
+    @Test func theSearchOrderSamplesTheWholeSpaceEarly() throws {
+        let engine = try makeEngine(cacheDirectory: try makeTemporaryDirectory())
+        let space = GemmTuner.candidates(for: "large", device: engine.device)
+        #expect(space.first == GemmTiles.seed.large && Set(space).count == space.count)
+        #expect(space == GemmTuner.candidates(for: "large", device: engine.device), "the order is fixed")
+        // A budget that ends after 30 candidates has seen every value of every tunable.
+        let early = space.prefix(30)
+        #expect(Set(early.map(\.mwg)) == [32, 64, 128] && Set(early.map(\.nwg)) == [32, 64, 128])
+        #expect(Set(early.map(\.kwg)) == [8, 16, 32] && Set(early.map(\.vwm)) == [2, 4])
+        for name in ["narrowColumns", "narrowRows"] {
+            let narrow = GemmTuner.candidates(for: name, device: engine.device).prefix(20)
+            #expect(Set(narrow.map { max($0.mwg, $0.nwg) }) == [64, 128, 256], "\(name)")
+        }
+        #expect(GemmTuner.shuffled(Array(0..<100)).sorted() == Array(0..<100) && GemmTuner.shuffled(Array(0..<100)) != Array(0..<100))
     }
 
     @Test func damagedOrForeignEntriesAreNeverTrusted() throws {
