@@ -128,6 +128,8 @@ if [ $dry = 0 ]; then
     step bench-attention 45 "$bin" bench attention --device gpu
     step bench-train-vit-s 45 "$bin" bench train --device gpu --model vit-s --patch 14 --image-size 112 --batch 32 --json
     step bench-train-vit-b 60 "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
+    # Where the ViT-B step's device time goes, kernel by kernel (the first GPU runs' best clue).
+    step profile-vit-b 45 "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --profile
     torch_arguments=(--device cuda)
 else
     step selftest 300 "$bin" selftest --device cpu --gpu-kernels
@@ -135,6 +137,7 @@ else
     step bench-gemm 120 "$bin" bench gemm --device cpu --json --filter "square 512" --min-seconds 0
     cp "$out/bench-gemm.log" "$out/gemm.jsonl"
     step bench-train-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --json
+    step profile-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --profile
     torch_arguments=(--device cpu --quick)
 fi
 
