@@ -126,8 +126,8 @@ public enum GemmTuner {
         ("large", 1576, 2304, 768), ("large", 2080, 384, 1536), ("narrowColumns", 1576, 8, 768), ("narrowRows", 8, 768, 1576),
     ]
 
-    /// Tiles that do well on current GPUs (128 x 128 and 128 x 64 tiles of 64 or 32 outputs per
-    /// work-item), tried right after the seeds.
+    /// The larger tiles (64 or 32 outputs per work-item) that a nested-loop order reaches last,
+    /// tried right after the seeds; on the H200 none of them won (docs/BENCHMARKS.md).
     static let largeFavourites = [
         TiledGemm(mwg: 128, nwg: 128, kwg: 16, mdimc: 16, ndimc: 16, vwm: 4),
         TiledGemm(mwg: 128, nwg: 128, kwg: 8, mdimc: 16, ndimc: 16, vwm: 4),
