@@ -776,3 +776,58 @@ void attention_backward_dkv_flash(__global const float *q, const int q_offset,
     // Q was scaled in the tile: dK = scale sum ds Q = sum ds (scale Q).
     for (int c = 0; c < DH; ++c) { dk_row[c] = dk_acc[c]; dv_row[c] = dv_acc[c]; }
 }
+
+// The same two gradients from two kernels (the split backward): the fused one above keeps four
+// rows of DH floats per work-item (k, v and both accumulators: 256 registers at DH 64, past
+// NVIDIA's 255, so it spills; it ran at 0.34-0.37 of the GEMM rate on an H200 where dq, with
+// three rows, ran at 0.64-0.70). dV needs k and its accumulator, dK k, v and its accumulator:
+// the scores are computed twice (5 of the fused kernel's 4 N x N x DH products) in exchange.
+// Same arguments as attention_backward_dkv_flash; each writes one of dk, dv. Opt-in
+// (SLORAGPU_FLASH_SPLIT=1) until a GPU run has timed it against the fused kernel.
+#define FLASH_KEY_GRADIENT(NAME, WITH_DK) \
+__kernel __attribute__((reqd_work_group_size(FB, 1, 1))) \
+void NAME(__global const float *q, const int q_offset, __global const float *k, const int k_offset, \
+          __global const float *v, const int v_offset, const int ld_qkv, \
+          __global const float *d_o, const int d_o_offset, const int ld_o, \
+          __global const float *lse, const int lse_offset, __global const float *delta, const int delta_offset, \
+          __global float *dk, const int dk_offset, __global float *dv, const int dv_offset, const int ld_d, \
+          const int N, const int H, const float scale) \
+{ \
+    __local float Qs[FB * DH], Ds[FB * DH], Ls[FB], Es[FB]; \
+    const int j = get_global_id(0), h = get_global_id(1), b = get_global_id(2); \
+    const int row = min(j, N - 1); \
+    float kj[DH], vj[WITH_DK ? DH : 1], acc[DH]; \
+    const __global float *k_row = ROW(k, k_offset, ld_qkv, b, N, row, h); \
+    const __global float *v_row = ROW(v, v_offset, ld_qkv, b, N, row, h); \
+    for (int c = 0; c < DH; ++c) { kj[c] = k_row[c]; acc[c] = 0.0f; } \
+    if (WITH_DK) for (int c = 0; c < DH; ++c) vj[c] = v_row[c]; \
+    const int stats = (b * H + h) * N; \
+    for (int i0 = 0; i0 < N; i0 += FB) { \
+        load_tile(Qs, q, q_offset, ld_qkv, b, N, i0, h, scale); \
+        load_tile(Ds, d_o, d_o_offset, ld_o, b, N, i0, h, 1.0f); \
+        const int t = get_local_id(0); \
+        Ls[t] = i0 + t < N ? lse[lse_offset + stats + i0 + t] : 0.0f; \
+        Es[t] = i0 + t < N ? delta[delta_offset + stats + i0 + t] : 0.0f; \
+        barrier(CLK_LOCAL_MEM_FENCE); \
+        const int count = min(FB, N - i0); \
+        for (int ii = 0; ii < count; ++ii) { \
+            float s = 0.0f; \
+            for (int c = 0; c < DH; ++c) s += Qs[ii * DH + c] * kj[c]; \
+            const float p = exp(s - Ls[ii]); \
+            if (WITH_DK) { \
+                float dp = 0.0f; \
+                for (int c = 0; c < DH; ++c) dp += Ds[ii * DH + c] * vj[c]; \
+                const float ds = p * (dp - Es[ii]); \
+                for (int c = 0; c < DH; ++c) acc[c] += ds * Qs[ii * DH + c]; \
+            } else { \
+                for (int c = 0; c < DH; ++c) acc[c] += p * Ds[ii * DH + c]; \
+            } \
+        } \
+        barrier(CLK_LOCAL_MEM_FENCE); \
+    } \
+    if (j >= N) return; \
+    __global float *out_row = WITH_DK ? ROW(dk, dk_offset, ld_d, b, N, j, h) : ROW(dv, dv_offset, ld_d, b, N, j, h); \
+    for (int c = 0; c < DH; ++c) out_row[c] = acc[c]; \
+}
+FLASH_KEY_GRADIENT(attention_backward_dk_flash, 1)
+FLASH_KEY_GRADIENT(attention_backward_dv_flash, 0)

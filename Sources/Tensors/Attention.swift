@@ -311,10 +311,14 @@ extension Engine {
                    work: shape.products(3),
                    q.tensor, k.tensor, v.tensor, q.rowStride, dO, shape.width, lse, delta,
                    dq.tensor, dq.rowStride, shape.tokens, shape.heads, shape.scale)
-        try launch("attention_backward_dkv" + path.kernelSuffix, in: "attention", options: options, global: global, local: path.local,
-                   work: shape.products(4),
-                   q.tensor, k.tensor, v.tensor, q.rowStride, dO, shape.width, lse, delta,
-                   dk.tensor, dv.tensor, dk.rowStride, shape.tokens, shape.heads, shape.scale)
+        let split = if case .flash = path { flashSplitBackward } else { false }
+        for (name, products) in split ? [("attention_backward_dk_flash", 3), ("attention_backward_dv_flash", 2)]
+                                       : [("attention_backward_dkv" + path.kernelSuffix, 4)] {
+            try launch(name, in: "attention", options: options, global: global, local: path.local,
+                       work: shape.products(products),
+                       q.tensor, k.tensor, v.tensor, q.rowStride, dO, shape.width, lse, delta,
+                       dk.tensor, dv.tensor, dk.rowStride, shape.tokens, shape.heads, shape.scale)
+        }
     }
 
     private func checkAttention(_ operation: String, _ shape: AttentionShape, _ layouts: [HeadLayout]) throws {

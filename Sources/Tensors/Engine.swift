@@ -50,12 +50,23 @@ public final class Engine {
     /// The tiled attention backward keeps dS [B, H, N, N] (padded) between its dkv and dq
     /// kernels when it takes at most this many bytes, and recomputes the scores for dq past it.
     public var attentionScoreBufferLimit = 64 << 20
+    /// On the flash path, dK and dV from two kernels rather than one that spills its registers
+    /// (Kernels/attention.cl). Off until a GPU has measured it (the device check times both);
+    /// `SLORAGPU_FLASH_SPLIT=1` (or 0) overrides.
+    public var flashSplitBackward = false
     /// Row-reduction (LayerNorm) work-item mapping for this device class.
     public var reductionPath: ReductionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).
     public var profiler: KernelProfiler?
     /// The label `withProfileScope` puts in front of kernel names.
     public internal(set) var profileScope: String?
+
+    /// `SLORAGPU_FLASH_SPLIT` (0 or 1), nil when unset.
+    static func flashSplit(environment: [String: String]) throws -> Bool? {
+        guard let split = environment["SLORAGPU_FLASH_SPLIT"], !split.isEmpty else { return nil }
+        guard split == "0" || split == "1" else { throw KernelProfileError.invalidVariable("SLORAGPU_FLASH_SPLIT", split, reason: "expected 0 or 1") }
+        return split == "1"
+    }
 
     public init(device: Device, configuration: EngineConfiguration = .fromEnvironment()) throws {
         self.device = device
@@ -68,6 +79,7 @@ public final class Engine {
         gemmProfile = try GemmProfile.forDevice(device)
         attentionPath = try AttentionPath.forDevice(device)
         reductionPath = ReductionPath.forDevice(device)
+        if let split = try Self.flashSplit(environment: ProcessInfo.processInfo.environment) { flashSplitBackward = split }
         tuningCache = configuration.cacheDirectory.map(TuningCache.init(kernelCache:))
         // Explicit tunables win over a tuning entry.
         if ProcessInfo.processInfo.environment["SLORAGPU_GEMM_PROFILE"] == nil { applyCachedTuning(cache: tuningCache) }

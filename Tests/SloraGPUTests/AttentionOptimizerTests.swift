@@ -57,9 +57,27 @@ struct AttentionTests {
         try checkAgainstReference(c, .flash(rows: rows))
     }
 
-    private func checkAgainstReference(_ c: Case, _ path: AttentionPath, scoreBufferLimit: Int? = nil) throws {
+    /// dK and dV from two flash kernels (`SLORAGPU_FLASH_SPLIT=1`; the default fuses them).
+    @Test(arguments: [(Case(batch: 2, tokens: 65, heads: 3, headDimension: 32), 64), (Case(batch: 1, tokens: 197, heads: 2, headDimension: 64), 32),
+                      (Case(batch: 1, tokens: 37, heads: 1, headDimension: 128), 64), (Case(batch: 1, tokens: 70, heads: 2, headDimension: 20), 32)])
+    func splitFlashKeyGradientsMatchTheReference(shape c: Case, rows: Int) throws {
+        try checkAgainstReference(c, .flash(rows: rows), splitKeys: true)
+    }
+
+    @Test func theFlashSplitVariableTakesZeroOrOne() throws {
+        #expect(try Engine.flashSplit(environment: [:]) == nil && Engine.flashSplit(environment: ["SLORAGPU_FLASH_SPLIT": ""]) == nil)
+        #expect(try Engine.flashSplit(environment: ["SLORAGPU_FLASH_SPLIT": "0"]) == false)
+        #expect(try Engine.flashSplit(environment: ["SLORAGPU_FLASH_SPLIT": "1"]) == true)
+        for bad in ["yes", "2", " 1"] {
+            let error = try #require(throws: KernelProfileError.self) { try Engine.flashSplit(environment: ["SLORAGPU_FLASH_SPLIT": bad]) }
+            #expect(error.description.contains("SLORAGPU_FLASH_SPLIT '\(bad)'"))
+        }
+    }
+
+    private func checkAgainstReference(_ c: Case, _ path: AttentionPath, scoreBufferLimit: Int? = nil, splitKeys: Bool = false) throws {
         let engine = try makeEngine()
         engine.attentionPath = path
+        engine.flashSplitBackward = splitKeys
         if let scoreBufferLimit { engine.attentionScoreBufferLimit = scoreBufferLimit }
         let profiler = KernelProfiler()
         engine.profiler = profiler
@@ -100,6 +118,11 @@ struct AttentionTests {
             expectedQKV += grads.dv[r * width..<(r + 1) * width]
         }
         expectClose(try dqkv.download(), expectedQKV, atol: 2e-5, rtol: 1e-3, "attention dq|dk|dv \(c.testDescription) \(path)")
+        if case .flash = path.resolved(headDimension: c.headDimension) {
+            let ran = Set(try profiler.summary().map(\.kernel))
+            #expect(ran.isSuperset(of: ["attention_backward_dk_flash", "attention_backward_dv_flash"]) == splitKeys
+                        && ran.contains("attention_backward_dkv_flash") == !splitKeys, "\(c.testDescription) \(path): ran \(ran.sorted())")
+        }
         if case .tiled = path.resolved(headDimension: c.headDimension) {
             let ran = Set(try profiler.summary().map(\.kernel))
             let fromDS = scoreBufferLimit.map { $0 > 0 } ?? true
@@ -199,7 +222,8 @@ struct AttentionTests {
                 continue
             }
             #expect(rows % 32 == 0 && rows <= 1024)
-            for name in ["attention_forward_flash", "attention_backward_dq_flash", "attention_backward_dkv_flash"] {
+            for name in ["attention_forward_flash", "attention_backward_dq_flash", "attention_backward_dkv_flash",
+                         "attention_backward_dk_flash", "attention_backward_dv_flash"] {
                 let kernel = try engine.kernels.kernel(name, in: "attention", options: path.options(headDimension: dh))
                 let bytes = try kernel.localMemoryBytes(on: engine.device)
                 #expect(bytes <= TiledGemm.localLimit && bytes <= AttentionPath.flashLocalBytes(rows: rows, headDimension: dh), "\(name) dh \(dh): \(bytes) bytes")
