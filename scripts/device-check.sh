@@ -7,6 +7,10 @@
 #   scripts/make-device-bundle.sh                # here: static sloragpu + the libraries it loads
 #   scripts/device-check.sh [--out DIR]          # there: in the repository root, bundle beside it
 #   scripts/device-check.sh --dry-run            # here, on PoCL: the same steps at toy sizes
+#   scripts/device-check.sh --skip tune          # leaves out a step (repeatable): on a GPU whose
+#                                                # tiles are committed, tuning again costs 160 s
+#   scripts/device-check.sh --tile-table         # instead of the check: the training step of ViT-S
+#                                                # and ViT-B with each of several large tiles forced
 #
 # The GPU machine needs no Swift toolchain and no package registry: the bundle
 # (device-bundle/: bin/sloragpu linked with the Swift runtime statically, lib/ with the OpenCL
@@ -20,12 +24,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bundle=$root/device-bundle
 out=$root/device-check-out
 dry=0
-usage() { echo "usage: $0 [--dry-run] [--bundle DIR] [--out DIR]" >&2; exit 64; }
+tile_table=0
+skipped=" "
+usage() { echo "usage: $0 [--dry-run] [--bundle DIR] [--out DIR] [--skip STEP]... [--tile-table]" >&2; exit 64; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1 ;;
+        --tile-table) tile_table=1 ;;
         --bundle) [ $# -ge 2 ] || usage; bundle=$2; shift ;;
         --out) [ $# -ge 2 ] || usage; out=$2; shift ;;
+        --skip) [ $# -ge 2 ] || usage; skipped="$skipped$2 "; shift ;;
         *) usage ;;
     esac
     shift
@@ -60,6 +68,11 @@ step() {
     local name=$1 limit=$2
     shift 2
     local started status
+    if [[ "$skipped" == *" $name "* ]]; then
+        echo "## $name (skipped: --skip $name)" >> "$report"
+        printf '%s\tskipped\t0\n' "$name" >> "$summary"
+        return 0
+    fi
     # Never past the deadline: a step is skipped, or cut to the time that is left.
     local left=$(( deadline - $(date +%s) ))
     if [ "$left" -le 5 ]; then
@@ -120,22 +133,74 @@ if ! step probe 20 "$bin" devices --json --device "$device" || ! grep -q "\"type
     exit 2
 fi
 
+if [ $tile_table = 1 ]; then
+    # One large tile for every product does not suit both models (docs/BENCHMARKS.md, "First GPU
+    # runs"): their step with each GEMM profile forced (a tile as MWG,NWG,KWG,MDIMC,NDIMC,VWM,
+    # optionally a wide tile and its threshold), the narrow tiles and attention at their seeds.
+    # DEVICE_CHECK_TILES replaces the list (profiles separated by spaces, without TILED=1).
+    # On PoCL (--dry-run) two profiles at toy sizes.
+    tile() { echo "MWG=$1,NWG=$2,KWG=$3,MDIMC=$4,NDIMC=$5,VWM=$6"; }
+    if [ $dry = 0 ]; then
+        profiles=("$(tile 32 32 16 8 8 2)" "$(tile 32 64 16 8 8 2)" "$(tile 64 32 16 8 8 2)" "$(tile 64 64 16 16 16 4)"
+                  "$(tile 64 64 16 8 16 4)" "$(tile 64 64 32 8 8 4)" "$(tile 128 64 16 16 16 4)" "$(tile 64 128 16 16 16 4)"
+                  "$(tile 128 128 16 16 16 4)")
+        models=("vit-s 14 112 32" "vit-b 16 224 32")
+        short=()
+    else
+        profiles=("$(tile 32 32 16 8 8 2)" "$(tile 32 32 16 8 8 2),WIDE=32x64x16x8x8x2,WGPU=1")
+        models=("vit-ti 16 32 4")
+        short=(--steps 1 --warmup 1)
+    fi
+    [ -z "${DEVICE_CHECK_TILES:-}" ] || read -r -a profiles <<< "$DEVICE_CHECK_TILES"
+    for profile in "${profiles[@]}"; do
+        for model in "${models[@]}"; do
+            read -r name patch size batch <<< "$model"
+            step "tile-$(echo "$profile" | tr ',=' '_-')-$name" 60 env SLORAGPU_GEMM_PROFILE="TILED=1,$profile" \
+                "$bin" bench train --device "$device" --model "$name" --patch "$patch" --image-size "$size" --batch "$batch" \
+                ${short[@]+"${short[@]}"} --json
+        done
+    done
+    {
+        echo "## Tile table (images/s)"
+        echo
+        for log in "$out"/tile-*.log; do
+            printf '%s\t%s\n' "$(basename "$log" .log)" "$(grep -o '"images_per_second":[0-9.]*' "$log" | cut -d: -f2)"
+        done
+    } | tee -a "$report"
+    echo "report: $report"
+    exit $failed
+fi
+
 if [ $dry = 0 ]; then
     step selftest 60 "$bin" selftest --device gpu
     step tune 160 "$bin" tune --device gpu --budget 110 --export "$out/tuning.json"
     step bench-gemm 45 "$bin" bench gemm --device gpu --json
-    cp "$out/bench-gemm.log" "$out/gemm.jsonl"
+    cp "$out/bench-gemm.log" "$out/gemm.jsonl" 2> /dev/null || :
     step bench-attention 45 "$bin" bench attention --device gpu
     step bench-train-vit-s 45 "$bin" bench train --device gpu --model vit-s --patch 14 --image-size 112 --batch 32 --json
     step bench-train-vit-b 60 "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
     # Where the ViT-B step's device time goes, kernel by kernel (the first GPU runs' best clue).
     step profile-vit-b 45 "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --profile
+    # The GEMM operands packed through __local blocks (LP=1, the default) against the CPU's
+    # row-per-work-item packing (LP=0), same tiles (the committed H200 large tile), same run.
+    for packing in 0 1; do
+        step "packing-lp$packing-vit-b" 45 env SLORAGPU_GEMM_PROFILE="TILED=1,MWG=32,NWG=32,KWG=16,MDIMC=8,NDIMC=8,VWM=2,LP=$packing" \
+            "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
+    done
+    # Attention's key gradients from one kernel (split 0, the default) or two (1), same run.
+    for split in 0 1; do
+        for model in "vit-s 14 112" "vit-b 16 224"; do
+            read -r name patch size <<< "$model"
+            step "flash-split$split-$name" 45 env SLORAGPU_FLASH_SPLIT=$split \
+                "$bin" bench train --device gpu --model "$name" --patch "$patch" --image-size "$size" --batch 32 --json
+        done
+    done
     torch_arguments=(--device cuda)
 else
     step selftest 300 "$bin" selftest --device cpu --gpu-kernels
     step tune 120 "$bin" tune --device cpu --small --budget 10 --max-candidates 1 --export "$out/tuning.json"
     step bench-gemm 120 "$bin" bench gemm --device cpu --json --filter "square 512" --min-seconds 0
-    cp "$out/bench-gemm.log" "$out/gemm.jsonl"
+    cp "$out/bench-gemm.log" "$out/gemm.jsonl" 2> /dev/null || :
     step bench-train-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --json
     step profile-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --profile
     torch_arguments=(--device cpu --quick)

@@ -172,22 +172,22 @@ extension Engine {
             return
         }
         if let tiles = profile.tiles {
-            try launchTiled(problem, tiles: tiles, alpha: alpha, beta: beta)
+            try launchTiled(problem, tiles: tiles, localPacking: profile.localPacking, alpha: alpha, beta: beta)
         } else {
             try launchPacked(problem, profile: profile, alpha: alpha, beta: beta)
         }
     }
 
     /// gemm_tiled (GPUs): both operands packed into the shape class's work-group tiles.
-    private func launchTiled(_ p: GemmProblem, tiles: GemmTiles, alpha: Float, beta: Float) throws {
+    private func launchTiled(_ p: GemmProblem, tiles: GemmTiles, localPacking: Bool, alpha: Float, beta: Float) throws {
         let (m, n) = (p.m, p.n)
-        let tile = tiles.tile(m: m, n: n)
+        let tile = tiles.tile(m: m, n: n, batches: p.batches, computeUnits: device.info.computeUnits)
         try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))
         let options = tile.buildOptions
         let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: tile.mwg, columns: tile.nwg,
                                           m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0,
-                                          workspace: p.workspace)
+                                          workspace: p.workspace, throughLocalMemory: localPacking)
         let panelsA = try Self.packed(packedA)
         let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options + p.preStorageOption)
         try kernel.setArguments([
@@ -424,7 +424,7 @@ extension Engine {
     /// pack_a and pack_b).
     fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
                           m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int,
-                          workspace: Workspace?) throws -> (Tensor?, Tensor) {
+                          workspace: Workspace?, throughLocalMemory: Bool = false) throws -> (Tensor?, Tensor) {
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         let kPackedA = aViews[min(first, aViews.count)...].reduce(0) { $0 + $1.columns }
         // The kernels address the panels from their buffers' start: only B's (the frozen
@@ -438,6 +438,22 @@ extension Engine {
         var kDestination = 0, kDestinationA = 0
         for (index, (term, (a, b))) in zip(terms, zip(aViews, bViews)).enumerated() {
             let k = a.columns
+            if throughLocalMemory {
+                // GPUs: 32 x 32 blocks through __local memory, both sides coalesced (Kernels/gemm.cl).
+                if index >= first, let packedA {
+                    try packPanels("pack_panels_a", options: options + Self.storageOption("A", a.tensor.dtype), a.tensor,
+                                   strideAcross: a.rowStride, strideAlong: a.columnStride, batchStride: a.batchStride, extent: m, k: k,
+                                   scale: term.scale, width: mr, panels: mPanels, batches: batches.a, kTotal: kPackedA,
+                                   kDestination: kDestinationA, into: packedA)
+                    kDestinationA += k
+                }
+                try packPanels("pack_panels_b", options: options + Self.storageOption("B", b.tensor.dtype), b.tensor,
+                               strideAcross: b.columnStride, strideAlong: b.rowStride, batchStride: b.batchStride, extent: n, k: k,
+                               scale: 1, width: nr, panels: nPanels, batches: batches.b, kTotal: kTotal,
+                               kDestination: kDestination, into: packedB)
+                kDestination += k
+                continue
+            }
             // A 16- or 8-bit operand packs through a build that widens it (A_STORAGE / B_STORAGE).
             if index >= first, let packedA {
                 let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options + Self.storageOption("A", a.tensor.dtype))
@@ -470,6 +486,25 @@ extension Engine {
             kDestination += k
         }
         return (packedA, packedB)
+    }
+}
+
+extension Engine {
+    /// One operand of gemm_tiled into panels of `width` along i (C's rows for A, its columns for
+    /// B): packed[batch][i / width][kDestination + k][i % width] = scale op(X)(i, k), zero past
+    /// `extent` (Kernels/gemm.cl, PACK_PANELS).
+    fileprivate func packPanels(_ name: String, options: String, _ source: Tensor, strideAcross: Int, strideAlong: Int,
+                                batchStride: Int, extent: Int, k: Int, scale: Float, width: Int, panels: Int, batches: Int,
+                                kTotal: Int, kDestination: Int, into packed: Tensor) throws {
+        let tile = 32, rowsPerGroup = 8
+        let kernel = try kernels.kernel(name, in: "gemm", options: options)
+        try kernel.setArguments([
+            .buffer(source.buffer), .int32(Int32(source.offset)), .int32(Int32(strideAcross)), .int32(Int32(strideAlong)),
+            .int32(Int32(batchStride)), .int32(Int32(extent)), .int32(Int32(k)), .float(scale), .int32(Int32(width)),
+            .int32(Int32(panels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)), .buffer(packed.buffer),
+        ] + Self.scaleArguments(source))
+        try enqueue(kernel, global: [roundUp(panels * width, tile), (k + tile - 1) / tile * rowsPerGroup, batches],
+                    local: [tile, rowsPerGroup, 1], work: .floats(2 * k * panels * width * batches))
     }
 }
 

@@ -75,10 +75,13 @@ public struct TuningCache: Sendable {
     public static func verify(_ data: Data?, key: TuningKey, device: Device, name: String) -> Lookup {
         guard let data, let entry = try? JSONDecoder().decode(TuningEntry.self, from: data) else { return .invalid("\(name) is not a tuning entry") }
         guard entry.key == key else { return .invalid("\(name) was tuned for another device, driver or kernel source") }
-        for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] {
+        for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] + (entry.tiles.wide.map { [$0] } ?? []) {
             do { try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes)) } catch {
                 return .invalid("\(name): \(error)")
             }
+        }
+        if entry.tiles.wide != nil, (entry.tiles.wideGroupsPerUnit ?? 0) < 1 {
+            return .invalid("\(name): a wide tile needs wideGroupsPerUnit of at least 1")
         }
         if let rows = entry.attentionRows, ![32, 64, 128].contains(rows) { return .invalid("\(name): flash rows \(rows) is not 32, 64 or 128") }
         if let size = entry.reductionSize, !GemmTuner.reductionSizes.contains(size) || size > device.info.maxWorkGroupSize {

@@ -26,11 +26,14 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// The work-group tiled kernel (`__local` staging, GPUs) instead of the register-tiled
     /// one, with a tile per shape class; nil on CPU devices.
     public var tiles: GemmTiles?
+    /// With tiles: pack the operands through `__local` blocks, coalesced on both sides
+    /// (pack_panels_a/b) rather than a panel row per work-item (pack_a/b, the CPU's kernels).
+    public var localPacking = true
 
     public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
         a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
             && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.directA == b.directA && a.skinny == b.skinny
-            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1 && a.tiles == b.tiles
+            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1 && a.tiles == b.tiles && a.localPacking == b.localPacking
     }
 
     public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
@@ -38,7 +41,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
 
     public var description: String {
-        if let tiles { return "tiled: \(tiles)" }
+        if let tiles { return "tiled: \(tiles)" + (localPacking ? "" : ",LP=0") }
         return "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
@@ -80,13 +83,25 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
         var local = localSize ?? (0, 0)
         for item in text.split(separator: ",") {
             let parts = item.split(separator: "=")
-            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK", "TILED"].contains(parts[0].uppercased()) && value == 0) else {
+            if parts.count == 2, parts[0].uppercased() == "WIDE" {
+                // WIDE=MWGxNWGxKWGxMDIMCxNDIMCxVWM: the wide tile (WGPU sets from how many groups per unit).
+                let numbers = parts[1].split(separator: "x").compactMap { Int($0) }
+                guard numbers.count == 6 else { throw KernelProfileError.invalid(text, reason: "WIDE takes MWGxNWGxKWGxMDIMCxNDIMCxVWM, got '\(parts[1])'") }
+                let wide = TiledGemm(mwg: numbers[0], nwg: numbers[1], kwg: numbers[2], mdimc: numbers[3], ndimc: numbers[4], vwm: numbers[5])
+                do { try wide.validate() } catch let error as KernelProfileError { throw KernelProfileError.invalid(text, reason: "WIDE: \(error)") }
+                var tiles = profile.tiles ?? .seed
+                tiles.wide = wide
+                tiles.wideGroupsPerUnit = tiles.wideGroupsPerUnit ?? 16
+                profile.tiles = tiles
+                continue
+            }
+            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK", "TILED", "LP"].contains(parts[0].uppercased()) && value == 0) else {
                 throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
             }
             // Upper bounds keep a typo from building a kernel with a million-register tile or
             // launch sizes that overflow.
             let limits = ["MR": 64, "NV": 16, "UK": 64, "KC": 1 << 20, "LX": 1024, "LY": 1024, "MWG": 512, "NWG": 512, "KWG": 128,
-                          "MDIMC": 1024, "NDIMC": 1024, "VWM": 4, "TILED": 1]
+                          "MDIMC": 1024, "NDIMC": 1024, "VWM": 4, "TILED": 1, "LP": 1, "WGPU": 1 << 16]
             if let limit = limits[parts[0].uppercased()], value > limit {
                 throw KernelProfileError.invalid(text, reason: "\(parts[0]) must be at most \(limit), got \(value)")
             }
@@ -103,6 +118,11 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
             case "LX": local.0 = value
             case "LY": local.1 = value
             case "TILED": profile.tiles = value == 0 ? nil : profile.tiles ?? .seed
+            case "LP": profile.localPacking = value != 0
+            case "WGPU":
+                var tiles = profile.tiles ?? .seed
+                tiles.wideGroupsPerUnit = value
+                profile.tiles = tiles
             case "MWG", "NWG", "KWG", "MDIMC", "NDIMC", "VWM":
                 // Sets the tile of large products (the narrow classes keep theirs).
                 var tiles = profile.tiles ?? .seed
@@ -115,7 +135,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
                 default: tiles.large.vwm = value
                 }
                 profile.tiles = tiles
-            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK, TILED, MWG, NWG, KWG, MDIMC, NDIMC, VWM)")
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK, TILED, LP, MWG, NWG, KWG, MDIMC, NDIMC, VWM, WIDE, WGPU)")
             }
         }
         if let tiles = profile.tiles {
@@ -188,6 +208,12 @@ public struct GemmTiles: Sendable, Equatable, Hashable, Codable, CustomStringCon
     public var large: TiledGemm
     public var narrowColumns: TiledGemm
     public var narrowRows: TiledGemm
+    /// A larger tile for the large products whose grid it still fills: a product takes it when
+    /// it makes at least `wideGroupsPerUnit` work-groups per compute unit, else `large`. No one
+    /// large tile suits both a ViT-S and a ViT-B step on an H200 (32 x 32 and 32 x 64 each lose
+    /// 10-16% on the other's, docs/BENCHMARKS.md); nil: `large` serves every product.
+    public var wide: TiledGemm? = nil
+    public var wideGroupsPerUnit: Int? = nil
 
     /// Starting points before tuning (CLBlast's RTX 3090 row for large products).
     public static let seed = GemmTiles(
@@ -195,11 +221,20 @@ public struct GemmTiles: Sendable, Equatable, Hashable, Codable, CustomStringCon
         narrowColumns: TiledGemm(mwg: 128, nwg: 16, kwg: 16, mdimc: 32, ndimc: 4, vwm: 4),
         narrowRows: TiledGemm(mwg: 16, nwg: 128, kwg: 16, mdimc: 4, ndimc: 32, vwm: 4))
 
-    public func tile(m: Int, n: Int) -> TiledGemm {
+    /// The tile for an m x n product (`batches` of them) on a device of `computeUnits`.
+    public func tile(m: Int, n: Int, batches: Int = 1, computeUnits: Int = 1) -> TiledGemm {
         if n <= 16 && m > 16 { return narrowColumns }
         if m <= 16 && n > 16 { return narrowRows }
+        if let wide, let wideGroupsPerUnit {
+            let groups = (m + wide.mwg - 1) / wide.mwg * ((n + wide.nwg - 1) / wide.nwg) * batches
+            let (needed, overflow) = wideGroupsPerUnit.multipliedReportingOverflow(by: computeUnits)
+            if !overflow && groups >= needed { return wide }
+        }
         return large
     }
 
-    public var description: String { "large \(large); n<=16 \(narrowColumns); m<=16 \(narrowRows)" }
+    public var description: String {
+        "large \(large); n<=16 \(narrowColumns); m<=16 \(narrowRows)"
+            + (wide.map { wide in "; from \(wideGroupsPerUnit ?? 0) groups per unit \(wide)" } ?? "")
+    }
 }

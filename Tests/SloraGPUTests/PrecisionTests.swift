@@ -119,12 +119,13 @@ struct PrecisionTests {
     /// sum mixing a 16-bit weight with an fp32 adapter term (Serial LoRA's fused qkv). The kernels
     /// that ran are checked, so each path is known to be the one tested. The reference multiplies
     /// the stored values, so results agree up to fp32 accumulation order.
-    @Test(arguments: [DType.float16, .bfloat16, .int8], ["cpu", "cpu, packed only", "tiled"])
+    @Test(arguments: [DType.float16, .bfloat16, .int8], ["cpu", "cpu, packed only", "tiled", "tiled, LP=0"])
     func everyGemmPathReadsTheStoredType(storage: DType, path: String) throws {
         let engine = try makeEngine()
         let cpu = GemmProfile.cpu(preferredVectorWidth: engine.device.info.preferredFloatVectorWidth)
         switch path {
         case "tiled": engine.gemmProfile = .gpu
+        case "tiled, LP=0": engine.gemmProfile = try GemmProfile.gpu.overridden(by: "LP=0")
         case "cpu, packed only": engine.gemmProfile = try cpu.overridden(by: "DA=0,SK=0")
         default: engine.gemmProfile = cpu
         }
@@ -147,7 +148,10 @@ struct PrecisionTests {
                     let skinny = ran.contains("gemm_small_rows") || ran.contains("gemm_small_lanes")
                     switch path {
                     case "tiled":
-                        #expect(ran.contains("gemm_tiled") && !skinny, "\(label): ran \(ran.sorted())")
+                        #expect(ran.contains("gemm_tiled") && !skinny && ran.isSuperset(of: ["pack_panels_a", "pack_panels_b"])
+                                    && ran.isDisjoint(with: ["pack_a", "pack_b", "pack_b_transposed"]), "\(label): ran \(ran.sorted())")
+                    case "tiled, LP=0":
+                        #expect(ran.contains("gemm_tiled") && ran.contains("pack_a") && !ran.contains("pack_panels_a"), "\(label): ran \(ran.sorted())")
                     case "cpu, packed only":
                         #expect(ran.contains("pack_a") && ran.contains("gemm_packed") && !skinny, "\(label): ran \(ran.sorted())")
                     default:

@@ -19,20 +19,27 @@ struct TiledGemmTests {
                   narrowColumns: GemmTiles.seed.narrowColumns, narrowRows: GemmTiles.seed.narrowRows),
     ]
 
-    static func engine(_ tiles: GemmTiles) throws -> Engine {
+    static func engine(_ tiles: GemmTiles, localPacking: Bool = true) throws -> Engine {
         let engine = try makeEngine()
         engine.gemmProfile = .gpu
         engine.gemmProfile.tiles = tiles
+        engine.gemmProfile.localPacking = localPacking
         return engine
+    }
+
+    /// The three tile sets with the `__local` packing (the GPU default), then the second set
+    /// with the CPU's row-per-work-item packing (`LP=0`).
+    static func engine(configuration: Int) throws -> Engine {
+        configuration < tiles.count ? try engine(tiles[configuration]) : try engine(tiles[1], localPacking: false)
     }
 
     static let shapes = [GemmTests.Case(m: 1, n: 1, k: 1), GemmTests.Case(m: 65, n: 197, k: 40), GemmTests.Case(m: 197, n: 65, k: 129),
                          GemmTests.Case(m: 7, n: 48, k: 300), GemmTests.Case(m: 100, n: 8, k: 37), GemmTests.Case(m: 8, n: 100, k: 37),
                          GemmTests.Case(m: 130, n: 70, k: 17)]
 
-    @Test(arguments: 0..<3, shapes)
+    @Test(arguments: 0..<4, shapes)
     func everyTransposeMatchesTheReference(tileIndex: Int, shape: GemmTests.Case) throws {
-        let engine = try Self.engine(Self.tiles[tileIndex])
+        let engine = try Self.engine(configuration: tileIndex)
         let (m, n, k) = (shape.m, shape.n, shape.k)
         let a = uniformValues(m * k, seed: 1), b = uniformValues(k * n, seed: 2), c0 = uniformValues(m * n, seed: 3)
         for (transposeA, transposeB) in GemmTests.transposes {
@@ -45,9 +52,9 @@ struct TiledGemmTests {
         }
     }
 
-    @Test(arguments: 0..<3)
+    @Test(arguments: 0..<4)
     func epiloguesBatchesStridesAndSums(tileIndex: Int) throws {
-        let engine = try Self.engine(Self.tiles[tileIndex])
+        let engine = try Self.engine(configuration: tileIndex)
         // Bias, GELU and the pre-activation copy (a linear layer, W stored [out, in]).
         let (m, n, k) = (65, 53, 24)
         let x = uniformValues(m * k, seed: 4, scale: 2), w = uniformValues(n * k, seed: 5), bias = uniformValues(n, seed: 6)
@@ -125,13 +132,62 @@ struct TiledGemmTests {
         #expect(tiles.tile(m: 1576, n: 1152) == tiles.large && tiles.tile(m: 8, n: 8) == tiles.large)
     }
 
+    static let wide = TiledGemm(mwg: 32, nwg: 64, kwg: 16, mdimc: 8, ndimc: 8, vwm: 2)
+
+    /// The wide tile goes to large products whose grid at it has at least wideGroupsPerUnit
+    /// work-groups per compute unit: on 132 units at 16 per unit, a ViT-B step's products
+    /// (6304 rows) take it, a ViT-S step's (2080 rows) keep the large tile; narrow products
+    /// keep theirs; an overflowing threshold never picks it.
+    @Test func wideTilesGoToProductsThatFillTheDevice() throws {
+        var tiles = GemmTiles.seed
+        tiles.wide = Self.wide
+        tiles.wideGroupsPerUnit = 16
+        #expect(tiles.tile(m: 6304, n: 768, computeUnits: 132) == Self.wide)          // 197 x 12 = 2364 groups
+        #expect(tiles.tile(m: 2080, n: 1536, computeUnits: 132) == tiles.large)       // 65 x 24 = 1560 < 2112
+        #expect(tiles.tile(m: 2080, n: 1536, batches: 2, computeUnits: 132) == Self.wide)
+        #expect(tiles.tile(m: 6304, n: 8, computeUnits: 132) == tiles.narrowColumns)
+        #expect(tiles.tile(m: 8, n: 6304, computeUnits: 132) == tiles.narrowRows)
+        tiles.wideGroupsPerUnit = Int.max
+        #expect(tiles.tile(m: 6304, n: 768, computeUnits: 132) == tiles.large)
+        tiles.wide = nil
+        tiles.wideGroupsPerUnit = 1
+        #expect(tiles.tile(m: 6304, n: 768, computeUnits: 132) == tiles.large)
+
+        let profile = try GemmProfile.gpu.overridden(by: "WIDE=32x64x16x8x8x2,WGPU=8")
+        #expect(profile.tiles?.wide == Self.wide && profile.tiles?.wideGroupsPerUnit == 8)
+        #expect(try GemmProfile.gpu.overridden(by: "WIDE=32x64x16x8x8x2").tiles?.wideGroupsPerUnit == 16)
+        for bad in ["WIDE=32x64", "WIDE=18x64x16x2x16x1", "WIDE=32x64x16x8x8x2,WGPU=0", "WIDE=axbxcxdxexf"] {
+            #expect(throws: KernelProfileError.self, "\(bad)") { try GemmProfile.gpu.overridden(by: bad) }
+        }
+    }
+
+    /// Products routed to the wide tile on PoCL (two compute units, one group per unit is
+    /// enough) agree with the reference, in every transpose and with a sum of two terms.
+    @Test func productsOnTheWideTileMatchTheReference() throws {
+        let engine = try makeEngine()
+        engine.gemmProfile = try GemmProfile.gpu.overridden(by: "TILED=1,MWG=64,NWG=64,KWG=16,MDIMC=8,NDIMC=16,VWM=4,WIDE=32x64x16x8x8x2,WGPU=1")
+        let profiler = KernelProfiler()
+        engine.profiler = profiler
+        let (m, n, k) = (197, 130, 70)
+        let a = uniformValues(m * k, seed: 50), b = uniformValues(k * n, seed: 51)
+        for (transposeA, transposeB) in GemmTests.transposes {
+            let c = try engine.empty([m, n])
+            try engine.gemm(try engine.tensor(a, shape: transposeA ? [k, m] : [m, k]), try engine.tensor(b, shape: transposeB ? [n, k] : [k, n]),
+                            into: c, transposeA: transposeA, transposeB: transposeB)
+            expectClose(try c.download(), Reference.matmul(a, b, m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB),
+                        atol: GemmTests.tolerance(k: k), rtol: 1e-5, "wide \(transposeA ? "T" : "N")\(transposeB ? "T" : "N")")
+        }
+        #expect(engine.gemmProfile.tiles?.tile(m: m, n: n, computeUnits: engine.device.info.computeUnits) == Self.wide)
+        #expect(try profiler.summary().contains { $0.kernel == "gemm_tiled" })
+    }
+
     /// Every tile the tests and the profile use fits NVIDIA's limits (48 KiB of __local, whole
     /// warps, at most 1024 work-items), as compiled here (CL_KERNEL_LOCAL_MEM_SIZE); tiles that
     /// break a rule are refused before anything is built.
     @Test func tilesStayWithinGPULimits() throws {
         let engine = try makeEngine()
         for tiles in Self.tiles {
-            for tile in [tiles.large, tiles.narrowColumns, tiles.narrowRows] {
+            for tile in [tiles.large, tiles.narrowColumns, tiles.narrowRows, Self.wide] {
                 try tile.validate()
                 let kernel = try engine.kernels.kernel("gemm_tiled", in: "gemm", options: tile.buildOptions)
                 let used = try kernel.localMemoryBytes(on: engine.device)
@@ -236,7 +292,12 @@ struct GemmTunerTests {
         stale.key.gemmSource = "another source"
         var oversized = entry
         oversized.tiles.large = TiledGemm(mwg: 128, nwg: 128, kwg: 64, mdimc: 16, ndimc: 16, vwm: 4)
-        #expect(TuningCache.committed(for: key, device: engine.device, entries: ["a": try text(stale), "b": try text(oversized), "c": "{"]) == nil)
+        var wideWithoutThreshold = entry
+        wideWithoutThreshold.tiles.wide = TiledGemmTests.wide
+        #expect(TuningCache.committed(for: key, device: engine.device, entries: ["a": try text(stale), "b": try text(oversized), "c": "{",
+                                                                                 "d": try text(wideWithoutThreshold)]) == nil)
+        wideWithoutThreshold.tiles.wideGroupsPerUnit = 16
+        #expect(TuningCache.committed(for: key, device: engine.device, entries: ["a": try text(wideWithoutThreshold)])?.tiles.wide == TiledGemmTests.wide)
         #expect(EmbeddedKernelSources.tuning.values.allSatisfy { (try? JSONDecoder().decode(TuningEntry.self, from: Data($0.utf8))) != nil })
     }
 
