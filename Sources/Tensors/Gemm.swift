@@ -421,7 +421,7 @@ extension Engine {
     /// Packs scale_t op(A_t) for the terms from `packAFrom` on into row panels of `rows` (their
     /// k ranges consecutive, starting at 0; nil when there are none) and op(B_t) of every term
     /// into column panels of `columns`, the terms in consecutive k ranges (Kernels/gemm.cl,
-    /// pack_a and pack_b).
+    /// pack_a and pack_b; with `throughLocalMemory`, the GPUs' pack_panels_a and pack_panels_b).
     fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
                           m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int,
                           workspace: Workspace?, throughLocalMemory: Bool = false) throws -> (Tensor?, Tensor) {
