@@ -125,9 +125,16 @@ public enum GemmTuner {
     /// tokens, width 768; the low-rank factors at r = 8). A class named more than once is timed
     /// on the sum of its products: the large tile must also fill a GPU on ViT-S's narrow fc2
     /// (2080 x 384 x 1536 at batch 32), where a 128 x 128 tile leaves most multiprocessors idle.
+    /// "wide" (after "large"): a tile larger than the large one, kept only if it beats the large
+    /// tile by 5% on a product big enough to fill the device with it (ViT-B's qkv at batch 32).
     public static let vitBase: [(name: String, m: Int, n: Int, k: Int)] = [
         ("large", 1576, 2304, 768), ("large", 2080, 384, 1536), ("narrowColumns", 1576, 8, 768), ("narrowRows", 8, 768, 1576),
+        ("wide", 6304, 2304, 768),
     ]
+
+    /// The work-groups per compute unit from which a product takes the wide tile: not tuned, the
+    /// H200's threshold sweep (2-16 equal on ViT-B, 32 too high; docs/BENCHMARKS.md).
+    public static let wideGroupsPerUnit = 16
 
     /// The larger tiles (64 or 32 outputs per work-item) that a nested-loop order reaches last,
     /// tried right after the seeds; on the H200 none of them won (docs/BENCHMARKS.md).
@@ -215,8 +222,17 @@ public enum GemmTuner {
             let remainingWeight = names[index...].map(weight).reduce(0, +)
             let classBudget = (budget - Date().timeIntervalSince(started)) * weight(name) / remainingWeight
             let classStarted = Date()
-            var pool = candidates(for: name, device: engine.device)
-            if let maxCandidates { pool = Array(pool.prefix(maxCandidates)) }
+            var pool: [TiledGemm]
+            if name == "wide" {
+                // The large tile first, as the baseline, then only larger tiles.
+                let area = tiles.large.mwg * tiles.large.nwg
+                pool = candidates(for: "large", device: engine.device).filter { $0.mwg * $0.nwg > area }
+                if let maxCandidates { pool = Array(pool.prefix(maxCandidates)) }
+                pool.insert(tiles.large, at: 0)
+            } else {
+                pool = candidates(for: name, device: engine.device)
+                if let maxCandidates { pool = Array(pool.prefix(maxCandidates)) }
+            }
             let products = try shapes.filter { $0.name == name }.enumerated().map { offset, shape in
                 let a = tunerValues(shape.m * shape.k, seed: 1 + 2 * UInt64(offset)), b = tunerValues(shape.k * shape.n, seed: 2 + 2 * UInt64(offset))
                 return TimedProduct(m: shape.m, n: shape.n, k: shape.k, a: a, b: b,
@@ -225,6 +241,7 @@ public enum GemmTuner {
             }
             let shapeText = products.map { "\($0.m)x\($0.n)x\($0.k)" }.joined(separator: " + ")
             var best: (tile: TiledGemm, seconds: Double)?
+            var baselineSeconds = Double.infinity
             var tried = 0, rejected = 0
             for tile in pool {
                 if tried > 0, Date().timeIntervalSince(classStarted) > classBudget { break }
@@ -249,6 +266,7 @@ public enum GemmTuner {
                         fastest = min(fastest, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
                         if let best, fastest > 3 * best.seconds { break }
                     }
+                    if name == "wide" && tried == 1 { baselineSeconds = fastest }
                     if best == nil || fastest < best!.seconds { best = (tile, fastest) }
                 } catch {
                     rejected += 1
@@ -262,6 +280,12 @@ public enum GemmTuner {
             switch name {
             case "narrowColumns": tiles.narrowColumns = best.tile
             case "narrowRows": tiles.narrowRows = best.tile
+            case "wide":
+                let wins = best.tile != tiles.large && best.seconds < 0.95 * baselineSeconds
+                (tiles.wide, tiles.wideGroupsPerUnit) = wins ? (best.tile, wideGroupsPerUnit) : (nil, nil)
+                progress(wins ? String(format: "wide: %.0f%% faster than the large tile there; used from %d groups per unit",
+                                       100 * (baselineSeconds / best.seconds - 1), wideGroupsPerUnit)
+                              : "wide: no larger tile beat the large one by 5%; none kept")
             default: tiles.large = best.tile
             }
         }

@@ -60,7 +60,7 @@ struct TuneCommand: ParsableCommand {
         default:
             break
         }
-        let shapes = small ? [("large", 256, 256, 256), ("narrowColumns", 256, 8, 256), ("narrowRows", 8, 256, 256)] : GemmTuner.vitBase
+        let shapes = small ? [("large", 256, 256, 256), ("narrowColumns", 256, 8, 256), ("narrowRows", 8, 256, 256), ("wide", 512, 256, 128)] : GemmTuner.vitBase
         let attention = small ? AttentionShape(batch: 1, tokens: 33, heads: 1, headDimension: 16) : AttentionShape(batch: 8, tokens: 197, heads: 12, headDimension: 64)
         let entry = try GemmTuner.tune(engine, budget: budget, maxCandidates: maxCandidates, shapes: shapes, attentionShape: attention,
                                        reductionRows: small ? 197 : 1576, reductionWidth: small ? 384 : 768) { line in

@@ -208,7 +208,8 @@ struct TiledGemmTests {
 
 @Suite("GEMM tuner", .serialized)
 struct GemmTunerTests {
-    static let small = [("large", 70, 65, 33), ("large", 40, 24, 50), ("narrowColumns", 67, 8, 40), ("narrowRows", 8, 66, 40)]
+    static let small = [("large", 70, 65, 33), ("large", 40, 24, 50), ("narrowColumns", 67, 8, 40), ("narrowRows", 8, 66, 40),
+                        ("wide", 150, 140, 30)]
 
     @Test func tuningOnPoCLGivesAValidatedCachedEntryThatEnginesUse() throws {
         let cacheDirectory = try makeTemporaryDirectory()
@@ -221,7 +222,16 @@ struct GemmTunerTests {
         #expect(lines.contains { $0.hasPrefix("large (70x65x33 + 40x24x50): ") }, "\(lines)")
         #expect(entry.classes["large"]?.shape == [70, 65, 33])
         #expect(GemmTuner.reductionSizes.contains(entry.reductionSize ?? 0))
-        #expect(entry.classes.count == 3 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
+        #expect(entry.classes.count == 4 && entry.classes.values.allSatisfy { $0.tried >= 1 && $0.rejected == 0 && $0.gflops > 0 })
+        // The wide class times the large tile and larger ones; one is kept only if it beat it.
+        #expect(entry.classes["wide"]?.tried == 3, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("wide: ") }, "\(lines)")
+        if let wide = entry.tiles.wide {
+            #expect(wide.mwg * wide.nwg > entry.tiles.large.mwg * entry.tiles.large.nwg && entry.tiles.wideGroupsPerUnit == GemmTuner.wideGroupsPerUnit)
+            #expect(lines.contains { $0.hasPrefix("wide: ") && $0.contains("faster") })
+        } else {
+            #expect(entry.tiles.wideGroupsPerUnit == nil && lines.contains("wide: no larger tile beat the large one by 5%; none kept"))
+        }
         #expect([32, 64, 128].contains(entry.attentionRows ?? 0))
         for tile in [entry.tiles.large, entry.tiles.narrowColumns, entry.tiles.narrowRows] { try tile.validate() }
         let cache = try #require(engine.tuningCache)
