@@ -190,7 +190,10 @@ public struct TiledGemm: Sendable, Equatable, Hashable, Codable, CustomStringCon
     /// NVIDIA), and `__local` within `localLimit` and the device's own limit.
     public func validate(maxWorkGroup: Int = 1024, deviceLocalBytes: Int = Int.max) throws {
         func bad(_ reason: String) -> KernelProfileError { .tile(self, reason: reason) }
-        guard [mwg, nwg, kwg, mdimc, ndimc].allSatisfy({ $0 > 0 }), [1, 2, 4].contains(vwm) else { throw bad("sizes must be positive, VWM 1, 2 or 4") }
+        // Bounded before anything multiplies them (a tuning file or WIDE= may hold any integer).
+        guard [mwg, nwg, kwg, mdimc, ndimc].allSatisfy({ (1...1024).contains($0) }), [1, 2, 4].contains(vwm) else {
+            throw bad("sizes must be 1 to 1024, VWM 1, 2 or 4")
+        }
         guard mwg % mdimc == 0, nwg % ndimc == 0 else { throw bad("MWG must divide by MDIMC and NWG by NDIMC") }
         guard mwg % 4 == 0, nwg % 4 == 0, mwg % vwm == 0, nwg % vwm == 0 else { throw bad("MWG and NWG must divide by 4 and by VWM") }
         guard workGroupSize % 32 == 0, workGroupSize <= min(1024, maxWorkGroup) else {

@@ -167,12 +167,15 @@ struct FuzzTests {
         }
         let engine = try makeEngine()
         let key = try TuningKey(engine: engine)
-        let entry = TuningEntry(key: key, tiles: .seed, classes: ["large": TunedClass(shape: [1, 2, 3], tile: GemmTiles.seed.large, gflops: 1, tried: 1, rejected: 0)],
+        var tiles = GemmTiles.seed
+        (tiles.wide, tiles.wideGroupsPerUnit) = (TiledGemm(mwg: 32, nwg: 64, kwg: 16, mdimc: 8, ndimc: 8, vwm: 2), 16)
+        let entry = TuningEntry(key: key, tiles: tiles, classes: ["large": TunedClass(shape: [1, 2, 3], tile: GemmTiles.seed.large, gflops: 1, tried: 1, rejected: 0)],
                                 attentionRows: 64, version: "0", date: "d")
         let seedBytes = [UInt8](try JSONEncoder().encode(entry))
         fuzz("tuning entry", seeds: [seedBytes], seed: 11, text: true) { bytes in
             guard case .hit(let parsed) = TuningCache.verify(Data(bytes), key: key, device: engine.device, name: "fuzz") else { throw CocoaError(.fileReadCorruptFile) }
             try parsed.tiles.large.validate()
+            _ = parsed.tiles.tile(m: 6304, n: 768, batches: 32, computeUnits: 132)
         }
     }
 

@@ -156,7 +156,8 @@ struct TiledGemmTests {
         let profile = try GemmProfile.gpu.overridden(by: "WIDE=32x64x16x8x8x2,WGPU=8")
         #expect(profile.tiles?.wide == Self.wide && profile.tiles?.wideGroupsPerUnit == 8)
         #expect(try GemmProfile.gpu.overridden(by: "WIDE=32x64x16x8x8x2").tiles?.wideGroupsPerUnit == 16)
-        for bad in ["WIDE=32x64", "WIDE=18x64x16x2x16x1", "WIDE=32x64x16x8x8x2,WGPU=0", "WIDE=axbxcxdxexf"] {
+        for bad in ["WIDE=32x64", "WIDE=18x64x16x2x16x1", "WIDE=32x64x16x8x8x2,WGPU=0", "WIDE=axbxcxdxexf",
+                    "WIDE=32x64x16x4611686018427387904x4611686018427387904x2", "WIDE=-32x-64x16x8x8x2"] {
             #expect(throws: KernelProfileError.self, "\(bad)") { try GemmProfile.gpu.overridden(by: bad) }
         }
     }
