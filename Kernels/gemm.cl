@@ -245,13 +245,15 @@ __kernel void pack_b_transposed(__global const B_ELEMENT *B, const int b_offset,
 //   A: i = row of op(A),    stride_i = a_row_stride, stride_k = a_col_stride, times scale
 //   B: i = column of op(B), stride_i = b_col_stride, stride_k = b_row_stride (scale 1)
 //   packed[batch][i / width][k_destination + k][i % width] = scale * source(i, k), 0 past extent_i.
+// The last batch reduces over k_final <= K (split-k: the batches are chunks of one reduction,
+// batch_stride = K * stride_k, and the last chunk is shorter); its panels are zero past it.
 // Global (roundUp(panels * width, 32), 8 * ceil(K / 32), batches), local (32, 8, 1).
 #define PACK_TILE 32
 #define PACK_ROWS 8
 #define PACK_PANELS(NAME, ELEMENT, LOAD, SOURCE, SCALE_PARAMETERS) \
 __kernel __attribute__((reqd_work_group_size(PACK_TILE, PACK_ROWS, 1))) \
 void NAME(__global const ELEMENT *SOURCE, const int offset, const int stride_i, const int stride_k, const int batch_stride, \
-          const int extent_i, const int K, const float scale, const int width, const int panels, \
+          const int extent_i, const int K, const int k_final, const float scale, const int width, const int panels, \
           const int k_total, const int k_destination, __global float *packed SCALE_PARAMETERS) \
 { \
     __local float block[PACK_TILE][PACK_TILE + 1];   /* [i][k]; the pad keeps columns off one bank */ \
@@ -259,10 +261,11 @@ void NAME(__global const ELEMENT *SOURCE, const int offset, const int stride_i, 
     const int i0 = get_group_id(0) * PACK_TILE, k0 = get_group_id(1) * PACK_TILE, batch = get_global_id(2); \
     const __global ELEMENT *base = SOURCE + offset + batch * batch_stride; \
     const int k_unit = stride_k == 1; \
+    const int k_valid = batch == (int)get_global_size(2) - 1 ? k_final : K; \
     for (int j = ly; j < PACK_TILE; j += PACK_ROWS) { \
         const int di = k_unit ? j : lx, dk = k_unit ? lx : j; \
         const int i = i0 + di, k = k0 + dk; \
-        block[di][dk] = i < extent_i && k < K ? scale * LOAD(base, i * stride_i + k * stride_k) : 0.0f; \
+        block[di][dk] = i < extent_i && k < k_valid ? scale * LOAD(base, i * stride_i + k * stride_k) : 0.0f; \
     } \
     barrier(CLK_LOCAL_MEM_FENCE); \
     const int i = i0 + lx; \
@@ -334,6 +337,23 @@ inline void store_epilogue(float x, const float beta, __global const float *S, c
         x *= (flags & EPILOGUE_QUICK) ? quick_gelu_grad_scalar(p) : gelu_grad_scalar(p);
     }
     C[c_at] = x;
+}
+
+// Split-k's second pass: C = epilogue(alpha * sum_s partial[s]), partial [chunks][M][N] from
+// gemm_tiled with alpha 1, beta 0. Global (N, M).
+__kernel void gemm_split_sum(__global const float *partial, const int chunks, const int M, const int N,
+                             __global float *C, const int c_offset, const int ldc,
+                             const float alpha, const float beta,
+                             __global const float *bias, const int bias_offset, const int flags,
+                             __global PRE_ELEMENT *pre, const int pre_offset,
+                             __global const float *S, const int s_offset)
+{
+    const int column = get_global_id(0), row = get_global_id(1);
+    if (column >= N || row >= M) return;
+    float x = 0.0f;
+    for (int s = 0; s < chunks; ++s) x += partial[((size_t)s * M + row) * N + column];
+    const int at = row * ldc + column;
+    store_epilogue(alpha * x, beta, S, s_offset + at, flags, C, c_offset + at, bias, bias_offset + column, pre, pre_offset + at);
 }
 
 #ifndef TILED

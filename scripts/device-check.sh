@@ -187,6 +187,15 @@ if [ $dry = 0 ]; then
         step "packing-lp$packing-vit-b" 45 env SLORAGPU_GEMM_PROFILE="TILED=1,MWG=32,NWG=32,KWG=16,MDIMC=8,NDIMC=8,VWM=2,LP=$packing" \
             "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
     done
+    # Split-k for products whose grid leaves multiprocessors idle (the adapter's narrow ones), off
+    # (the default) and on, with the committed large and wide tiles written out (narrow ones at their seeds).
+    H200_TILES="TILED=1,MWG=32,NWG=32,KWG=16,MDIMC=8,NDIMC=8,VWM=2,WIDE=32x64x16x8x8x2,WGPU=16"
+    for split in 0 1; do
+        step "splitk$split-vit-b" 45 env SLORAGPU_GEMM_PROFILE="$H200_TILES,SPLITK=$split" \
+            "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --json
+    done
+    step profile-splitk-vit-b 45 env SLORAGPU_GEMM_PROFILE="$H200_TILES,SPLITK=1" \
+        "$bin" bench train --device gpu --model vit-b --patch 16 --image-size 224 --batch 32 --profile
     # Attention's key gradients from one kernel (split 0, the default) or two (1), same run.
     for split in 0 1; do
         for model in "vit-s 14 112" "vit-b 16 224"; do

@@ -172,19 +172,23 @@ extension Engine {
             return
         }
         if let tiles = profile.tiles {
-            try launchTiled(problem, tiles: tiles, localPacking: profile.localPacking, alpha: alpha, beta: beta)
+            try launchTiled(problem, tiles: tiles, localPacking: profile.localPacking, splitK: profile.splitK, alpha: alpha, beta: beta)
         } else {
             try launchPacked(problem, profile: profile, alpha: alpha, beta: beta)
         }
     }
 
     /// gemm_tiled (GPUs): both operands packed into the shape class's work-group tiles.
-    private func launchTiled(_ p: GemmProblem, tiles: GemmTiles, localPacking: Bool, alpha: Float, beta: Float) throws {
+    private func launchTiled(_ p: GemmProblem, tiles: GemmTiles, localPacking: Bool, splitK: Bool, alpha: Float, beta: Float) throws {
         let (m, n) = (p.m, p.n)
         let tile = tiles.tile(m: m, n: n, batches: p.batches, computeUnits: device.info.computeUnits)
         try tile.validate(maxWorkGroup: device.info.maxWorkGroupSize, deviceLocalBytes: Int(clamping: device.info.localMemoryBytes))
         let options = tile.buildOptions
         let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
+        if splitK && localPacking && p.terms.count == 1 && p.batches == 1 {
+            let chunks = Self.splitChunks(groups: mPanels * nPanels, k: p.kTotal, computeUnits: device.info.computeUnits)
+            if chunks > 1 { return try launchSplit(p, tile: tile, chunks: chunks, alpha: alpha, beta: beta) }
+        }
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: tile.mwg, columns: tile.nwg,
                                           m: m, n: n, kTotal: p.kTotal, batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: 0,
                                           workspace: p.workspace, throughLocalMemory: localPacking)
@@ -197,6 +201,52 @@ extension Engine {
             .float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags) + p.betaSource(first: true))
         try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, p.batches], local: [tile.ndimc, tile.mdimc, 1],
                     work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(p.kTotal) * Double(p.batches)))
+    }
+
+    /// Chunks of the reduction for a product whose grid of `groups` work-groups leaves compute
+    /// units idle: enough to give every unit a group, each chunk at least 256 long (1: no split).
+    static func splitChunks(groups: Int, k: Int, computeUnits: Int) -> Int {
+        guard groups > 0, groups < computeUnits else { return 1 }
+        return max(1, min((computeUnits + groups - 1) / groups, k / 256))
+    }
+
+    /// Split-k (GPUs, opt-in: `SLORAGPU_GEMM_PROFILE=SPLITK=1`): the reduction of a single
+    /// product cut into chunks that gemm_tiled runs as a batch into partial sums [chunks, M, N],
+    /// then gemm_split_sum adds them and applies the epilogue. For the adapters' narrow products
+    /// with long reductions, e.g. dA = g^T u (8 x 768 over k = 6304: 12 work-groups for an H200's
+    /// 132 multiprocessors).
+    private func launchSplit(_ p: GemmProblem, tile: TiledGemm, chunks requested: Int, alpha: Float, beta: Float) throws {
+        let (m, n, k) = (p.m, p.n, p.kTotal)
+        let chunk = (k + requested - 1) / requested, chunks = (k + chunk - 1) / chunk
+        let mPanels = (m + tile.mwg - 1) / tile.mwg, nPanels = (n + tile.nwg - 1) / tile.nwg
+        let (a, b, term) = (p.aViews[0], p.bViews[0], p.terms[0])
+        let packedA = try empty([chunks * mPanels * chunk * tile.mwg]), packedB = try empty([chunks * nPanels * chunk * tile.nwg])
+        let partial = try empty([chunks, m, n])
+        guard max(packedA.count, packedB.count, partial.count) <= Int(Int32.max) else {
+            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA.count, packedB.count, partial.count))
+        }
+        let options = tile.buildOptions, kFinal = k - (chunks - 1) * chunk
+        try packPanels("pack_panels_a", options: options + Self.storageOption("A", a.tensor.dtype), a.tensor,
+                       strideAcross: a.rowStride, strideAlong: a.columnStride, batchStride: chunk * a.columnStride, extent: m, k: chunk,
+                       kFinal: kFinal, scale: term.scale, width: tile.mwg, panels: mPanels, batches: chunks, kTotal: chunk,
+                       kDestination: 0, into: packedA)
+        try packPanels("pack_panels_b", options: options + Self.storageOption("B", b.tensor.dtype), b.tensor,
+                       strideAcross: b.columnStride, strideAlong: b.rowStride, batchStride: chunk * b.rowStride, extent: n, k: chunk,
+                       kFinal: kFinal, scale: 1, width: tile.nwg, panels: nPanels, batches: chunks, kTotal: chunk,
+                       kDestination: 0, into: packedB)
+        let kernel = try kernels.kernel("gemm_tiled", in: "gemm", options: options)
+        let none: [KernelArgument] = [.buffer(partial.buffer), .int32(0)]
+        try kernel.setArguments([
+            .buffer(packedA.buffer), .buffer(packedB.buffer), .int32(Int32(chunk)),
+            .int32(Int32(m)), .int32(Int32(n)), .int32(Int32(mPanels)), .int32(Int32(nPanels)), .int32(1), .int32(1),
+            .buffer(partial.buffer), .int32(0), .int32(Int32(n)), .int32(Int32(m * n)), .float(1), .float(0)]
+            + none + [.int32(0)] + none + none)
+        try enqueue(kernel, global: [nPanels * tile.ndimc, mPanels * tile.mdimc, chunks], local: [tile.ndimc, tile.mdimc, 1],
+                    work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(k)))
+        let sum = try kernels.kernel("gemm_split_sum", in: "gemm", options: options + p.preStorageOption)
+        try sum.setArguments([.buffer(partial.buffer), .int32(Int32(chunks)), .int32(Int32(m)), .int32(Int32(n))]
+            + p.cArguments.prefix(3) + [.float(alpha), .float(beta)] + p.epilogueArguments(flags: p.flags) + p.betaSource(first: true))
+        try enqueue(sum, global: [n, m], work: .floats((chunks + 1) * m * n))
     }
 
     /// gemm_packed (CPUs): register tiles over packed panels, A read in place when it can be,
@@ -494,13 +544,13 @@ extension Engine {
     /// B): packed[batch][i / width][kDestination + k][i % width] = scale op(X)(i, k), zero past
     /// `extent` (Kernels/gemm.cl, PACK_PANELS).
     fileprivate func packPanels(_ name: String, options: String, _ source: Tensor, strideAcross: Int, strideAlong: Int,
-                                batchStride: Int, extent: Int, k: Int, scale: Float, width: Int, panels: Int, batches: Int,
+                                batchStride: Int, extent: Int, k: Int, kFinal: Int? = nil, scale: Float, width: Int, panels: Int, batches: Int,
                                 kTotal: Int, kDestination: Int, into packed: Tensor) throws {
         let tile = 32, rowsPerGroup = 8
         let kernel = try kernels.kernel(name, in: "gemm", options: options)
         try kernel.setArguments([
             .buffer(source.buffer), .int32(Int32(source.offset)), .int32(Int32(strideAcross)), .int32(Int32(strideAlong)),
-            .int32(Int32(batchStride)), .int32(Int32(extent)), .int32(Int32(k)), .float(scale), .int32(Int32(width)),
+            .int32(Int32(batchStride)), .int32(Int32(extent)), .int32(Int32(k)), .int32(Int32(kFinal ?? k)), .float(scale), .int32(Int32(width)),
             .int32(Int32(panels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)), .buffer(packed.buffer),
         ] + Self.scaleArguments(source))
         try enqueue(kernel, global: [roundUp(panels * width, tile), (k + tile - 1) / tile * rowsPerGroup, batches],

@@ -29,11 +29,14 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     /// With tiles: pack the operands through `__local` blocks, coalesced on both sides
     /// (pack_panels_a/b) rather than a panel row per work-item (pack_a/b, the CPU's kernels).
     public var localPacking = true
+    /// With tiles and `localPacking`: single products whose grid leaves compute units idle
+    /// reduce in chunks (split-k, `launchSplit`). Off until a GPU has timed it.
+    public var splitK = false
 
     public static func == (a: GemmProfile, b: GemmProfile) -> Bool {
         a.rowsPerItem == b.rowsPerItem && a.vectorWidth == b.vectorWidth && a.vectorsPerRow == b.vectorsPerRow
             && a.kUnroll == b.kUnroll && a.kBlock == b.kBlock && a.directA == b.directA && a.skinny == b.skinny
-            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1 && a.tiles == b.tiles && a.localPacking == b.localPacking
+            && a.localSize?.0 == b.localSize?.0 && a.localSize?.1 == b.localSize?.1 && a.tiles == b.tiles && a.localPacking == b.localPacking && a.splitK == b.splitK
     }
 
     public var columnsPerItem: Int { vectorWidth * vectorsPerRow }
@@ -41,7 +44,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
     public var buildOptions: String { "-DMR=\(rowsPerItem) -DVW=\(vectorWidth) -DNV=\(vectorsPerRow) -DUK=\(kUnroll)" }
 
     public var description: String {
-        if let tiles { return "tiled: \(tiles)" + (localPacking ? "" : ",LP=0") }
+        if let tiles { return "tiled: \(tiles)" + (localPacking ? "" : ",LP=0") + (splitK ? ",SPLITK=1" : "") }
         return "MR=\(rowsPerItem),VW=\(vectorWidth),NV=\(vectorsPerRow),UK=\(kUnroll),KC=\(kBlock)" + (localSize.map { ",LX=\($0.0),LY=\($0.1)" } ?? "") + (directA ? "" : ",DA=0") + (skinny ? "" : ",SK=0")
     }
 
@@ -95,13 +98,13 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
                 profile.tiles = tiles
                 continue
             }
-            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK", "TILED", "LP"].contains(parts[0].uppercased()) && value == 0) else {
+            guard parts.count == 2, let value = Int(parts[1]), value > 0 || (["DA", "SK", "TILED", "LP", "SPLITK"].contains(parts[0].uppercased()) && value == 0) else {
                 throw KernelProfileError.invalid(text, reason: "'\(item)' is not KEY=POSITIVE_INTEGER")
             }
             // Upper bounds keep a typo from building a kernel with a million-register tile or
             // launch sizes that overflow.
             let limits = ["MR": 64, "NV": 16, "UK": 64, "KC": 1 << 20, "LX": 1024, "LY": 1024, "MWG": 512, "NWG": 512, "KWG": 128,
-                          "MDIMC": 1024, "NDIMC": 1024, "VWM": 4, "TILED": 1, "LP": 1, "WGPU": 1 << 16]
+                          "MDIMC": 1024, "NDIMC": 1024, "VWM": 4, "TILED": 1, "LP": 1, "SPLITK": 1, "WGPU": 1 << 16]
             if let limit = limits[parts[0].uppercased()], value > limit {
                 throw KernelProfileError.invalid(text, reason: "\(parts[0]) must be at most \(limit), got \(value)")
             }
@@ -119,6 +122,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
             case "LY": local.1 = value
             case "TILED": profile.tiles = value == 0 ? nil : profile.tiles ?? .seed
             case "LP": profile.localPacking = value != 0
+            case "SPLITK": profile.splitK = value != 0
             case "WGPU":
                 var tiles = profile.tiles ?? .seed
                 tiles.wideGroupsPerUnit = value
@@ -135,7 +139,7 @@ public struct GemmProfile: Sendable, Equatable, CustomStringConvertible {
                 default: tiles.large.vwm = value
                 }
                 profile.tiles = tiles
-            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK, TILED, LP, MWG, NWG, KWG, MDIMC, NDIMC, VWM, WIDE, WGPU)")
+            default: throw KernelProfileError.invalid(text, reason: "unknown key '\(parts[0])' (MR, VW, NV, UK, KC, LX, LY, DA, SK, TILED, LP, SPLITK, MWG, NWG, KWG, MDIMC, NDIMC, VWM, WIDE, WGPU)")
             }
         }
         if let tiles = profile.tiles {

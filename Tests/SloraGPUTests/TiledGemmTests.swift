@@ -162,6 +162,58 @@ struct TiledGemmTests {
         }
     }
 
+    /// How many chunks split-k cuts a reduction into: enough for every compute unit, each at
+    /// least 256 long, none for a grid that already fills the device.
+    @Test func splitKChunksFillTheDevice() {
+        #expect(Engine.splitChunks(groups: 12, k: 6304, computeUnits: 132) == 11)       // dA = g^T u on an H200
+        #expect(Engine.splitChunks(groups: 36, k: 6304, computeUnits: 132) == 4)        // P = G^T t
+        #expect(Engine.splitChunks(groups: 12, k: 768, computeUnits: 132) == 3)         // short: 256 per chunk at least
+        #expect(Engine.splitChunks(groups: 99, k: 768, computeUnits: 132) == 2)
+        #expect(Engine.splitChunks(groups: 132, k: 6304, computeUnits: 132) == 1)
+        #expect(Engine.splitChunks(groups: 1, k: 200, computeUnits: 132) == 1)
+    }
+
+    /// Split-k forced (`SPLITK=1`) on PoCL's 2 compute units: single-group products (8 x 100 on the
+    /// m <= 16 tile, 70 x 9 on the n <= 16 one) over k = 601 and 1500 (a shorter last chunk),
+    /// every transpose, with alpha and beta, a bias + GELU + pre-activation epilogue, and an fp16
+    /// operand, against the reference; the split kernels are checked to have run.
+    @Test func splitKMatchesTheReference() throws {
+        let engine = try makeEngine()
+        engine.gemmProfile = try GemmProfile.gpu.overridden(by: "SPLITK=1")
+        let profiler = KernelProfiler()
+        engine.profiler = profiler
+        #expect(engine.device.info.computeUnits >= 2, "split-k needs a device of at least 2 compute units to be tested here")
+        for (m, n, k) in [(8, 100, 601), (70, 9, 1500)] {
+            let a = uniformValues(m * k, seed: 60), b = uniformValues(k * n, seed: 61), c0 = uniformValues(m * n, seed: 62)
+            for (transposeA, transposeB) in GemmTests.transposes {
+                profiler.reset()
+                let c = try engine.tensor(c0, shape: [m, n])
+                try engine.gemm(try engine.tensor(a, shape: transposeA ? [k, m] : [m, k]), try engine.tensor(b, shape: transposeB ? [n, k] : [k, n]),
+                                into: c, transposeA: transposeA, transposeB: transposeB, alpha: 0.5, beta: 1)
+                let product = Reference.matmul(a, b, m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+                let label = "split-k \(m)x\(n)x\(k) \(transposeA ? "T" : "N")\(transposeB ? "T" : "N")"
+                expectClose(try c.download(), (0..<m * n).map { 0.5 * product[$0] + Double(c0[$0]) }, atol: GemmTests.tolerance(k: k), rtol: 1e-5, label)
+                let ran = Set(try profiler.summary().map(\.kernel))
+                #expect(ran.isSuperset(of: ["gemm_tiled", "gemm_split_sum", "pack_panels_a", "pack_panels_b"]), "\(label): ran \(ran.sorted())")
+            }
+            // The epilogue in the second pass: bias, GELU, the pre-activation; an fp16 A (a frozen weight).
+            let bias = uniformValues(n, seed: 63)
+            let out = try engine.empty([m, n]), pre = try engine.empty([m, n])
+            let stored = try engine.tensor(a, shape: [m, k], storage: .float16)
+            try engine.gemm(stored, try engine.tensor(b, shape: [k, n]), into: out, bias: try engine.tensor(bias, shape: [n]),
+                            activation: .gelu, preActivation: pre)
+            let linear = Reference.matmul(try stored.download(), b, m: m, n: n, k: k).enumerated().map { $0.element + Double(bias[$0.offset % n]) }
+            expectClose(try pre.download(), linear, atol: GemmTests.tolerance(k: k), rtol: 1e-5, "split-k pre-activation \(m)x\(n)x\(k)")
+            expectClose(try out.download(), linear.map(Reference.gelu), atol: GemmTests.tolerance(k: k), rtol: 1e-5, "split-k GELU \(m)x\(n)x\(k)")
+        }
+        // A grid that fills the device, or a sum of terms, is not split.
+        profiler.reset()
+        let (m, n, k) = (100, 130, 600)
+        try engine.gemm(try engine.tensor(uniformValues(m * k, seed: 64), shape: [m, k]), try engine.tensor(uniformValues(k * n, seed: 65), shape: [k, n]),
+                        into: try engine.empty([m, n]))
+        #expect(!(try profiler.summary().map(\.kernel)).contains("gemm_split_sum"))
+    }
+
     /// Products routed to the wide tile on PoCL (two compute units, one group per unit is
     /// enough) agree with the reference, in every transpose and with a sum of two terms.
     @Test func productsOnTheWideTileMatchTheReference() throws {
