@@ -74,6 +74,22 @@ struct SelftestCommand: ParsableCommand {
             report("gemm two-term sum (fused serial adapter) \(m)x\(n)x\(k)+8", try sum.download(), (0..<m * n).map { linear[$0] + 0.5 * second[$0] },
                    atol: 1e-4, rtol: 1e-5)
         }
+        if engine.gemmProfile.tiles != nil {
+            // The opt-in split-k (SPLITK=1) on the adapter's dA = g^T u at ViT-B's batch 32: one
+            // group of the m <= 16 tile, so it splits on any device of two or more compute units.
+            let (m, n, k) = (8, 768, 6304)
+            let g = values(k * m, 15), u = values(k * n, 16), c0 = values(m * n, 17)
+            let saved = engine.gemmProfile
+            defer { engine.gemmProfile = saved }
+            for split in [true, false] {
+                engine.gemmProfile.splitK = split
+                let c = try engine.tensor(c0, shape: [m, n])
+                try engine.gemm(try engine.tensor(g, shape: [k, m]), try engine.tensor(u, shape: [k, n]), into: c, transposeA: true, alpha: 0.5, beta: 1)
+                let product = Reference.matmul(g, u, m: m, n: n, k: k, transposeA: true)
+                report("gemm \(split ? "split-k" : "one pass") TN \(m)x\(n)x\(k) (the adapter's dA)", try c.download(),
+                       (0..<m * n).map { 0.5 * product[$0] + Double(c0[$0]) }, atol: 2e-6 * Double(k) + 1e-6, rtol: 1e-5)
+            }
+        }
 
         for (batch, tokens, heads, dh) in [(2, 65, 3, 64), (1, 197, 2, 64), (2, 17, 2, 40), (1, 9, 1, 6)] {
             let width = heads * dh, rows = batch * tokens
@@ -94,6 +110,14 @@ struct SelftestCommand: ParsableCommand {
             let expected = Reference.attention(q: columns(0), k: columns(1), v: columns(2), batch: batch, tokens: tokens, heads: heads, headDimension: dh)
             let name = "B\(batch) N\(tokens) H\(heads) dh\(dh)"
             report("attention forward \(name)", try o.download(), expected.o, atol: 1e-5, rtol: 1e-4)
+            // The opt-in split dK/dV flash kernels too (SLORAGPU_FLASH_SPLIT), on the first shape.
+            let splits: [Bool]
+            if case .flash = engine.attentionPath, batch == 2, tokens == 65 { splits = [engine.flashSplitBackward, !engine.flashSplitBackward] } else { splits = [engine.flashSplitBackward] }
+            let defaultSplit = engine.flashSplitBackward
+            defer { engine.flashSplitBackward = defaultSplit }
+            for split in splits {
+            engine.flashSplitBackward = split
+            let name = split == defaultSplit ? name : name + (split ? " (dK, dV split)" : " (dK, dV fused)")
             let dqkv = try engine.zeros([rows, 3 * width])
             try engine.attentionBackward(shape, q: try layout(qkvTensor, 0), k: try layout(qkvTensor, width), v: try layout(qkvTensor, 2 * width), output: o, lse: lse,
                                          dOutput: try engine.tensor(dO, shape: [rows, width]),
@@ -108,6 +132,7 @@ struct SelftestCommand: ParsableCommand {
                 want += grads.dv[range]
             }
             report("attention backward \(name)", try dqkv.download(), want, atol: 2e-5, rtol: 1e-3)
+            }
         }
         for (rows, width) in [(197, 384), (65, 31), (3, 768)] {
             let x = values(rows * width, 11).enumerated().map { $1 * 3 + Float($0 % 7) * 0.5 }
