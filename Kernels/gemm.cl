@@ -61,6 +61,19 @@
 #ifndef PRE_STORAGE
 #define PRE_STORAGE 0
 #endif
+// fp32 -> bf16, round to nearest even; a NaN stays a NaN (the plain formula turns some into Inf).
+inline ushort round_bf16(const float x)
+{
+    const uint bits = as_uint(x);
+    return (bits & 0x7fffffffu) > 0x7f800000u ? (ushort)((bits >> 16) | 0x0040u)
+                                              : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+// 16 values at once, each in the low half of its lane.
+inline uint16 round_bf16_16(const float16 x)
+{
+    const uint16 bits = as_uint16(x);
+    return select((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16, (bits >> 16) | 0x0040u, (bits & 0x7fffffffu) > (uint16)(0x7f800000u));
+}
 #if PRE_STORAGE == 2
 #define PRE_ELEMENT ushort
 #define uintV CAT(uint, VW)
@@ -68,13 +81,7 @@
 #define as_floatV CAT(as_float, VW)
 #define convert_uintV CAT(convert_uint, VW)
 #define convert_ushortV CAT(convert_ushort, VW)
-inline ushort pre_bf16(const float x)
-{
-    const uint bits = as_uint(x);
-    return (bits & 0x7fffffffu) > 0x7f800000u ? (ushort)((bits >> 16) | 0x0040u)
-                                              : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-#define PRE_STORE(x, p, i) ((p)[i] = pre_bf16(x))
+#define PRE_STORE(x, p, i) ((p)[i] = round_bf16(x))
 #define PRE_LOAD(p, i) as_float((uint)(p)[i] << 16)
 #define PRE_STORE_V(x, p) do { \
         const uintV bits_ = as_uintV(x); \
@@ -152,37 +159,60 @@ inline ushort pre_bf16(const float x)
 #else
 #define LOAD_A16(v, p) vload16((v), (p))
 #endif
+#if B_STORAGE == 1
+#define LOAD_B16(v, p) vload_half16((v), (p))
+#elif B_STORAGE == 2
+#define LOAD_B16(v, p) as_float16(convert_uint16(vload16((v), (p))) << 16)
+#else
+#define LOAD_B16(v, p) vload16((v), (p))
+#endif
+
+// Panel element types. fp32 panels hold element (k, i) of a panel `width` wide at k * width + i.
+// BF16_PANELS (the CPU's bf16 products, AVX512_BF16): operands are rounded to bf16 (nearest even)
+// as they are packed, and consecutive k pair up, [k / 2][i][k % 2], so that one 32-bit lane holds
+// the two values vdpbf16ps multiplies and adds; k_total is even (the launcher pads it, zeroed).
+#ifdef BF16_PANELS
+#define PANEL_ELEMENT ushort
+#define PANEL_AT(k, i, width) ((size_t)((k) & ~1) * (width) + 2 * (i) + ((k) & 1))
+#define PANEL_VALUE(x) round_bf16(x)
+#define PANEL_ZERO ((ushort)0)
+#else
+#define PANEL_ELEMENT float
+#define PANEL_AT(k, i, width) ((size_t)(k) * (width) + (i))
+#define PANEL_VALUE(x) (x)
+#define PANEL_ZERO 0.0f
+#endif
 
 // pack_a: global (K, m_panels, batches). Writes zeros for padding rows.
 __kernel void pack_a(__global const A_ELEMENT *A, const int a_offset, const int a_row_stride,
                      const int a_col_stride, const int a_batch_stride, const int M, const int K,
                      const float scale, const int m_panels, const int k_total, const int k_destination,
-                     __global float *Ap A_SCALE_PARAMETERS)
+                     __global PANEL_ELEMENT *Ap A_SCALE_PARAMETERS)
 {
     const int k = get_global_id(0);
     const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
     const __global A_ELEMENT *source = A + a_offset + batch * a_batch_stride + k * a_col_stride;
-    __global float *destination = Ap + ((size_t)(batch * m_panels + panel) * k_total + k_destination + k) * MR;
-    const int rows = min(MR, M - panel * MR);
+    __global PANEL_ELEMENT *destination = Ap + (size_t)(batch * m_panels + panel) * k_total * MR;
+    const int rows = min(MR, M - panel * MR), at = k_destination + k;
     for (int r = 0; r < MR; ++r)
-        destination[r] = r < rows ? scale * LOAD_A(source, (panel * MR + r) * a_row_stride) : 0.0f;
+        destination[PANEL_AT(at, r, MR)] = r < rows ? PANEL_VALUE(scale * LOAD_A(source, (panel * MR + r) * a_row_stride)) : PANEL_ZERO;
 }
 
 // pack_b: global (K, n_panels, batches). Writes zeros for padding columns.
 __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int b_row_stride,
                      const int b_col_stride, const int b_batch_stride, const int K, const int N,
-                     const int n_panels, const int k_total, const int k_destination, __global float *Bp B_SCALE_PARAMETERS)
+                     const int n_panels, const int k_total, const int k_destination, __global PANEL_ELEMENT *Bp B_SCALE_PARAMETERS)
 {
     const int k = get_global_id(0);
     const int panel = get_global_id(1);
     const int batch = get_global_id(2);
     if (k >= K) return;
     const __global B_ELEMENT *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
-    __global float *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k) * NR;
-    const int columns = min(NR, N - panel * NR);
-#if B_STORAGE < 2
+    const int columns = min(NR, N - panel * NR), at = k_destination + k;
+#if B_STORAGE < 2 && !defined(BF16_PANELS)
+    __global float *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + at) * NR;
     if (columns == NR && b_col_stride == 1) {
 #if B_STORAGE == 1
         for (int v = 0; v < NV; ++v) vstoreV(CAT(vload_half, VW)(v, source + panel * NR), v, destination);
@@ -192,9 +222,101 @@ __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int 
         return;
     }
 #endif
+    __global PANEL_ELEMENT *panel_start = Bp + (size_t)(batch * n_panels + panel) * k_total * NR;
     for (int c = 0; c < NR; ++c)
-        destination[c] = c < columns ? LOAD_B(source, (panel * NR + c) * b_col_stride) : 0.0f;
+        panel_start[PANEL_AT(at, c, NR)] = c < columns ? PANEL_VALUE(LOAD_B(source, (panel * NR + c) * b_col_stride)) : PANEL_ZERO;
 }
+
+#ifdef BF16_PANELS
+// bf16 panels a pair of k per work-item, which writes whole 32-bit pairs (the per-k kernels above
+// write every other 2-byte value: 0.24 of a copy's rate at best, 15% of a ViT-S step). Used for
+// terms that start at an even k (k_destination even); an odd K's last work-item writes its low
+// half only, the high half being the next term's first value or the zero pad.
+// Global (ceil(K / 2), panels, batches).
+__kernel void pack_a_pairs(__global const A_ELEMENT *A, const int a_offset, const int a_row_stride,
+                           const int a_col_stride, const int a_batch_stride, const int M, const int K,
+                           const float scale, const int m_panels, const int k_total, const int k_destination,
+                           __global uint *Ap A_SCALE_PARAMETERS)
+{
+    const int k = 2 * get_global_id(0), panel = get_global_id(1), batch = get_global_id(2);
+    if (k >= K) return;
+    const __global A_ELEMENT *source = A + a_offset + batch * a_batch_stride + k * a_col_stride;
+    __global uint *destination = Ap + ((size_t)(batch * m_panels + panel) * k_total + k_destination + k) / 2 * MR;
+    const int rows = min(MR, M - panel * MR);
+    if (k + 1 < K) {
+        for (int r = 0; r < MR; ++r) {
+            const int at = (panel * MR + r) * a_row_stride;
+            destination[r] = r < rows ? (uint)round_bf16(scale * LOAD_A(source, at)) | (uint)round_bf16(scale * LOAD_A(source, at + a_col_stride)) << 16 : 0u;
+        }
+    } else {
+        __global ushort *halves = (__global ushort *)destination;
+        for (int r = 0; r < MR; ++r) halves[2 * r] = r < rows ? round_bf16(scale * LOAD_A(source, (panel * MR + r) * a_row_stride)) : (ushort)0;
+    }
+}
+
+// A plain op(A) (unit column stride: the activations [T, d] of every forward and input-gradient
+// product): 16 k of a panel's MR rows per work-item, one vector load per row, written as
+// 8 x MR pairs that are contiguous in the panel. Global (ceil(K / 16), m_panels, batches).
+#if A_STORAGE < 3
+__kernel void pack_a_rows(__global const A_ELEMENT *A, const int a_offset, const int a_row_stride,
+                          const int a_batch_stride, const int M, const int K,
+                          const float scale, const int m_panels, const int k_total, const int k_destination, __global uint *Ap)
+{
+    const int k0 = 16 * get_global_id(0), panel = get_global_id(1), batch = get_global_id(2);
+    if (k0 >= K) return;
+    const int rows = min(MR, M - panel * MR), depth = min(16, K - k0), whole = depth / 2;
+    __global uint *destination = Ap + ((size_t)(batch * m_panels + panel) * k_total + k_destination + k0) / 2 * MR;
+    for (int r = 0; r < MR; ++r) {
+        float16 values = (float16)(0.0f);
+        if (r < rows) {
+            const __global A_ELEMENT *row = A + a_offset + batch * a_batch_stride + (panel * MR + r) * a_row_stride + k0;
+            if (depth == 16) {
+                values = scale * LOAD_A16(0, row);
+            } else {
+                float lanes[16];
+                for (int j = 0; j < 16; ++j) lanes[j] = j < depth ? scale * LOAD_A(row, j) : 0.0f;
+                values = vload16(0, lanes);
+            }
+        }
+        const uint16 rounded = round_bf16_16(values);
+        const uint8 pairs = rounded.even | rounded.odd << 16;
+        for (int j = 0; j < whole; ++j) destination[j * MR + r] = pairs[j];
+        if (depth & 1) ((__global ushort *)(destination + whole * MR))[2 * r] = (ushort)pairs[whole];
+    }
+}
+#endif
+
+// Rows k and k + 1 of op(B) into NR pairs; a plain B (unit column stride, a full panel) reads
+// both rows as vectors. Global (ceil(K / 2), n_panels, batches).
+__kernel void pack_b_pairs(__global const B_ELEMENT *B, const int b_offset, const int b_row_stride,
+                           const int b_col_stride, const int b_batch_stride, const int K, const int N,
+                           const int n_panels, const int k_total, const int k_destination, __global uint *Bp B_SCALE_PARAMETERS)
+{
+    const int k = 2 * get_global_id(0), panel = get_global_id(1), batch = get_global_id(2);
+    if (k >= K) return;
+    const __global B_ELEMENT *source = B + b_offset + batch * b_batch_stride + k * b_row_stride;
+    __global uint *destination = Bp + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k) / 2 * NR;
+    const int columns = min(NR, N - panel * NR);
+    if (k + 1 < K) {
+#if B_STORAGE < 3
+        if (columns == NR && b_col_stride == 1) {
+            for (int v = 0; v < NR / 16; ++v) {
+                const float16 low = LOAD_B16(v, source + panel * NR), high = LOAD_B16(v, source + panel * NR + b_row_stride);
+                vstore16(round_bf16_16(low) | round_bf16_16(high) << 16, v, destination);
+            }
+            return;
+        }
+#endif
+        for (int c = 0; c < NR; ++c) {
+            const int at = (panel * NR + c) * b_col_stride;
+            destination[c] = c < columns ? (uint)round_bf16(LOAD_B(source, at)) | (uint)round_bf16(LOAD_B(source, at + b_row_stride)) << 16 : 0u;
+        }
+    } else {
+        __global ushort *halves = (__global ushort *)destination;
+        for (int c = 0; c < NR; ++c) halves[2 * c] = c < columns ? round_bf16(LOAD_B(source, (panel * NR + c) * b_col_stride)) : (ushort)0;
+    }
+}
+#endif
 
 // pack_b for a transposed op(B), B[k][c] at B + c * b_col_stride + k (a weight W [N, K] read as
 // W^T, as every forward product reads its frozen weight): one work-item packs KT consecutive k
@@ -213,12 +335,12 @@ __kernel void pack_b(__global const B_ELEMENT *B, const int b_offset, const int 
 #if B_STORAGE != 3
 __kernel void pack_b_transposed(__global const B_ELEMENT *B, const int b_offset, const int b_col_stride, const int b_batch_stride,
                                 const int K, const int N, const int n_panels, const int k_total, const int k_destination,
-                                __global float *Bp, const int bp_offset)
+                                __global PANEL_ELEMENT *Bp, const int bp_offset)
 {
     const int k0 = get_global_id(0) * KT, panel = get_global_id(1), batch = get_global_id(2);
     if (k0 >= K) return;
-    const int columns = min(NR, N - panel * NR), depth = min(KT, K - k0);
-    __global float *destination = Bp + bp_offset + ((size_t)(batch * n_panels + panel) * k_total + k_destination + k0) * NR;
+    const int columns = min(NR, N - panel * NR), depth = min(KT, K - k0), at = k_destination + k0;
+    __global PANEL_ELEMENT *panel_start = Bp + bp_offset + (size_t)(batch * n_panels + panel) * k_total * NR;
     for (int c = 0; c < NR; ++c) {
         float lanes[KT];
         if (c >= columns) {
@@ -231,7 +353,15 @@ __kernel void pack_b_transposed(__global const B_ELEMENT *B, const int b_offset,
                 for (int j = 0; j < KT; ++j) lanes[j] = j < depth ? LOAD_B(row, j) : 0.0f;
             }
         }
-        for (int j = 0; j < depth; ++j) destination[j * NR + c] = lanes[j];
+#ifdef BF16_PANELS
+        if ((at & 1) == 0) {   // whole pairs (a term at an odd k writes 2-byte halves below)
+            __global uint *pairs = (__global uint *)panel_start + (size_t)(at / 2) * NR + c;
+            for (int j = 0; j + 1 < depth; j += 2) pairs[j / 2 * NR] = (uint)round_bf16(lanes[j]) | (uint)round_bf16(lanes[j + 1]) << 16;
+            if (depth & 1) panel_start[PANEL_AT(at + depth - 1, c, NR)] = round_bf16(lanes[depth - 1]);
+            continue;
+        }
+#endif
+        for (int j = 0; j < depth; ++j) panel_start[PANEL_AT(at + j, c, NR)] = PANEL_VALUE(lanes[j]);
     }
 }
 #endif
@@ -372,7 +502,51 @@ __kernel void gemm_split_sum(__global const float *partial, const int chunks, co
 #else
 #define AP_ELEMENT float
 #endif
-__kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *Bp, const int k_total,
+
+#ifdef BF16_PANELS
+#if VW != 16 || defined(DIRECT_A)
+#error "bf16 panels take 16-float vectors and a packed A"
+#endif
+#undef AP_ELEMENT
+#define AP_ELEMENT uint
+#define BP_ELEMENT uint
+// The register tile over bf16 panels: per pair of k, NV vectors of 16 column pairs of B and a
+// broadcast row pair of A per row, one vdpbf16ps each (two multiply-adds per lane, summed in fp32:
+// twice an fp32 FMA's work per instruction). vdpbf16ps is AVX512_BF16, which PoCL's target CPU
+// (skylake-avx512) lacks: only a function that carries the feature may hold it, and it must stay
+// a call, since PoCL inlines the kernel into a work-group function without the feature and LLVM
+// then aborts the process instead of selecting the instruction. The launcher uses this path only
+// where the CPU reports avx512_bf16.
+__attribute__((target("avx512bf16"), noinline))
+static void accumulate_bf16(const __global uint *a, const __global uint *b, const int pair_begin, const int pair_end, float16 *tile)
+{
+    float16 acc[MR][NV];
+#pragma unroll
+    for (int r = 0; r < MR; ++r)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[r][v] = (float16)(0.0f);
+    PRAGMA_UNROLL(UK)
+    for (int k = pair_begin; k < pair_end; ++k) {
+        int16 bv[NV];
+#pragma unroll
+        for (int v = 0; v < NV; ++v) bv[v] = as_int16(vload16(v, b + k * NR));
+#pragma unroll
+        for (int r = 0; r < MR; ++r) {
+            const int16 av = (int16)((int)a[k * MR + r]);
+#pragma unroll
+            for (int v = 0; v < NV; ++v) acc[r][v] = __builtin_ia32_dpbf16ps_512(acc[r][v], av, bv[v]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < MR; ++r)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) tile[r * NV + v] = acc[r][v];
+}
+#else
+#define BP_ELEMENT float
+#endif
+
+__kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const BP_ELEMENT *Bp, const int k_total,
                           const int k_begin, const int k_end,
                           const int a_offset, const int lda, const int a_batch_stride,
                           const int M, const int N, const int m_panels, const int n_panels,
@@ -389,6 +563,12 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
     const int batch = get_global_id(2);
     if (q >= n_panels || p >= m_panels) return;
 
+#ifdef BF16_PANELS
+    // k_total is even: a panel holds k_total / 2 pairs per row (column) of the tile.
+    floatV acc[MR][NV];
+    accumulate_bf16(Ap + (size_t)((a_batched ? batch : 0) * m_panels + p) * (k_total / 2) * MR,
+                    Bp + (size_t)((b_batched ? batch : 0) * n_panels + q) * (k_total / 2) * NR, k_begin / 2, k_end / 2, &acc[0][0]);
+#else
 #ifdef DIRECT_A
     // A read in place (a plain row-major op(A) with row stride lda): MR row streams; rows past
     // M re-read row M-1 and are never stored.
@@ -429,6 +609,7 @@ __kernel void gemm_packed(__global const AP_ELEMENT *Ap, __global const float *B
 #else
     ACCUMULATE(k_begin, k_end, A_VALUE)
 #endif
+#endif // BF16_PANELS
 
     const int c_base = c_offset + batch * c_batch_stride;
     const int pre_base = pre_offset + batch * c_batch_stride;

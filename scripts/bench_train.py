@@ -6,7 +6,7 @@ one line, `torch.autocast("cpu", dtype=torch.bfloat16)` (its Linear layers throu
 bf16 kernels where the CPU has them): --torch fp32,bf16 (the default) measures both.
 
     swift build -c release --product sloragpu
-    ENV/bin/python scripts/bench_train.py [--method serial] [--model vit-s --patch 14 --image-size 112 --batch 32]
+    ENV/bin/python scripts/bench_train.py [--method serial] [--model vit-s --patch 14 --image-size 112 --batch 32] [--matmul fp32,bf16]
 
 ENV: python3 -m venv ENV && ENV/bin/pip install torch==2.13.0 transformers
 Both sides use random weights (throughput does not depend on them).
@@ -72,6 +72,7 @@ def main():
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--activations", default="selective", help="sloragpu's activation plan: selective (the default), recompute, keep-bf16 or keep")
     parser.add_argument("--weights", default="fp16", help="sloragpu's frozen-weight storage: fp32, fp16, bf16 or int8")
+    parser.add_argument("--matmul", default="fp32", help="sloragpu's products, comma-separated: fp32 (the default) and bf16 (--matmul bf16)")
     parser.add_argument("--torch", default="fp32,bf16", help="PyTorch variants, comma-separated: fp32 (eager) and bf16 (autocast)")
     parser.add_argument("--autocast", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=5)
@@ -88,27 +89,34 @@ def main():
     for variant in variants:
         if variant not in ("fp32", "bf16"):
             parser.error(f"--torch: unknown variant '{variant}' (fp32 or bf16)")
-    ours, theirs = [], {v: [] for v in variants}
+    precisions = [p.strip() for p in args.matmul.split(",") if p.strip()]
+    for precision in precisions:
+        if precision not in ("fp32", "bf16"):
+            parser.error(f"--matmul: unknown precision '{precision}' (fp32 or bf16)")
+    ours, theirs = {p: [] for p in precisions}, {v: [] for v in variants}
     for _ in range(args.rounds):
-        ours.append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations,
-                                               "--weights", args.weights] + common,
-                                              check=True, capture_output=True, text=True).stdout))
+        for precision in precisions:
+            ours[precision].append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations,
+                                                              "--weights", args.weights, "--matmul", precision] + common,
+                                                             check=True, capture_output=True, text=True).stdout))
         env = dict(os.environ, OMP_NUM_THREADS="2")
         for variant in variants:
             worker = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--autocast", variant] + common
             output = subprocess.run(worker, check=True, capture_output=True, text=True, env=env).stdout
             theirs[variant].append(json.loads(output.strip().splitlines()[-1]))
     best = lambda runs: max(runs, key=lambda r: r["images_per_second"])
-    a = best(ours)
     print(f"config: {args.model}/{args.patch} at {args.image_size} px, batch {args.batch}, {args.method} r={args.rank}, "
           f"sloragpu activations: {args.activations}, weights: {args.weights}; best of {args.rounds} alternating rounds")
-    print(f"sloragpu:       {a['images_per_second']:.2f} images/s, peak RSS {a['peak_rss_bytes'] / 1e6:.0f} MB ({a['trainable']} trainable)")
+    for precision in precisions:
+        a = best(ours[precision])
+        print(f"{'sloragpu ' + precision + ':':<20} {a['images_per_second']:.2f} images/s, peak RSS {a['peak_rss_bytes'] / 1e6:.0f} MB "
+              f"({a['trainable']} trainable)")
     for variant in variants:
         b = best(theirs[variant])
-        label = "PyTorch fp32" if variant == "fp32" else "PyTorch bf16ac"
-        print(f"{label + ':':<15} {b['images_per_second']:.2f} images/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB "
-              f"({b['trainable']} trainable); sloragpu / this: throughput {a['images_per_second'] / b['images_per_second']:.2f}x, "
-              f"peak memory {a['peak_rss_bytes'] / b['peak_rss_bytes']:.2f}x")
+        label = "PyTorch fp32:" if variant == "fp32" else "PyTorch bf16ac:"
+        ratios = "; ".join(f"sloragpu {p} / this: throughput {best(ours[p])['images_per_second'] / b['images_per_second']:.2f}x, "
+                           f"peak memory {best(ours[p])['peak_rss_bytes'] / b['peak_rss_bytes']:.2f}x" for p in precisions)
+        print(f"{label:<20} {b['images_per_second']:.2f} images/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB ({b['trainable']} trainable); {ratios}")
 
 if __name__ == "__main__":
     main()

@@ -54,6 +54,8 @@ public final class Engine {
     /// (Kernels/attention.cl). Off until a GPU has measured it (the device check times both);
     /// `SLORAGPU_FLASH_SPLIT=1` (or 0) overrides.
     public var flashSplitBackward = false
+    /// What the GEMMs multiply (`setMatmulPrecision`, which checks the device can).
+    public internal(set) var matmulPrecision: MatmulPrecision = .fp32
     /// Row-reduction (LayerNorm) work-item mapping for this device class.
     public var reductionPath: ReductionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).

@@ -253,8 +253,15 @@ extension Engine {
     /// long reductions as k-blocks.
     private func launchPacked(_ problem: GemmProblem, profile: GemmProfile, alpha: Float, beta: Float) throws {
         var p = problem
-        let (m, n, kTotal, batches) = (p.m, p.n, p.kTotal, p.batches)
-        let blockLength = profile.kBlock > 0 ? profile.kBlock : kTotal
+        // bf16 products pack both operands as bf16 pairs along k (Kernels/gemm.cl, BF16_PANELS):
+        // the panels' depth and every k-block boundary are even.
+        let bf16 = matmulPrecision == .bf16
+        if bf16, profile.vectorWidth != 16 {   // a profile overridden after setMatmulPrecision
+            throw MatmulPrecisionError(precision: .bf16, reason: "the GEMM profile's vector width is \(profile.vectorWidth), and bf16 products take 16 floats (VW=16)")
+        }
+        let (m, n, batches) = (p.m, p.n, p.batches)
+        let kTotal = bf16 ? roundUp(p.kTotal, 2) : p.kTotal
+        let blockLength = profile.kBlock > 0 ? (bf16 ? roundUp(profile.kBlock, 2) : profile.kBlock) : kTotal
         // k-blocks store partial sums in C before the last block's epilogue reads the
         // derivative's input: when that input is C, it is read from a copy.
         if blockLength < kTotal, let pre = p.preTensor, pre.buffer === p.output.tensor.buffer, pre.offset == p.output.tensor.offset {
@@ -262,18 +269,18 @@ extension Engine {
             try self.copy(pre, into: copy)
             p.preTensor = copy
         }
-        let options = profile.buildOptions
+        let options = profile.buildOptions + (bf16 ? " -DBF16_PANELS" : "")
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         // The first term's A, when plain (non-transposed, unit column stride), is read in place,
         // widening a 16-bit A as it is read (int8 is dequantized in packing only); the other
         // terms' A (the adapters' narrow ones) are packed.
-        let directA = profile.directA && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
+        let directA = !bf16 && profile.directA && p.aViews[0].columnStride == 1 && p.terms[0].scale == 1 && p.aViews[0].tensor.dtype != .int8
         let kSplit = directA ? p.aViews[0].columns : 0
         let microOptions = (directA ? options + " -DDIRECT_A" + Self.storageOption("A", p.aViews[0].tensor.dtype) : options) + p.preStorageOption
         let (packedA, packedB) = try pack(p.terms, p.aViews, p.bViews, options: options, rows: mr, columns: nr, m: m, n: n, kTotal: kTotal,
                                           batches: (p.aPackedBatches, p.bPackedBatches), packAFrom: directA ? 1 : 0,
-                                          workspace: p.workspace)
+                                          workspace: p.workspace, bf16Pairs: bf16)
         let firstA = directA ? p.aViews[0].tensor : try Self.packed(packedA)
 
         let micro = try kernels.kernel("gemm_packed", in: "gemm", options: microOptions)
@@ -299,7 +306,7 @@ extension Engine {
                 .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0) + [
                 .buffer((packedA ?? packedB).buffer), .int32(Int32(kSplit))] + p.betaSource(first: isFirst))
             try enqueue(micro, global: global, local: local,
-                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(kEnd - kBegin) * Double(batches)))
+                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(min(kEnd, p.kTotal) - kBegin) * Double(batches)))
             kBegin = kEnd
         }
     }
@@ -474,16 +481,25 @@ extension Engine {
     /// pack_a and pack_b; with `throughLocalMemory`, the GPUs' pack_panels_a and pack_panels_b).
     fileprivate func pack(_ terms: [GemmTerm], _ aViews: [MatrixView], _ bViews: [MatrixView], options: String, rows mr: Int, columns nr: Int,
                           m: Int, n: Int, kTotal: Int, batches: (a: Int, b: Int), packAFrom first: Int,
-                          workspace: Workspace?, throughLocalMemory: Bool = false) throws -> (Tensor?, Tensor) {
+                          workspace: Workspace?, throughLocalMemory: Bool = false, bf16Pairs: Bool = false) throws -> (Tensor?, Tensor) {
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-        let kPackedA = aViews[min(first, aViews.count)...].reduce(0) { $0 + $1.columns }
+        let kOperands = aViews[min(first, aViews.count)...].reduce(0) { $0 + $1.columns }
+        // bf16 pairs: `kTotal` is the reduction rounded up to even, A is packed whole (first 0),
+        // and a panel element is 2 bytes, so a buffer holds half as many floats.
+        let kPackedA = bf16Pairs ? kTotal : kOperands
+        let elementsPerFloat = bf16Pairs ? 2 : 1
         // The kernels address the panels from their buffers' start: only B's (the frozen
         // weights', the larger) may take a lent buffer, and only from its start.
-        let packedA = kPackedA > 0 ? try empty([batches.a * mPanels * kPackedA * mr]) : nil
-        let packedBShape = [batches.b * nPanels * kTotal * nr]
+        let packedA = kPackedA > 0 ? try empty([batches.a * mPanels * kPackedA * mr / elementsPerFloat]) : nil
+        let packedBShape = [batches.b * nPanels * kTotal * nr / elementsPerFloat]
         let packedB = try workspace?.tensorAtBufferStart(self, packedBShape) ?? empty(packedBShape)
-        guard (packedA?.count ?? 0) <= Int(Int32.max), packedB.count <= Int(Int32.max) else {
-            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA?.count ?? 0, packedB.count))
+        guard (packedA?.count ?? 0) * elementsPerFloat <= Int(Int32.max), packedB.count * elementsPerFloat <= Int(Int32.max) else {
+            throw TensorError.tooLarge(operation: "gemm", elements: max(packedA?.count ?? 0, packedB.count) * elementsPerFloat)
+        }
+        if bf16Pairs, kOperands < kTotal {
+            // An odd reduction's last pair ends in a k that no term packs: it must hold zeros.
+            if let packedA { try fill(packedA, with: 0) }
+            try fill(packedB, with: 0)
         }
         var kDestination = 0, kDestinationA = 0
         for (index, (term, (a, b))) in zip(terms, zip(aViews, bViews)).enumerated() {
@@ -506,14 +522,25 @@ extension Engine {
             }
             // A 16- or 8-bit operand packs through a build that widens it (A_STORAGE / B_STORAGE).
             if index >= first, let packedA {
-                let packAKernel = try kernels.kernel("pack_a", in: "gemm", options: options + Self.storageOption("A", a.tensor.dtype))
-                try packAKernel.setArguments([
-                    .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
-                    .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
-                    .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kPackedA)), .int32(Int32(kDestinationA)),
-                    .buffer(packedA.buffer),
-                ] + Self.scaleArguments(a.tensor))
-                try enqueue(packAKernel, global: [k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
+                let aOptions = options + Self.storageOption("A", a.tensor.dtype)
+                // bf16 pairs, where the term starts on a pair: 16 k per work-item from a plain
+                // A's rows, else a work-item per pair of k.
+                let pairs = bf16Pairs && kDestinationA % 2 == 0
+                if pairs, a.columnStride == 1, a.tensor.dtype != .int8 {
+                    try launch("pack_a_rows", in: "gemm", options: aOptions, global: [(k + 15) / 16, mPanels, batches.a],
+                               work: .floats(2 * k * mPanels * mr * batches.a),
+                               a.tensor, a.rowStride, a.batchStride, m, k, term.scale, mPanels, kPackedA, kDestinationA,
+                               KernelArgument.buffer(packedA.buffer))
+                } else {
+                    let packAKernel = try kernels.kernel(pairs ? "pack_a_pairs" : "pack_a", in: "gemm", options: aOptions)
+                    try packAKernel.setArguments([
+                        .buffer(a.tensor.buffer), .int32(Int32(a.tensor.offset)), .int32(Int32(a.rowStride)),
+                        .int32(Int32(a.columnStride)), .int32(Int32(a.batchStride)), .int32(Int32(m)), .int32(Int32(k)),
+                        .float(term.scale), .int32(Int32(mPanels)), .int32(Int32(kPackedA)), .int32(Int32(kDestinationA)),
+                        .buffer(packedA.buffer),
+                    ] + Self.scaleArguments(a.tensor))
+                    try enqueue(packAKernel, global: [pairs ? (k + 1) / 2 : k, mPanels, batches.a], work: .floats(2 * k * mPanels * mr * batches.a))
+                }
                 kDestinationA += k
             }
             let bOptions = options + Self.storageOption("B", b.tensor.dtype)
@@ -524,14 +551,15 @@ extension Engine {
                            work: .floats(2 * k * nPanels * nr * batches.b),
                            b.tensor, b.columnStride, b.batchStride, k, n, nPanels, kTotal, kDestination, packedB)
             } else {
-                let packBKernel = try kernels.kernel("pack_b", in: "gemm", options: bOptions)
+                let pairs = bf16Pairs && kDestination % 2 == 0
+                let packBKernel = try kernels.kernel(pairs ? "pack_b_pairs" : "pack_b", in: "gemm", options: bOptions)
                 try packBKernel.setArguments([
                     .buffer(b.tensor.buffer), .int32(Int32(b.tensor.offset)), .int32(Int32(b.rowStride)),
                     .int32(Int32(b.columnStride)), .int32(Int32(b.batchStride)), .int32(Int32(k)), .int32(Int32(n)),
                     .int32(Int32(nPanels)), .int32(Int32(kTotal)), .int32(Int32(kDestination)),
                     .buffer(packedB.buffer),
                 ] + Self.scaleArguments(b.tensor))
-                try enqueue(packBKernel, global: [k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
+                try enqueue(packBKernel, global: [pairs ? (k + 1) / 2 : k, nPanels, batches.b], work: .floats(2 * k * nPanels * nr * batches.b))
             }
             kDestination += k
         }

@@ -202,6 +202,7 @@ struct TrainBench: ParsableCommand {
     @Option(help: "The activation plan: selective (train's default), recompute, keep-bf16 or keep (see train --help).")
     var activations: ActivationMemory = .selective
     @OptionGroup var weights: WeightStorageOption
+    @OptionGroup var matmul: MatmulOption
     @Flag(help: "Print device time per kernel over the timed steps.")
     var profile = false
     @Flag(help: "One JSON object instead of text.")
@@ -227,6 +228,7 @@ struct TrainBench: ParsableCommand {
         if ranks > 1, json || profile { throw ValidationError("--json and --profile report one process; under MPI the report is rank 0's text") }
         let batch = self.batch / ranks
         let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
+        try matmul.apply(to: engine)
         let config = try ViTConfig.preset(model, patchSize: patch, imageSize: imageSize, classes: 10)
         let fineTuning = try parseMethod(method, rank: rank, alpha: Float(rank), targets: try parseTargets(targets))
         try fineTuning.validate(width: config.width)  // before the random backbone is built for it
@@ -296,15 +298,16 @@ struct TrainBench: ParsableCommand {
         let activationPlan = fineTuning == .full ? "keep (full fine-tuning)" : fineTuning == .probe ? "none (probe)" : activations.rawValue
         if json {
             let object: [String: Any] = ["model": model, "patch": patch, "image_size": imageSize, "batch": batch, "method": method,
-                                         "rank": rank, "activations": activationPlan, "weights": weights.storage.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
+                                         "rank": rank, "activations": activationPlan, "weights": weights.storage.rawValue, "matmul": matmul.precision.rawValue, "trainable": parameters.trainableCount, "step_seconds": seconds,
                                          "images_per_second": imagesPerSecond, "peak_rss_bytes": peak,
                                          "saved_activation_bytes": activationBytes, "optimizer_state_bytes": optimizerBytes,
                                          "device_buffer_peak_bytes": engine.pool.statistics.peakBytes,
                                          "seconds_to_first_step": firstStep, "programs_compiled": compiled]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         } else {
-            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@, weights %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
-                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, weights.storage.rawValue, seconds * 1e3,
+            print(String(format: "%@/%d at %d px, batch %d, %@ (%d trainable, activations: %@, weights %@, products %@): %.1f ms/step, %.2f images/s, peak RSS %.0f MB",
+                         model, patch, imageSize, batch, fineTuning.description, parameters.trainableCount, activationPlan, weights.storage.rawValue,
+                         matmul.precision.rawValue, seconds * 1e3,
                          imagesPerSecond, Double(peak) / 1e6))
             print(String(format: "  saved activations %.1f MB, optimizer state %.2f MB, device buffers at most %.1f MB, process start to first step done %.2f s (%d programs compiled, %d from the disk cache)",
                          Double(activationBytes) / 1e6, Double(optimizerBytes) / 1e6, Double(engine.pool.statistics.peakBytes) / 1e6, firstStep, compiled,

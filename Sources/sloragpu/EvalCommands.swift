@@ -17,6 +17,7 @@ struct EvalCommand: ParsableCommand {
     var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var weights: WeightStorageOption
+    @OptionGroup var matmul: MatmulOption
     @Flag(help: "Apply the adapter even if it was trained on another base (its recorded base fingerprint differs).")
     var allowOtherBase = false
     @Option(help: "fashion-mnist, idx:DIR, folder:DIR or synthetic.")
@@ -36,6 +37,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
+        try matmul.apply(to: engine)
         let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine,
                                         weightStorage: weights.storage.dtype)
         let model = classifier.model
@@ -136,6 +138,7 @@ struct PredictCommand: ParsableCommand {
     var adapter: String?
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var weights: WeightStorageOption
+    @OptionGroup var matmul: MatmulOption
     @Flag(help: "Apply the adapter even if it was trained on another base.")
     var allowOtherBase = false
     @Option(help: "How many classes to show per image.")
@@ -151,6 +154,7 @@ struct PredictCommand: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
+        try matmul.apply(to: engine)
         let classifier = try Classifier(adapterPath: adapter, modelOptions: modelOptions, allowOtherBase: allowOtherBase, engine: engine,
                                         weightStorage: weights.storage.dtype)
         let model = classifier.model

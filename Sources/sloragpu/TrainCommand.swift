@@ -31,6 +31,7 @@ struct TrainCommand: ParsableCommand {
     struct RunOptions: ParsableArguments {
         @OptionGroup var modelOptions: ModelOptions
         @OptionGroup var weights: WeightStorageOption
+        @OptionGroup var matmul: MatmulOption
         @Option(help: "fashion-mnist, idx:DIR (MNIST-style IDX files), folder:DIR (train/ and test/ with a folder per class) or synthetic.")
         var data = "fashion-mnist"
         @Option(help: "serial, lora, full or probe.")
@@ -166,6 +167,7 @@ struct TrainCommand: ParsableCommand {
 
         let engine = try Engine(deviceSpec: deviceOption.device, localRank: communicator.localRank)
         try tuneOnFirstUse(engine, skip: noTune, quiet: !communicator.isRoot)
+        try options.matmul.apply(to: engine)
         var (train, test) = try loadData(options.data, imageSize: options.modelOptions.imageSize ?? 112, seed: options.seed)
         train = train.prefix(options.trainLimit)
         test = test.prefix(options.testLimit)
@@ -208,7 +210,8 @@ struct TrainCommand: ParsableCommand {
         print("device:   \(engine.device.name)" + (ranks > 1 ? " (rank 0; every rank picks its own)" : ""))
         if ranks > 1 { print("ranks:    \(ranks) (MPI), each computing \(training.batchSize / ranks) images of every batch of \(training.batchSize); one all-reduce per step") }
         print("model:    \(backbone.source), \(model.config.imageSize) px, \(model.config.layers) blocks of width \(model.config.width); normalisation from \(backbone.normalization)"
-              + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)"))
+              + (options.weights.storage == .fp32 ? "" : "; frozen weights in \(options.weights.storage.rawValue)")
+              + (options.matmul.precision == .fp32 ? "" : "; products in \(options.matmul.precision.rawValue)"))
         print("data:     \(dataName) (\(train.count) train, " + (validation.map { "\($0.count) validation, " } ?? "")
               + (options.noTest ? "no test" : "\(test.count) test") + ", \(train.classNames.count) classes)")
         print("method:   \(method): \(ParameterTable.adapterParameterCount(model.config, method)) trainable parameters without the head, \(model.parameters.trainableCount) with it"

@@ -1,0 +1,52 @@
+import CLRuntime
+import Foundation
+
+/// What the GEMMs multiply. Every product accumulates in fp32 either way.
+public enum MatmulPrecision: String, Sendable, CaseIterable {
+    /// fp32 operands: the default, and the reference every parity test is held to.
+    case fp32
+    /// Operands rounded to bfloat16 (nearest even) as they are packed, products summed in fp32:
+    /// what PyTorch's bf16 autocast does to Linear layers, with twice fp32's multiply-adds per
+    /// instruction on CPUs with AVX512_BF16. Only the panel GEMMs change (the blocks' products,
+    /// forward and backward, and the adapters' and weight gradients' products that are not
+    /// skinny); attention, LayerNorm, the loss, the skinny adapter products and the optimizer stay fp32.
+    case bf16
+}
+
+public struct MatmulPrecisionError: Error, CustomStringConvertible, Equatable {
+    public let precision: MatmulPrecision
+    public let reason: String
+    public var description: String { "matmul precision \(precision.rawValue) is not available on this device: \(reason)" }
+}
+
+extension Engine {
+    /// Chooses what the GEMMs multiply; throws (and keeps the current precision) where the
+    /// device cannot run it.
+    public func setMatmulPrecision(_ precision: MatmulPrecision) throws {
+        if precision == .bf16, let reason = Self.bf16ProductsUnavailable(deviceIsCPU: device.type.contains(.cpu) && !device.type.contains(.gpu),
+                                                                          gemmProfile: gemmProfile, cpuFlags: Self.hostCPUFlags()) {
+            throw MatmulPrecisionError(precision: precision, reason: reason)
+        }
+        matmulPrecision = precision
+    }
+
+    /// Why bf16 products cannot run, nil when they can: they are the CPU panel kernel's
+    /// (16-float vectors, x86-64's AVX512_BF16 dot product); GPUs have no bf16 kernels yet.
+    static func bf16ProductsUnavailable(deviceIsCPU: Bool, gemmProfile: GemmProfile, cpuFlags: Set<String>?) -> String? {
+        guard deviceIsCPU, gemmProfile.tiles == nil else { return "bf16 products are implemented for CPU devices (PoCL) only" }
+        guard let cpuFlags else { return "the CPU's features are unknown (no /proc/cpuinfo)" }
+        guard cpuFlags.contains("avx512_bf16") else { return "the CPU lacks AVX512_BF16 (its flags do not list avx512_bf16)" }
+        guard gemmProfile.vectorWidth == 16 else {
+            return "the GEMM profile's vector width is \(gemmProfile.vectorWidth), and bf16 products take 16 floats (VW=16)"
+        }
+        return nil
+    }
+
+    /// The host CPU's feature flags (Linux's /proc/cpuinfo), nil where they cannot be read.
+    /// PoCL's CPU device is the host CPU.
+    static func hostCPUFlags(cpuinfo: String? = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) -> Set<String>? {
+        guard let cpuinfo, let line = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+              let colon = line.firstIndex(of: ":") else { return nil }
+        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }
+}
