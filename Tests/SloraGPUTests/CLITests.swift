@@ -182,6 +182,34 @@ struct TrainingCLITests {
         #expect(finalState.step == 400)
     }
 
+    /// --matmul bf16 trains, is recorded for a resume and evaluates where the CPU has AVX512_BF16;
+    /// elsewhere it fails before anything is written, saying why.
+    @Test func bf16ProductsOnTheCommandLine() throws {
+        let output = try makeTemporaryDirectory()
+        let train = try runSloragpu(["train"] + common + ["--steps", "2", "--warmup", "1", "--matmul", "bf16", "--output", output.path])
+        let runFile = output.appendingPathComponent("run.json")
+        if BF16ProductTests.available {
+            #expect(train.status == 0 && train.standardOutput.contains("products in bf16") && train.standardOutput.contains("test accuracy"),
+                    "\(train.standardOutput)\(train.standardError)")
+            let saved = try JSONDecoder().decode([String].self, from: Data(contentsOf: runFile))
+            #expect(saved.contains("--matmul") && saved.contains("bf16"))
+            let eval = try runSloragpu(["eval", "--adapter", output.appendingPathComponent("adapter.safetensors").path, "--model", fixtureModel,
+                                        "--data", "synthetic", "--matmul", "bf16"])
+            #expect(eval.status == 0 && eval.standardOutput.contains("accuracy"), "\(eval.standardError)")
+        } else {
+            #expect(train.status != 0 && train.standardError.contains("matmul precision bf16 is not available on this device"), "\(train.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: runFile.path))
+        }
+        // Refused on any machine: a GEMM profile of 8-float vectors cannot hold bf16 pairs.
+        let narrow = try makeTemporaryDirectory()
+        let refused = try runSloragpu(["train"] + common + ["--matmul", "bf16", "--output", narrow.path], environment: ["SLORAGPU_GEMM_PROFILE": "VW=8"])
+        #expect(refused.status != 0 && refused.standardError.contains("matmul precision bf16 is not available on this device")
+                && refused.standardError.contains("VW=16"), "\(refused.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: narrow.appendingPathComponent("run.json").path))
+        let unknown = try runSloragpu(["train"] + common + ["--matmul", "fp8"])
+        #expect(unknown.status != 0 && unknown.standardError.contains("fp8"), "\(unknown.standardError)")
+    }
+
     @Test func badInputFailsWithAClearMessage() throws {
         let cases: [([String], String)] = [
             (["train", "--model", "/no/such/dir", "--data", "synthetic"], "no such checkpoint directory"),
