@@ -513,11 +513,13 @@ __kernel void gemm_split_sum(__global const float *partial, const int chunks, co
 // The register tile over bf16 panels: per pair of k, NV vectors of 16 column pairs of B and a
 // broadcast row pair of A per row, one vdpbf16ps each (two multiply-adds per lane, summed in fp32:
 // twice an fp32 FMA's work per instruction). vdpbf16ps is AVX512_BF16, which PoCL's target CPU
-// (skylake-avx512) lacks: only a function that carries the feature may hold it, and it must stay
-// a call, since PoCL inlines the kernel into a work-group function without the feature and LLVM
-// then aborts the process instead of selecting the instruction. The launcher uses this path only
-// where the CPU reports avx512_bf16.
-__attribute__((target("avx512bf16"), noinline))
+// (skylake-avx512) lacks, so it is written as inline assembly: the builtin needs the target
+// feature, and a kernel that carries it is inlined by PoCL into a work-group function that does
+// not, where LLVM aborts the process; the builtin's operand types also differ between LLVM 15
+// and 16+, and LLVM 16 crashes optimizing it. The assembler knows the instruction whatever the
+// target. The launcher uses this path only where the CPU reports avx512_bf16 and a probe product
+// through it matched the host (Engine.setMatmulPrecision).
+#define DOT_BF16(acc, a, b) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 static void accumulate_bf16(const __global uint *a, const __global uint *b, const int pair_begin, const int pair_end, float16 *tile)
 {
     float16 acc[MR][NV];
@@ -534,7 +536,7 @@ static void accumulate_bf16(const __global uint *a, const __global uint *b, cons
         for (int r = 0; r < MR; ++r) {
             const int16 av = (int16)((int)a[k * MR + r]);
 #pragma unroll
-            for (int v = 0; v < NV; ++v) acc[r][v] = __builtin_ia32_dpbf16ps_512(acc[r][v], av, bv[v]);
+            for (int v = 0; v < NV; ++v) DOT_BF16(acc[r][v], av, bv[v]);
         }
     }
 #pragma unroll

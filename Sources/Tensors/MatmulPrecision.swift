@@ -23,11 +23,43 @@ extension Engine {
     /// Chooses what the GEMMs multiply; throws (and keeps the current precision) where the
     /// device cannot run it.
     public func setMatmulPrecision(_ precision: MatmulPrecision) throws {
-        if precision == .bf16, let reason = Self.bf16ProductsUnavailable(deviceIsCPU: device.type.contains(.cpu) && !device.type.contains(.gpu),
-                                                                          gemmProfile: gemmProfile, cpuFlags: Self.hostCPUFlags()) {
-            throw MatmulPrecisionError(precision: precision, reason: reason)
+        if precision == .bf16 {
+            if let reason = Self.bf16ProductsUnavailable(deviceIsCPU: device.type.contains(.cpu) && !device.type.contains(.gpu),
+                                                         gemmProfile: gemmProfile, cpuFlags: Self.hostCPUFlags()) {
+                throw MatmulPrecisionError(precision: precision, reason: reason)
+            }
+            try checkBF16Products()
         }
         matmulPrecision = precision
+    }
+
+    /// One small product through the bf16 kernels against the host, before any real work relies
+    /// on them: another OpenCL compiler (a newer LLVM spells the builtin's bf16 operands
+    /// differently) or a broken kernel file is refused here, with the compiler's words, rather
+    /// than failing a training halfway.
+    private func checkBF16Products() throws {
+        let previous = matmulPrecision
+        defer { matmulPrecision = previous }
+        matmulPrecision = .bf16
+        let (m, n, k) = (24, 40, 7)   // past the skinny kernels' 16, an odd reduction
+        let a = (0..<m * k).map { Float(($0 * 7) % 13) / 4 - 1.5 }, b = (0..<k * n).map { Float(($0 * 5) % 11) / 8 - 0.625 }
+        let result: [Float]
+        do {
+            let c = try empty([m, n])
+            try gemm(try tensor(a, shape: [m, k]), try tensor(b, shape: [k, n]), into: c)
+            result = try c.download()
+        } catch {
+            throw MatmulPrecisionError(precision: .bf16, reason: "its kernels did not build or run here: \(error)")
+        }
+        // The operands are exact in bf16 (multiples of 1/8 below 2), so the products are exact.
+        for row in 0..<m {
+            for column in 0..<n {
+                let expected = (0..<k).reduce(Float(0)) { $0 + a[row * k + $1] * b[$1 * n + column] }
+                guard abs(result[row * n + column] - expected) <= 1e-5 * max(1, abs(expected)) else {
+                    throw MatmulPrecisionError(precision: .bf16, reason: "its kernels computed C[\(row)][\(column)] = \(result[row * n + column]), expected \(expected)")
+                }
+            }
+        }
     }
 
     /// Why bf16 products cannot run, nil when they can: they are the CPU panel kernel's

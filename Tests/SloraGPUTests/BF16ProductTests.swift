@@ -49,6 +49,26 @@ struct BF16ProductTests {
         if !Self.available { print("bf16 products: not available on this machine, their kernel tests are skipped") }
     }
 
+    /// A compiler that cannot build the bf16 kernels (here a kernel file that refuses to) is
+    /// caught when the precision is set, with its message, and the engine stays fp32.
+    @Test(.enabled(if: available)) func kernelsThatDoNotBuildAreRefusedWhenThePrecisionIsSet() throws {
+        let directory = try makeTemporaryDirectory()
+        let source = try KernelSources().source(named: "gemm")
+        try ("#ifdef BF16_PANELS\n#error \"no bf16 here\"\n#endif\n" + source).write(to: directory.appendingPathComponent("gemm.cl"),
+                                                                                       atomically: true, encoding: .utf8)
+        let engine = try makeEngine(kernelOverrideDirectory: directory, cacheDirectory: nil)
+        #expect {
+            try engine.setMatmulPrecision(.bf16)
+        } throws: { error in
+            "\(error)".contains("did not build or run here") && "\(error)".contains("no bf16 here")
+        }
+        #expect(engine.matmulPrecision == .fp32)
+        // fp32 products from the same file still work.
+        let c = try engine.empty([2, 2])
+        try engine.gemm(try engine.tensor([1, 2, 3, 4], shape: [2, 2]), try engine.tensor([1, 0, 0, 1], shape: [2, 2]), into: c)
+        #expect(try c.download() == [1, 2, 3, 4])
+    }
+
     struct Case: CustomTestStringConvertible, Sendable {
         var m: Int, n: Int, k: Int
         var testDescription: String { "\(m)x\(n)x\(k)" }
