@@ -65,11 +65,14 @@ struct GemmBench: ParsableCommand {
     @Flag(help: "Also print device time per kernel (packing vs. the micro-kernel) for each shape.")
     var profile = false
 
+    @OptionGroup var matmul: MatmulOption
+
     func validate() throws { try validateMinSeconds(minSeconds) }
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        if !json { print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)") }
+        try matmul.apply(to: engine)
+        if !json { print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)   products: \(matmul.precision.rawValue)") }
         for shape in GemmShape.vitSmallStep where filter.map({ shape.name.contains($0) }) ?? true {
             let a = try engine.empty(shape.transposeA ? [shape.k, shape.m] : [shape.m, shape.k])
             let b = try engine.empty(shape.transposeB ? [shape.n, shape.k] : [shape.k, shape.n])
@@ -81,7 +84,7 @@ struct GemmBench: ParsableCommand {
                 try engine.gemm(a, b, into: c, transposeA: shape.transposeA, transposeB: shape.transposeB)
                 try engine.synchronize()
             }
-            try verify(shape, aValues, bValues, try c.download())
+            try verify(shape, aValues, bValues, try c.download(), precision: matmul.precision)
             if profile {
                 let profiler = KernelProfiler()
                 engine.profiler = profiler
@@ -389,15 +392,17 @@ func benchValues(_ count: Int, seed: UInt64) -> [Float] {
 
 /// A benchmark that computes garbage measures nothing: check 64 entries against a host dot
 /// product in Double.
-func verify(_ shape: GemmShape, _ a: [Float], _ b: [Float], _ c: [Float]) throws {
+/// `precision` bf16: the host rounds the operands as the kernels do.
+func verify(_ shape: GemmShape, _ a: [Float], _ b: [Float], _ c: [Float], precision: MatmulPrecision = .fp32) throws {
+    let operand: (Float) -> Double = precision == .bf16 ? { Double(BFloat16($0).float) } : { Double($0) }
     var state: UInt64 = 12345
     for _ in 0..<64 {
         state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
         let i = Int(state >> 33) % shape.m, j = Int(state >> 13) % shape.n
         var sum = 0.0, magnitude = 0.0
         for p in 0..<shape.k {
-            let x = Double(shape.transposeA ? a[p * shape.m + i] : a[i * shape.k + p])
-            let y = Double(shape.transposeB ? b[j * shape.k + p] : b[p * shape.n + j])
+            let x = operand(shape.transposeA ? a[p * shape.m + i] : a[i * shape.k + p])
+            let y = operand(shape.transposeB ? b[j * shape.k + p] : b[p * shape.n + j])
             sum += x * y
             magnitude += abs(x * y)
         }
