@@ -519,7 +519,16 @@ __kernel void gemm_split_sum(__global const float *partial, const int chunks, co
 // and 16+, and LLVM 16 crashes optimizing it. The assembler knows the instruction whatever the
 // target. The launcher uses this path only where the CPU reports avx512_bf16 and a probe product
 // through it matched the host (Engine.setMatmulPrecision).
+// BF16_EMULATE (tests on CPUs without the instruction, so that the pair layout and the packing
+// are tested everywhere): the same arithmetic in fp32, each bf16 widened exactly by a shift, the
+// odd element's product added first as vdpbf16ps does (the products are exact in fp32, so each
+// fma rounds as the instruction's addition does; only its denormal flushing differs).
+#ifdef BF16_EMULATE
+#define DOT_BF16(acc, a, b) ((acc) = fma(as_float16(as_uint16(a) << 16), as_float16(as_uint16(b) << 16), \
+                                         fma(as_float16(as_uint16(a) & 0xffff0000u), as_float16(as_uint16(b) & 0xffff0000u), (acc))))
+#else
 #define DOT_BF16(acc, a, b) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+#endif
 static void accumulate_bf16(const __global uint *a, const __global uint *b, const int pair_begin, const int pair_end, float16 *tile)
 {
     float16 acc[MR][NV];

@@ -56,6 +56,9 @@ public final class Engine {
     public var flashSplitBackward = false
     /// What the GEMMs multiply (`setMatmulPrecision`, which checks the device can).
     public internal(set) var matmulPrecision: MatmulPrecision = .fp32
+    /// bf16 products computed without AVX512_BF16 (`-DBF16_EMULATE`, the same sums in fp32):
+    /// for tests of the bf16 layout and packing on CPUs that lack the instruction.
+    var bf16Emulation = false
     /// Row-reduction (LayerNorm) work-item mapping for this device class.
     public var reductionPath: ReductionPath
     /// When set, every kernel launch is timed (see `KernelProfiler`).

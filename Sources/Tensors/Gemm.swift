@@ -172,6 +172,8 @@ extension Engine {
             return
         }
         if let tiles = profile.tiles {
+            // A profile made tiled after setMatmulPrecision(.bf16): no tiled bf16 kernel exists.
+            if matmulPrecision == .bf16 { throw MatmulPrecisionError(precision: .bf16, reason: "bf16 products are implemented for CPU devices (PoCL) only") }
             try launchTiled(problem, tiles: tiles, localPacking: profile.localPacking, splitK: profile.splitK, alpha: alpha, beta: beta)
         } else {
             try launchPacked(problem, profile: profile, alpha: alpha, beta: beta)
@@ -269,7 +271,7 @@ extension Engine {
             try self.copy(pre, into: copy)
             p.preTensor = copy
         }
-        let options = profile.buildOptions + (bf16 ? " -DBF16_PANELS" : "")
+        let options = profile.buildOptions + (bf16 ? " -DBF16_PANELS" + (bf16Emulation ? " -DBF16_EMULATE" : "") : "")
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         // The first term's A, when plain (non-transposed, unit column stride), is read in place,
@@ -549,7 +551,8 @@ extension Engine {
                 let depth = 8
                 try launch("pack_b_transposed", in: "gemm", options: bOptions, global: [(k + depth - 1) / depth, nPanels, batches.b],
                            work: .floats(2 * k * nPanels * nr * batches.b),
-                           b.tensor, b.columnStride, b.batchStride, k, n, nPanels, kTotal, kDestination, packedB)
+                           b.tensor, b.columnStride, b.batchStride, k, n, nPanels, kTotal, kDestination,
+                           KernelArgument.buffer(packedB.buffer), packedB.offset * elementsPerFloat)   // the offset in panel elements
             } else {
                 let pairs = bf16Pairs && kDestination % 2 == 0
                 let packBKernel = try kernels.kernel(pairs ? "pack_b_pairs" : "pack_b", in: "gemm", options: bOptions)

@@ -10,6 +10,8 @@ public enum MatmulPrecision: String, Sendable, CaseIterable {
     /// instruction on CPUs with AVX512_BF16. Only the panel GEMMs change (the blocks' products,
     /// forward and backward, and the adapters' and weight gradients' products that are not
     /// skinny); attention, LayerNorm, the loss, the skinny adapter products and the optimizer stay fp32.
+    /// As the instruction defines it, denormal bf16 inputs count as zero and denormal sums flush
+    /// to zero (autocast's oneDNN kernels do the same).
     case bf16
 }
 

@@ -9,7 +9,8 @@ import Testing
 /// rounded to bf16 and multiplies them with AVX512_BF16's vdpbf16ps, summing in fp32. The
 /// reference rounds the operands the same way and sums in double, so the kernel is held to fp32
 /// accumulation's tolerance; the fp32 product is shown to differ, so rounding did happen.
-/// On a CPU without AVX512_BF16 only the refusal is tested: the instruction does not exist there.
+/// On a CPU without AVX512_BF16 the kernels run with the instruction emulated in fp32
+/// (`-DBF16_EMULATE`), so the layout and packing are tested there too.
 @Suite("bf16 products")
 struct BF16ProductTests {
     static let available: Bool = {
@@ -17,10 +18,19 @@ struct BF16ProductTests {
         return (try? engine.setMatmulPrecision(.bf16)) != nil
     }()
 
+    /// An engine with bf16 products: the instruction where the CPU has it, else the kernels'
+    /// fp32 emulation of it (the same pair layout, packing and sums) on the AVX-512 tile.
     static func bf16Engine(_ override: String = "") throws -> Engine {
         let engine = try makeEngine()
-        if !override.isEmpty { engine.gemmProfile = try engine.gemmProfile.overridden(by: override) }
-        try engine.setMatmulPrecision(.bf16)
+        if available {
+            if !override.isEmpty { engine.gemmProfile = try engine.gemmProfile.overridden(by: override) }
+            try engine.setMatmulPrecision(.bf16)
+        } else {
+            let cpu = GemmProfile.cpu(preferredVectorWidth: 16)
+            engine.gemmProfile = override.isEmpty ? cpu : try cpu.overridden(by: override)
+            engine.bf16Emulation = true
+            engine.matmulPrecision = .bf16
+        }
         return engine
     }
 
@@ -46,7 +56,7 @@ struct BF16ProductTests {
         engine.gemmProfile = try engine.gemmProfile.overridden(by: "VW=8")
         #expect(throws: MatmulPrecisionError.self) { try engine.setMatmulPrecision(.bf16) }
         #expect(engine.matmulPrecision == .fp32)
-        if !Self.available { print("bf16 products: not available on this machine, their kernel tests are skipped") }
+        if !Self.available { print("bf16 products: not available on this machine, their kernel tests run the emulation") }
     }
 
     /// A compiler that cannot build the bf16 kernels (here a kernel file that refuses to) is
@@ -69,6 +79,31 @@ struct BF16ProductTests {
         #expect(try c.download() == [1, 2, 3, 4])
     }
 
+    /// The emulation the kernel tests fall back to computes what the instruction computes, bit
+    /// for bit (away from denormals), so that its passing means something where it stands in.
+    @Test(.enabled(if: available)) func theEmulationMatchesTheInstruction() throws {
+        let hardware = try Self.bf16Engine()
+        let emulated = try makeEngine()
+        emulated.bf16Emulation = true
+        emulated.matmulPrecision = .bf16
+        let (m, n, k) = (37, 50, 301)
+        let a = uniformValues(m * k, seed: 71), b = uniformValues(n * k, seed: 72)
+        var results: [[Float]] = []
+        for engine in [hardware, emulated] {
+            let c = try engine.empty([m, n])
+            try engine.gemm(try engine.tensor(a, shape: [m, k]), try engine.tensor(b, shape: [n, k]), into: c, transposeB: true)
+            results.append(try c.download())
+        }
+        #expect(results[0] == results[1])
+    }
+
+    /// A profile switched to the GPU's tiled kernel after bf16 was chosen is refused, not run in fp32.
+    @Test func aTiledProfileRefusesBF16() throws {
+        let engine = try Self.bf16Engine()
+        engine.gemmProfile = .gpu
+        #expect(throws: MatmulPrecisionError.self) { try engine.gemm(try engine.zeros([20, 20]), try engine.zeros([20, 20]), into: try engine.empty([20, 20])) }
+    }
+
     struct Case: CustomTestStringConvertible, Sendable {
         var m: Int, n: Int, k: Int
         var testDescription: String { "\(m)x\(n)x\(k)" }
@@ -77,7 +112,7 @@ struct BF16ProductTests {
     /// Every transpose (A packed from rows and from columns; B through pack_b and
     /// pack_b_transposed), odd reductions (a zero pad at the end of the last pair), edges in both
     /// dimensions, k-blocks whose length is rounded up to even (KC=7 runs as 8).
-    @Test(.enabled(if: available), arguments: [Case(m: 1, n: 1, k: 1), Case(m: 7, n: 33, k: 5), Case(m: 65, n: 72, k: 40),
+    @Test(arguments: [Case(m: 1, n: 1, k: 1), Case(m: 7, n: 33, k: 5), Case(m: 65, n: 72, k: 40),
                                                Case(m: 197, n: 40, k: 129), Case(m: 13, n: 100, k: 300)], ["", "KC=7"])
     func everyTransposeMatchesTheRoundedReference(shape: Case, override: String) throws {
         let engine = try Self.bf16Engine(override + (override.isEmpty ? "" : ",") + "SK=0")
@@ -116,9 +151,9 @@ struct BF16ProductTests {
     /// sums of terms (Serial LoRA's fused qkv: an odd weight reduction plus a scaled adapter term,
     /// so a pair straddles the terms), a bias and GELU epilogue with its pre-activation, and a
     /// batched product over a shared operand.
-    @Test(.enabled(if: available), arguments: [DType.float32, .float16, .bfloat16, .int8])
-    func storedWeightsTermSumsEpiloguesAndBatches(storage: DType) throws {
-        let engine = try Self.bf16Engine()
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .int8], ["", "KC=7"])
+    func storedWeightsTermSumsEpiloguesAndBatches(storage: DType, override: String) throws {
+        let engine = try Self.bf16Engine(override)
         let profiler = KernelProfiler()
         engine.profiler = profiler
         let (rows, d, r, out) = (37, 33, 4, 72)
@@ -170,7 +205,7 @@ struct BF16ProductTests {
     /// bf16-stored weights (PrecisionTests), since both operands of every product round here.
     /// Measured: logits 5.8e-3 to 6.5e-3 (PyTorch's bf16 autocast: 5.7e-3, docs/BENCHMARKS.md),
     /// worst gradients 4.7e-3 (probe), 1.1e-2 (serial), 1.4e-2 (full), 3.2e-2 (LoRA's q.A).
-    @Test(.enabled(if: available), arguments: ["serial", "lora", "full", "probe"])
+    @Test(arguments: ["serial", "lora", "full", "probe"])
     func modelWithBF16ProductsStaysNearPyTorch(method: String) throws {
         let engine = try Self.bf16Engine()
         let adapter = try AdapterFile.load(parityFixtures.appendingPathComponent("\(method)/initial.safetensors"))
