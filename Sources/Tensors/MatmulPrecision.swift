@@ -35,30 +35,35 @@ extension Engine {
         matmulPrecision = precision
     }
 
-    /// One small product through the bf16 kernels against the host, before any real work relies
-    /// on them: another OpenCL compiler (a newer LLVM spells the builtin's bf16 operands
-    /// differently) or a broken kernel file is refused here, with the compiler's words, rather
-    /// than failing a training halfway.
+    /// Two small products through the bf16 kernels against the host, before any real work relies
+    /// on them: a plain fp32 B, and an fp16-stored B read transposed (the default frozen weights'
+    /// forward form), each its own kernel build. Another OpenCL compiler or a broken kernel file is
+    /// refused here, with the compiler's words, rather than failing a training halfway.
     private func checkBF16Products() throws {
         let previous = matmulPrecision
         defer { matmulPrecision = previous }
         matmulPrecision = .bf16
         let (m, n, k) = (24, 40, 7)   // past the skinny kernels' 16, an odd reduction
+        // Exact in bf16 and fp16 (multiples of 1/8 below 2), so every product and sum is exact.
         let a = (0..<m * k).map { Float(($0 * 7) % 13) / 4 - 1.5 }, b = (0..<k * n).map { Float(($0 * 5) % 11) / 8 - 0.625 }
-        let result: [Float]
-        do {
-            let c = try empty([m, n])
-            try gemm(try tensor(a, shape: [m, k]), try tensor(b, shape: [k, n]), into: c)
-            result = try c.download()
-        } catch {
-            throw MatmulPrecisionError(precision: .bf16, reason: "its kernels did not build or run here: \(error)")
-        }
-        // The operands are exact in bf16 (multiples of 1/8 below 2), so the products are exact.
-        for row in 0..<m {
-            for column in 0..<n {
-                let expected = (0..<k).reduce(Float(0)) { $0 + a[row * k + $1] * b[$1 * n + column] }
-                guard abs(result[row * n + column] - expected) <= 1e-5 * max(1, abs(expected)) else {
-                    throw MatmulPrecisionError(precision: .bf16, reason: "its kernels computed C[\(row)][\(column)] = \(result[row * n + column]), expected \(expected)")
+        for transposedHalfB in [false, true] {
+            let result: [Float]
+            do {
+                let c = try empty([m, n])
+                let bTensor = transposedHalfB
+                    ? try tensor((0..<n * k).map { b[($0 % k) * n + $0 / k] }, shape: [n, k], storage: .float16)
+                    : try tensor(b, shape: [k, n])
+                try gemm(try tensor(a, shape: [m, k]), bTensor, into: c, transposeB: transposedHalfB)
+                result = try c.download()
+            } catch {
+                throw MatmulPrecisionError(precision: .bf16, reason: "its kernels did not build or run here: \(error)")
+            }
+            for row in 0..<m {
+                for column in 0..<n {
+                    let expected = (0..<k).reduce(Float(0)) { $0 + a[row * k + $1] * b[$1 * n + column] }
+                    guard abs(result[row * n + column] - expected) <= 1e-5 * max(1, abs(expected)) else {
+                        throw MatmulPrecisionError(precision: .bf16, reason: "its kernels computed C[\(row)][\(column)] = \(result[row * n + column]), expected \(expected)")
+                    }
                 }
             }
         }
