@@ -68,12 +68,10 @@ inline ushort round_bf16(const float x)
     return (bits & 0x7fffffffu) > 0x7f800000u ? (ushort)((bits >> 16) | 0x0040u)
                                               : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
-// 16 values at once, each in the low half of its lane.
-inline uint16 round_bf16_16(const float16 x)
-{
-    const uint16 bits = as_uint16(x);
-    return select((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16, (bits >> 16) | 0x0040u, (bits & 0x7fffffffu) > (uint16)(0x7f800000u));
-}
+// Vectors of values at once, each in the low half of its lane (bits: the floats' bits as uintN).
+#define ROUND_BF16_BITS(bits) select(((bits) + 0x7fffu + (((bits) >> 16) & 1u)) >> 16, ((bits) >> 16) | 0x0040u, \
+                                     ((bits) & 0x7fffffffu) > 0x7f800000u)
+inline uint16 round_bf16_16(const float16 x) { return ROUND_BF16_BITS(as_uint16(x)); }
 #if PRE_STORAGE == 2
 #define PRE_ELEMENT ushort
 #define uintV CAT(uint, VW)
@@ -356,6 +354,12 @@ __kernel void pack_b_transposed(__global const B_ELEMENT *B, const int b_offset,
 #ifdef BF16_PANELS
         if ((at & 1) == 0) {   // whole pairs (a term at an odd k writes 2-byte halves below)
             __global uint *pairs = (__global uint *)panel_start + (size_t)(at / 2) * NR + c;
+            if (depth == KT) {
+                const uint8 rounded = ROUND_BF16_BITS(as_uint8(vload8(0, lanes)));
+                const uint4 packed = rounded.even | rounded.odd << 16;
+                for (int j = 0; j < KT / 2; ++j) pairs[j * NR] = packed[j];
+                continue;
+            }
             for (int j = 0; j + 1 < depth; j += 2) pairs[j / 2 * NR] = (uint)round_bf16(lanes[j]) | (uint)round_bf16(lanes[j + 1]) << 16;
             if (depth & 1) panel_start[PANEL_AT(at + depth - 1, c, NR)] = round_bf16(lanes[depth - 1]);
             continue;
