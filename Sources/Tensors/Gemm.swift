@@ -171,9 +171,10 @@ extension Engine {
            try skinnyGemm(problem.aViews[0], problem.bViews[0], scale: terms[0].scale, into: problem.output, alpha: alpha, beta: beta) {
             return
         }
+        if matmulPrecision == .bf16, let reason = Self.bf16ProfileUnsupported(profile) {
+            throw MatmulPrecisionError(precision: .bf16, reason: reason)
+        }
         if let tiles = profile.tiles {
-            // A profile made tiled after setMatmulPrecision(.bf16): no tiled bf16 kernel exists.
-            if matmulPrecision == .bf16 { throw MatmulPrecisionError(precision: .bf16, reason: "bf16 products are implemented for CPU devices (PoCL) only") }
             try launchTiled(problem, tiles: tiles, localPacking: profile.localPacking, splitK: profile.splitK, alpha: alpha, beta: beta)
         } else {
             try launchPacked(problem, profile: profile, alpha: alpha, beta: beta)
@@ -258,9 +259,6 @@ extension Engine {
         // bf16 products pack both operands as bf16 pairs along k (Kernels/gemm.cl, BF16_PANELS):
         // the panels' depth and every k-block boundary are even.
         let bf16 = matmulPrecision == .bf16
-        if bf16, profile.vectorWidth != 16 {   // a profile overridden after setMatmulPrecision
-            throw MatmulPrecisionError(precision: .bf16, reason: "the GEMM profile's vector width is \(profile.vectorWidth), and bf16 products take 16 floats (VW=16)")
-        }
         let (m, n, batches) = (p.m, p.n, p.batches)
         let kTotal = bf16 ? roundUp(p.kTotal, 2) : p.kTotal
         let blockLength = profile.kBlock > 0 ? (bf16 ? roundUp(profile.kBlock, 2) : profile.kBlock) : kTotal

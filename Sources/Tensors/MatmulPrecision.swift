@@ -72,11 +72,20 @@ extension Engine {
     /// Why bf16 products cannot run, nil when they can: they are the CPU panel kernel's
     /// (16-float vectors, x86-64's AVX512_BF16 dot product); GPUs have no bf16 kernels yet.
     static func bf16ProductsUnavailable(deviceIsCPU: Bool, gemmProfile: GemmProfile, cpuFlags: Set<String>?) -> String? {
-        guard deviceIsCPU, gemmProfile.tiles == nil else { return "bf16 products are implemented for CPU devices (PoCL) only" }
+        guard deviceIsCPU else { return cpuDevicesOnly }
         guard let cpuFlags else { return "the CPU's features are unknown (no /proc/cpuinfo)" }
         guard cpuFlags.contains("avx512_bf16") else { return "the CPU lacks AVX512_BF16 (its flags do not list avx512_bf16)" }
-        guard gemmProfile.vectorWidth == 16 else {
-            return "the GEMM profile's vector width is \(gemmProfile.vectorWidth), and bf16 products take 16 floats (VW=16)"
+        return bf16ProfileUnsupported(gemmProfile)
+    }
+
+    private static let cpuDevicesOnly = "bf16 products are implemented for CPU devices (PoCL) only"
+
+    /// Why a GEMM profile cannot run bf16 products, nil when it can; also checked at every GEMM,
+    /// since the profile may change after the precision was set.
+    static func bf16ProfileUnsupported(_ profile: GemmProfile) -> String? {
+        if profile.tiles != nil { return cpuDevicesOnly }
+        guard profile.vectorWidth == 16 else {
+            return "the GEMM profile's vector width is \(profile.vectorWidth), and bf16 products take 16 floats (VW=16)"
         }
         return nil
     }
