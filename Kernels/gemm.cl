@@ -557,6 +557,26 @@ static void accumulate_bf16(const __global uint *a, const __global uint *b, cons
 #pragma unroll
         for (int v = 0; v < NV; ++v) tile[r * NV + v] = acc[r][v];
 }
+
+// The arithmetic peak of DOT_BF16 (Kernels/peak.cl explains the chains): per work-item
+// PEAK_CHAINS chains of 16 lanes, acc <- acc + a.hi * b.hi + a.lo * b.lo with a and b each one
+// bf16 pair broadcast; out[(gid * PEAK_CHAINS + c) * 16 + lane].
+#define PEAK_CHAINS 8
+__kernel void bf16_dot_peak(__global float *out, const int iterations, const uint pair_a, const uint pair_b)
+{
+    const int gid = get_global_id(0);
+    const int16 a = (int16)((int)pair_a), b = (int16)((int)pair_b);
+    const float16 lanes = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) / 256.0f;
+    float16 acc[PEAK_CHAINS];
+#pragma unroll
+    for (int c = 0; c < PEAK_CHAINS; ++c) acc[c] = lanes + (float)(gid % 61) / 64.0f + (float)c / 8.0f;
+    for (int i = 0; i < iterations; ++i) {
+#pragma unroll
+        for (int c = 0; c < PEAK_CHAINS; ++c) DOT_BF16(acc[c], a, b);
+    }
+#pragma unroll
+    for (int c = 0; c < PEAK_CHAINS; ++c) vstore16(acc[c], gid * PEAK_CHAINS + c, out);
+}
 #else
 #define BP_ELEMENT float
 #endif

@@ -305,8 +305,8 @@ extension Engine {
                 .int32(p.aPackedBatches > 1 ? 1 : 0), .int32(p.bPackedBatches > 1 ? 1 : 0)] + p.cArguments + [
                 .float(alpha), .float(isFirst ? beta : 1)] + p.epilogueArguments(flags: isLast ? p.flags : 0) + [
                 .buffer((packedA ?? packedB).buffer), .int32(Int32(kSplit))] + p.betaSource(first: isFirst))
-            try enqueue(micro, global: global, local: local,
-                        work: KernelWork(flops: 2 * Double(m) * Double(n) * Double(min(kEnd, p.kTotal) - kBegin) * Double(batches)))
+            let flops = 2 * Double(m) * Double(n) * Double(min(kEnd, p.kTotal) - kBegin) * Double(batches)
+            try enqueue(micro, global: global, local: local, work: KernelWork(flops: flops, bf16Flops: bf16 ? flops : 0))
             kBegin = kEnd
         }
     }

@@ -28,6 +28,7 @@ public final class KernelProfiler {
             totals[name]!.seconds += seconds
             totals[name]!.work.flops += work.flops
             totals[name]!.work.bytes += work.bytes
+            totals[name]!.work.bf16Flops += work.bf16Flops
         }
         pending.removeAll()
         return totals.values.sorted { $0.seconds > $1.seconds }
@@ -44,8 +45,10 @@ public final class KernelProfiler {
 public struct KernelWork: Sendable {
     public var flops: Double = 0
     public var bytes: Double = 0
+    /// Of `flops`, those done by bf16 dot products (`MatmulPrecision.bf16`), whose peak differs.
+    public var bf16Flops: Double = 0
 
-    public init(flops: Double = 0, bytes: Double = 0) { (self.flops, self.bytes) = (flops, bytes) }
+    public init(flops: Double = 0, bytes: Double = 0, bf16Flops: Double = 0) { (self.flops, self.bytes, self.bf16Flops) = (flops, bytes, bf16Flops) }
 
     /// `count` float32 values read or written.
     static func floats(_ count: Int) -> KernelWork { KernelWork(bytes: 4 * Double(count)) }

@@ -26,7 +26,7 @@ extension Engine {
     /// device cannot run it.
     public func setMatmulPrecision(_ precision: MatmulPrecision) throws {
         if precision == .bf16 {
-            if let reason = Self.bf16ProductsUnavailable(deviceIsCPU: device.type.contains(.cpu) && !device.type.contains(.gpu),
+            if let reason = Self.bf16ProductsUnavailable(deviceIsCPU: deviceIsCPU,
                                                          gemmProfile: gemmProfile, cpuFlags: Self.hostCPUFlags()) {
                 throw MatmulPrecisionError(precision: precision, reason: reason)
             }
@@ -72,11 +72,22 @@ extension Engine {
     /// Why bf16 products cannot run, nil when they can: they are the CPU panel kernel's
     /// (16-float vectors, x86-64's AVX512_BF16 dot product); GPUs have no bf16 kernels yet.
     static func bf16ProductsUnavailable(deviceIsCPU: Bool, gemmProfile: GemmProfile, cpuFlags: Set<String>?) -> String? {
+        bf16InstructionUnavailable(deviceIsCPU: deviceIsCPU, cpuFlags: cpuFlags) ?? bf16ProfileUnsupported(gemmProfile)
+    }
+
+    /// Why the kernels cannot issue AVX512_BF16's dot product here, nil when they can.
+    static func bf16InstructionUnavailable(deviceIsCPU: Bool, cpuFlags: Set<String>?) -> String? {
         guard deviceIsCPU else { return cpuDevicesOnly }
         guard let cpuFlags else { return "the CPU's features are unknown (no /proc/cpuinfo)" }
         guard cpuFlags.contains("avx512_bf16") else { return "the CPU lacks AVX512_BF16 (its flags do not list avx512_bf16)" }
-        return bf16ProfileUnsupported(gemmProfile)
+        return nil
     }
+
+    /// Why this device cannot issue bf16 dot products, nil when it can.
+    public var bf16InstructionUnavailability: String? { Self.bf16InstructionUnavailable(deviceIsCPU: deviceIsCPU, cpuFlags: Self.hostCPUFlags()) }
+
+    /// PoCL's CPU device (a GPU's type may also say CPU on some drivers; it is not one).
+    var deviceIsCPU: Bool { device.type.contains(.cpu) && !device.type.contains(.gpu) }
 
     private static let cpuDevicesOnly = "bf16 products are implemented for CPU devices (PoCL) only"
 

@@ -11,7 +11,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks. Compare against a reference measured in the same run (see scripts/).",
-        subcommands: [GemmBench.self, AttentionBench.self, TrainBench.self]
+        subcommands: [GemmBench.self, AttentionBench.self, TrainBench.self, PeakBench.self]
     )
 }
 
@@ -206,7 +206,7 @@ struct TrainBench: ParsableCommand {
     var activations: ActivationMemory = .selective
     @OptionGroup var weights: WeightStorageOption
     @OptionGroup var matmul: MatmulOption
-    @Flag(help: "Print device time per kernel over the timed steps.")
+    @Flag(help: "Print device time per kernel (over as many steps again, after the timed ones) and the roofline: the step's counted FLOPs at the device's arithmetic peak (see bench peak).")
     var profile = false
     @Flag(help: "One JSON object instead of text.")
     var json = false
@@ -264,12 +264,18 @@ struct TrainBench: ParsableCommand {
         let firstStep = Double(DispatchTime.now().uptimeNanoseconds - started) * 1e-9
         let compiled = engine.kernels.buildRecords.filter { $0.outcome != .diskCacheHit }.count
         for _ in 1..<max(warmup, 1) { _ = try step() }
-        let profiler = KernelProfiler()
-        if profile { engine.profiler = profiler }
         reduceSeconds = 0
         let start = DispatchTime.now().uptimeNanoseconds
         for _ in 0..<steps { _ = try step() }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(steps)
+        // Profiling keeps an event per launch, which slows short steps: the kernel table comes
+        // from as many steps again, after the timed ones.
+        let profiler = KernelProfiler()
+        if profile {
+            engine.profiler = profiler
+            for _ in 0..<steps { _ = try step() }
+            engine.profiler = nil
+        }
         let imagesPerSecond = Double(batch) / seconds
         if ranks > 1 {
             // Every rank's step time (each fills its own slot of the sum).
@@ -317,9 +323,9 @@ struct TrainBench: ParsableCommand {
                          engine.kernels.buildRecords.count - compiled))
         }
         if profile {
-            engine.profiler = nil
             let ceilings = try DeviceCeilings.measure(engine)
-            try printProfile(try profiler.summary(), ceilings: ceilings, steps: steps, method: fineTuning, width: config.width)
+            try printProfile(try profiler.summary(), ceilings: ceilings, steps: steps, stepSeconds: seconds, batch: batch,
+                             method: fineTuning, width: config.width)
         }
     }
 
@@ -327,11 +333,11 @@ struct TrainBench: ParsableCommand {
     /// kernels in GFLOP/s against the GEMM, the others in GB/s against a copy); then what the
     /// adapters cost: their own launches (scope "adapter"), the optimizer, and their share r / K
     /// of the GEMMs that reduce over the frozen K and theirs in one pass.
-    private func printProfile(_ entries: [KernelProfiler.Entry], ceilings: DeviceCeilings, steps: Int,
+    private func printProfile(_ entries: [KernelProfiler.Entry], ceilings: DeviceCeilings, steps: Int, stepSeconds: Double, batch: Int,
                               method: FineTuningMethod, width: Int) throws {
         let total = entries.reduce(0) { $0 + $1.seconds }
-        print(String(format: "  ceilings measured in this run: GEMM 1024^3 %.1f GFLOP/s, copy %.1f GB/s", ceilings.gemmFlops / 1e9,
-                     ceilings.copyBytes / 1e9))
+        print(String(format: "  ceilings measured in this run: GEMM 1024^3 %.1f GFLOP/s, copy %.1f GB/s, %@", ceilings.gemmFlops / 1e9,
+                     ceilings.copyBytes / 1e9, ceilings.peakText))
         for entry in entries {
             var rate = ""
             if entry.work.flops > 0 {
@@ -344,6 +350,12 @@ struct TrainBench: ParsableCommand {
             print(String(format: "  %@ %5d launches %9.2f ms/step %5.1f%%  %@", entry.kernel.padding(toLength: 40, withPad: " ", startingAt: 0), entry.launches,
                          entry.seconds * 1e3 / Double(steps), 100 * entry.seconds / total, rate))
         }
+        // The roofline: the counted work (GEMMs and attention; the rest is memory-bound) at the
+        // arithmetic peak is a step time no kernel schedule can beat.
+        let flops = entries.reduce(0) { $0 + $1.work.flops } / Double(steps), bf16Flops = entries.reduce(0) { $0 + $1.work.bf16Flops } / Double(steps)
+        let floor = ceilings.arithmeticSeconds(flops: flops, bf16Flops: bf16Flops)
+        print(String(format: "  roofline: %.1f GFLOP/step counted (%.1f in bf16 products); at the peaks that takes %.1f ms: at most %.2f images/s, and this run's %.1f ms/step is %.2f of it",
+                     flops / 1e9, bf16Flops / 1e9, floor * 1e3, Double(batch) / floor, stepSeconds * 1e3, floor / stepSeconds))
         guard let rank = method.rank else { return }
         func seconds(_ matches: (String) -> Bool) -> Double { entries.filter { matches($0.kernel) }.reduce(0) { $0 + $1.seconds } }
         let own = seconds { $0.hasPrefix(ProfileScope.adapter + "/") }
@@ -359,25 +371,98 @@ struct TrainBench: ParsableCommand {
     }
 }
 
+struct PeakBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peak",
+        abstract: "The device's arithmetic peak beside its 1024^3 GEMM and a copy: the ceilings a step's rates are read against.",
+        discussion: """
+            The peak runs chains of multiply-adds that read no memory (Kernels/peak.cl): fp32 FMA, and \
+            bf16 dot products (vdpbf16ps) where the CPU has AVX512_BF16; their results are checked \
+            against the host. `bench train --profile` sets the step's counted FLOPs against the same \
+            peaks (the roofline).
+            """
+    )
+
+    @OptionGroup var deviceOption: DeviceOption
+
+    @Option(help: "Minimum measuring time per ceiling, in seconds.")
+    var minSeconds = 0.5
+
+    @Flag(help: "One JSON object.")
+    var json = false
+
+    func validate() throws { try validateMinSeconds(minSeconds) }
+
+    func run() throws {
+        let engine = try Engine(deviceSpec: deviceOption.device)
+        let fp32 = try DeviceCeilings.measure(engine, minSeconds: minSeconds)
+        var bf16Gemm: Double?
+        if fp32.bf16Peak != nil, (try? engine.setMatmulPrecision(.bf16)) != nil {
+            bf16Gemm = try DeviceCeilings.measureGemm(engine, minSeconds: minSeconds)
+        }
+        if json {
+            var object: [String: Any] = ["device": engine.device.name, "fp32_fma_gflops": fp32.fp32Peak.flopsPerSecond / 1e9,
+                                         "gemm_1024_fp32_gflops": fp32.gemmFlops / 1e9, "copy_gbps": fp32.copyBytes / 1e9]
+            if let peak = fp32.bf16Peak { object["bf16_dot_gflops"] = peak.flopsPerSecond / 1e9 }
+            if let bf16Gemm { object["gemm_1024_bf16_gflops"] = bf16Gemm / 1e9 }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+            return
+        }
+        print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)")
+        for peak in [fp32.fp32Peak] + (fp32.bf16Peak.map { [$0] } ?? []) {
+            print(String(format: "%-9@ peak       %8.1f GFLOP/s  (%d work-items x %d chains x %d lanes, %d iterations)", peak.instruction.rawValue,
+                         peak.flopsPerSecond / 1e9, peak.workItems, peak.chains, peak.lanes, peak.iterations))
+        }
+        if fp32.bf16Peak == nil { print("bf16-dot  peak        not available: \(engine.bf16InstructionUnavailability ?? "")") }
+        print(String(format: "GEMM 1024^3 fp32     %8.1f GFLOP/s  (%.2f of the fp32 FMA peak)", fp32.gemmFlops / 1e9,
+                     fp32.gemmFlops / fp32.fp32Peak.flopsPerSecond))
+        if let bf16Gemm, let peak = fp32.bf16Peak {
+            print(String(format: "GEMM 1024^3 bf16     %8.1f GFLOP/s  (%.2f of the bf16 dot peak)", bf16Gemm / 1e9, bf16Gemm / peak.flopsPerSecond))
+        }
+        print(String(format: "copy 64 MiB          %8.1f GB/s", fp32.copyBytes / 1e9))
+    }
+}
+
 /// The device's practical ceilings, measured in the same run as what is compared with them.
 struct DeviceCeilings {
-    var gemmFlops: Double   // FLOP/s of a 1024^3 GEMM
+    var gemmFlops: Double   // FLOP/s of a 1024^3 GEMM, in the engine's matmul precision
     var copyBytes: Double   // bytes/s read + written by a 64 MiB copy
+    var fp32Peak: PeakMeasurement
+    var bf16Peak: PeakMeasurement?   // nil where the device has no bf16 dot product
 
-    static func measure(_ engine: Engine, minSeconds: Double = 0.3) throws -> DeviceCeilings {
+    /// FLOP/s of a 1024^3 GEMM in the engine's matmul precision.
+    static func measureGemm(_ engine: Engine, minSeconds: Double) throws -> Double {
         let square = try engine.empty([1024, 1024]), product = try engine.empty([1024, 1024])
         try square.upload(benchValues(square.count, seed: 3))
-        let gemmSeconds = try sloragpu.measure(minSeconds: minSeconds) {
+        let seconds = try sloragpu.measure(minSeconds: minSeconds) {
             try engine.gemm(square, square, into: product)
             try engine.synchronize()
         }
+        return 2 * pow(1024.0, 3) / seconds
+    }
+
+    /// The least time `flops` (of which `bf16Flops` in bf16 dot products) can take at the peaks.
+    func arithmeticSeconds(flops: Double, bf16Flops: Double) -> Double {
+        (flops - bf16Flops) / fp32Peak.flopsPerSecond + bf16Flops / (bf16Peak ?? fp32Peak).flopsPerSecond
+    }
+
+    var peakText: String {
+        String(format: "fp32 FMA peak %.1f GFLOP/s", fp32Peak.flopsPerSecond / 1e9)
+            + (bf16Peak.map { String(format: ", bf16 dot peak %.1f GFLOP/s", $0.flopsPerSecond / 1e9) } ?? "")
+    }
+
+    static func measure(_ engine: Engine, minSeconds: Double = 0.3) throws -> DeviceCeilings {
+        let gemmFlops = try measureGemm(engine, minSeconds: minSeconds)
         let count = 16 << 20
         let source = try engine.zeros([count]), destination = try engine.empty([count])
         let copySeconds = try sloragpu.measure(minSeconds: minSeconds) {
             try engine.copy(source, into: destination)
             try engine.synchronize()
         }
-        return DeviceCeilings(gemmFlops: 2 * pow(1024.0, 3) / gemmSeconds, copyBytes: 8 * Double(count) / copySeconds)
+        let bf16Peak: PeakMeasurement?
+        do { bf16Peak = try engine.measurePeak(.bf16Dot, minSeconds: minSeconds) } catch is MatmulPrecisionError { bf16Peak = nil }
+        return DeviceCeilings(gemmFlops: gemmFlops, copyBytes: 8 * Double(count) / copySeconds,
+                              fp32Peak: try engine.measurePeak(.fp32FMA, minSeconds: minSeconds), bf16Peak: bf16Peak)
     }
 }
 

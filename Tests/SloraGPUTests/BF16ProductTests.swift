@@ -110,6 +110,41 @@ struct BF16ProductTests {
         #expect(throws: MatmulPrecisionError.self) { try engine.gemm(try engine.zeros([20, 20]), try engine.zeros([20, 20]), into: try engine.empty([20, 20])) }
     }
 
+    /// The arithmetic peak's bf16 chain (Kernels/gemm.cl, bf16_dot_peak; PeakTests for the rest):
+    /// the instruction where the CPU has it, the kernels' fp32 emulation of it everywhere.
+    @Test(arguments: [false, true]) func bf16DotChainsMatchTheHost(emulated: Bool) throws {
+        let engine = try makeEngine()
+        if emulated {
+            engine.bf16Emulation = true
+        } else if let reason = engine.bf16InstructionUnavailability {
+            #expect(throws: MatmulPrecisionError.self) { try engine.runPeakChains(.bf16Dot, iterations: 4) }
+            print("bf16 dot instruction not run: \(reason)")
+            return
+        }
+        for iterations in [0, 3, 4096] {
+            let chains = try engine.runPeakChains(.bf16Dot, iterations: iterations, workItems: 3)
+            #expect(chains.lanes == 16)
+            PeakTests.checkEveryLane(chains, .bf16Dot, iterations: iterations)
+        }
+        // Each iteration adds two products of 1/16 x 1/16 to every lane.
+        #expect(Engine.expectedPeakLane(.bf16Dot, item: 0, chain: 0, lane: 0, iterations: 4096) == 32)
+    }
+
+    /// The roofline (`bench train --profile`) reads bf16 products against the bf16 dot peak: the
+    /// profiler must know which FLOPs they are, in k-blocks too.
+    @Test(arguments: ["", "KC=7"]) func theProfilerCountsBF16ProductsApart(override: String) throws {
+        let (m, n, k) = (24, 40, 19)
+        for engine in [try Self.bf16Engine(override), try makeEngine()] {
+            let profiler = KernelProfiler()
+            engine.profiler = profiler
+            try engine.gemm(try engine.zeros([m, k]), try engine.zeros([k, n]), into: try engine.empty([m, n]))
+            let entries = try profiler.summary().filter { $0.work.flops > 0 }
+            let flops = entries.reduce(0) { $0 + $1.work.flops }, bf16Flops = entries.reduce(0) { $0 + $1.work.bf16Flops }
+            #expect(flops == Double(2 * m * n * k))
+            #expect(bf16Flops == (engine.matmulPrecision == .bf16 ? flops : 0))
+        }
+    }
+
     struct Case: CustomTestStringConvertible, Sendable {
         var m: Int, n: Int, k: Int
         var testDescription: String { "\(m)x\(n)x\(k)" }

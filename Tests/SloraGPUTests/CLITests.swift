@@ -1,6 +1,7 @@
 import CImageCodecs
 import Foundation
 import Testing
+@testable import Tensors
 @testable import Training
 @testable import Formats
 @testable import Optimizers
@@ -90,6 +91,15 @@ struct BenchSmokeTests {
         let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
         #expect(object?["m"] as? Int == 512)
         #expect((object?["gflops"] as? Double ?? 0) > 0)
+    }
+
+    @Test func peakBenchReportsJSON() throws {
+        let result = try runSloragpu(["bench", "peak", "--json", "--min-seconds", "0"])
+        #expect(result.status == 0, "\(result.standardError)")
+        let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+        #expect((object?["fp32_fma_gflops"] as? Double ?? 0) > 0)
+        #expect((object?["gemm_1024_fp32_gflops"] as? Double ?? 0) > 0)
+        #expect((object?["bf16_dot_gflops"] != nil) == (Engine.hostCPUFlags()?.contains("avx512_bf16") == true))
     }
 }
 
