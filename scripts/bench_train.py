@@ -96,9 +96,12 @@ def main():
     ours, theirs = {p: [] for p in precisions}, {v: [] for v in variants}
     for _ in range(args.rounds):
         for precision in precisions:
-            ours[precision].append(json.loads(subprocess.run([args.binary, "bench", "train", "--json", "--activations", args.activations,
-                                                              "--weights", args.weights, "--matmul", precision] + common,
-                                                             check=True, capture_output=True, text=True).stdout))
+            command = [args.binary, "bench", "train", "--json", "--activations", args.activations, "--weights", args.weights, "--matmul", precision] + common
+            run = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            if run["programs_compiled"] > 0:
+                # Its peak RSS measured the OpenCL compiler too: again, from the kernel cache.
+                run = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            ours[precision].append(run)
         env = dict(os.environ, OMP_NUM_THREADS="2")
         for variant in variants:
             worker = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--autocast", variant] + common
