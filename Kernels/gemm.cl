@@ -61,31 +61,22 @@
 #ifndef PRE_STORAGE
 #define PRE_STORAGE 0
 #endif
-// fp32 -> bf16, round to nearest even; a NaN stays a NaN (the plain formula turns some into Inf).
-inline ushort round_bf16(const float x)
-{
-    const uint bits = as_uint(x);
-    return (bits & 0x7fffffffu) > 0x7f800000u ? (ushort)((bits >> 16) | 0x0040u)
-                                              : (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-// Vectors of values at once, each in the low half of its lane (bits: the floats' bits as uintN).
+// fp32 -> bf16, round to nearest even; a NaN stays a NaN (the plain formula turns some into
+// Inf): quieted, its top bits kept. `bits` are the floats' bits as uint or uintN; the result
+// is in the low half of each lane.
 #define ROUND_BF16_BITS(bits) select(((bits) + 0x7fffu + (((bits) >> 16) & 1u)) >> 16, ((bits) >> 16) | 0x0040u, \
                                      ((bits) & 0x7fffffffu) > 0x7f800000u)
+inline ushort round_bf16(const float x) { return (ushort)ROUND_BF16_BITS(as_uint(x)); }
 inline uint16 round_bf16_16(const float16 x) { return ROUND_BF16_BITS(as_uint16(x)); }
 #if PRE_STORAGE == 2
 #define PRE_ELEMENT ushort
-#define uintV CAT(uint, VW)
 #define as_uintV CAT(as_uint, VW)
 #define as_floatV CAT(as_float, VW)
 #define convert_uintV CAT(convert_uint, VW)
 #define convert_ushortV CAT(convert_ushort, VW)
 #define PRE_STORE(x, p, i) ((p)[i] = round_bf16(x))
 #define PRE_LOAD(p, i) as_float((uint)(p)[i] << 16)
-#define PRE_STORE_V(x, p) do { \
-        const uintV bits_ = as_uintV(x); \
-        const uintV nearest_ = (bits_ + 0x7fffu + ((bits_ >> 16) & 1u)) >> 16; \
-        vstoreV(convert_ushortV(select(nearest_, (bits_ >> 16) | 0x0040u, (bits_ & 0x7fffffffu) > (uintV)(0x7f800000u))), 0, (p)); \
-    } while (0)
+#define PRE_STORE_V(x, p) vstoreV(convert_ushortV(ROUND_BF16_BITS(as_uintV(x))), 0, (p))
 #define PRE_LOAD_V(p) as_floatV(convert_uintV(vloadV(0, (p))) << 16)
 #else
 #define PRE_ELEMENT float
