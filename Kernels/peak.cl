@@ -15,8 +15,10 @@
 #define VEC(type, n) CAT(type, n)
 
 #if VW == 1
+#define floatW float
 #define STORE_LANES(value, i, p) ((p)[i] = (value))
 #else
+#define floatW VEC(float, VW)
 #define STORE_LANES(value, i, p) VEC(vstore, VW)(value, i, p)
 #endif
 
@@ -24,13 +26,13 @@
 __kernel void fma_peak(__global float *out, const int iterations, const float a, const float b)
 {
     const int gid = get_global_id(0);
-    VEC(float, VW) lanes;
+    floatW lanes;
 #if VW == 1
     lanes = 0.0f;
 #else
     for (int l = 0; l < VW; ++l) ((float *)&lanes)[l] = (float)l / 256.0f;
 #endif
-    VEC(float, VW) x[CHAINS];
+    floatW x[CHAINS];
 #pragma unroll
     for (int c = 0; c < CHAINS; ++c) x[c] = lanes + (float)(gid % 61) / 64.0f + (float)c / 8.0f;
     for (int i = 0; i < iterations; ++i) {

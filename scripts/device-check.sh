@@ -175,6 +175,8 @@ if [ $dry = 0 ]; then
     step selftest 60 "$bin" selftest --device gpu
     step tune 160 "$bin" tune --device gpu --budget 110 --export "$out/tuning.json"
     step bench-gemm 45 "$bin" bench gemm --device gpu --json
+    # The arithmetic peak: what profile-vit-b's roofline divides the step's FLOPs by.
+    step peak 30 "$bin" bench peak --device gpu
     cp "$out/bench-gemm.log" "$out/gemm.jsonl" 2> /dev/null || :
     step bench-attention 45 "$bin" bench attention --device gpu
     step bench-train-vit-s 45 "$bin" bench train --device gpu --model vit-s --patch 14 --image-size 112 --batch 32 --json
@@ -209,6 +211,7 @@ else
     step selftest 300 "$bin" selftest --device cpu --gpu-kernels
     step tune 120 "$bin" tune --device cpu --small --budget 10 --max-candidates 1 --export "$out/tuning.json"
     step bench-gemm 120 "$bin" bench gemm --device cpu --json --filter "square 512" --min-seconds 0
+    step peak 60 "$bin" bench peak --device cpu --min-seconds 0
     cp "$out/bench-gemm.log" "$out/gemm.jsonl" 2> /dev/null || :
     step bench-train-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --json
     step profile-vit-ti 120 "$bin" bench train --device cpu --model vit-ti --patch 16 --image-size 32 --batch 4 --steps 1 --warmup 1 --profile

@@ -55,8 +55,10 @@ extension Engine {
 
     /// Runs the chains once and returns their final values (bf16: `iterations` at most
     /// `peakBF16IterationLimit`, or the sums stop being exact).
-    func runPeakChains(_ instruction: PeakInstruction, iterations: Int, workItems: Int? = nil) throws -> PeakChains {
-        let grid = peakGrid(instruction)
+    /// `lanes` (fp32 only; 1, 2, 4, 8 or 16) replaces the device's choice, so tests run every width.
+    func runPeakChains(_ instruction: PeakInstruction, iterations: Int, workItems: Int? = nil, lanes: Int? = nil) throws -> PeakChains {
+        var grid = peakGrid(instruction)
+        if let lanes, instruction == .fp32FMA { grid.lanes = lanes }
         let items = workItems.map { roundUp($0, grid.local) } ?? grid.workItems
         let out = try empty([items * Self.peakChains * grid.lanes])
         switch instruction {

@@ -25,10 +25,11 @@ struct PeakTests {
         #expect(wrong == 0, "\(wrong) of \(chains.values.count) lanes differ from the host")
     }
 
-    @Test(arguments: [0, 1, 37, 1000]) func fmaChainsMatchTheHost(iterations: Int) throws {
+    /// Every lane width: the device's own (16 on AVX-512), and the scalar chains GPUs run.
+    @Test(arguments: [0, 1, 37, 1000], [nil, 1, 2, 4, 8, 16]) func fmaChainsMatchTheHost(iterations: Int, lanes: Int?) throws {
         let engine = try makeEngine()
-        let chains = try engine.runPeakChains(.fp32FMA, iterations: iterations, workItems: 5)
-        #expect(chains.lanes == engine.peakGrid(.fp32FMA).lanes)
+        let chains = try engine.runPeakChains(.fp32FMA, iterations: iterations, workItems: 5, lanes: lanes)
+        #expect(chains.lanes == lanes ?? engine.peakGrid(.fp32FMA).lanes)
         Self.checkEveryLane(chains, .fp32FMA, iterations: iterations)
         // The recurrence moves every value, so a loop that ran a different count cannot match.
         if iterations > 0 {

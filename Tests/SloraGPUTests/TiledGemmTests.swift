@@ -400,11 +400,12 @@ struct DeviceCheckTests {
         process.waitUntilExit()
         let report = try String(contentsOf: out.appendingPathComponent("device-check-report.md"), encoding: .utf8)
         #expect(process.terminationStatus == 0, "\(report)")
-        for step in ["probe", "selftest", "tune", "bench-gemm", "bench-train-vit-ti", "profile-vit-ti"] {
+        for step in ["probe", "selftest", "tune", "bench-gemm", "peak", "bench-train-vit-ti", "profile-vit-ti"] {
             #expect(report.contains("## \(step) (exit 0,"), "\(step) missing or failed")
         }
         #expect(report.contains("selftest: all checks passed") && report.contains("## Summary"))
         #expect(report.contains("adapter share of the step"), "the profile step prints the kernel table")
+        #expect(report.contains("fp32-fma peak") && report.contains("roofline: "), "the peak and the profile's roofline")
         #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("tuning.json").path))
     }
 }
