@@ -11,6 +11,13 @@
 // The bf16 dot product's chain, bf16_dot_peak, is in gemm.cl: it runs the GEMM's own
 // definition of the instruction, in the GEMM's build.
 
+#ifndef VW
+#define VW 16
+#endif
+#ifndef CHAINS
+#define CHAINS 8
+#endif
+
 #define CAT(a, b) a##b
 #define VEC(type, n) CAT(type, n)
 

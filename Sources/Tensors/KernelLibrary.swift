@@ -69,8 +69,14 @@ public final class KernelLibrary {
     private var programs: [String: Program] = [:]
     private var kernels: [String: Kernel] = [:]
 
-    /// Options every program is built with; per-program `-D` tunables are appended.
-    static let baseOptions = "-cl-std=CL1.2"
+    /// Options every program is built with; per-program `-D` tunables are appended. `-w`: the
+    /// compiler's warnings are for kernel developers, who get them with
+    /// `SLORAGPU_KERNEL_WARNINGS=1` (or their text from clang offline); PoCL prints only their
+    /// count, once per build, into every first run's output.
+    static func baseOptions(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        environment["SLORAGPU_KERNEL_WARNINGS"] == "1" ? "-cl-std=CL1.2" : "-cl-std=CL1.2 -w"
+    }
+    private let baseOptions = KernelLibrary.baseOptions()
 
     public init(context: Context, sources: KernelSources, diskCache: ProgramDiskCache?) {
         self.context = context
@@ -79,7 +85,7 @@ public final class KernelLibrary {
     }
 
     public func program(_ name: String, options: String = "") throws -> Program {
-        let fullOptions = options.isEmpty ? Self.baseOptions : Self.baseOptions + " " + options
+        let fullOptions = options.isEmpty ? baseOptions : baseOptions + " " + options
         let memoKey = name + "\u{0}" + fullOptions
         if let program = programs[memoKey] { return program }
         let program = try build(name: name, options: fullOptions)

@@ -109,6 +109,19 @@ struct KernelLibraryTests {
         #expect(base != engine.kernels.cacheKey(sourceHash: "aa", options: "-cl-std=CL1.2 -DX=1"))
     }
 
+    /// Kernel builds are quiet: PoCL printed "2 warnings generated." per GEMM build into every
+    /// first run's output (LLVM 15 declines some unroll pragmas); SLORAGPU_KERNEL_WARNINGS=1
+    /// brings them back for kernel development.
+    @Test func kernelBuildsAreQuietUnlessWarningsAreAskedFor() throws {
+        #expect(KernelLibrary.baseOptions(environment: [:]) == "-cl-std=CL1.2 -w")
+        #expect(KernelLibrary.baseOptions(environment: ["SLORAGPU_KERNEL_WARNINGS": "1"]) == "-cl-std=CL1.2")
+        let result = try runSloragpu(["bench", "gemm", "--filter", "square 512", "--min-seconds", "0"],
+                                     environment: ["SLORAGPU_CACHE_DIR": try makeTemporaryDirectory().path, "POCL_KERNEL_CACHE": "0"],
+                                     removing: ["SLORAGPU_KERNEL_WARNINGS"])
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(!result.standardError.contains("warning"), "\(result.standardError)")
+    }
+
     @Test func aStoredEntryWithAnotherKeyIsNotTrusted() throws {
         let cache = ProgramDiskCache(directory: try makeTemporaryDirectory())
         try cache.store(key: "key one", binary: [1, 2, 3])
