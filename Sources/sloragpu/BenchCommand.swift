@@ -395,31 +395,31 @@ struct PeakBench: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let fp32 = try DeviceCeilings.measure(engine, minSeconds: minSeconds)
+        let ceilings = try DeviceCeilings.measure(engine, minSeconds: minSeconds)
         var bf16Gemm: Double?
-        if fp32.bf16Peak != nil, (try? engine.setMatmulPrecision(.bf16)) != nil {
+        if ceilings.bf16Peak != nil, (try? engine.setMatmulPrecision(.bf16)) != nil {
             bf16Gemm = try DeviceCeilings.measureGemm(engine, minSeconds: minSeconds)
         }
         if json {
-            var object: [String: Any] = ["device": engine.device.name, "fp32_fma_gflops": fp32.fp32Peak.flopsPerSecond / 1e9,
-                                         "gemm_1024_fp32_gflops": fp32.gemmFlops / 1e9, "copy_gbps": fp32.copyBytes / 1e9]
-            if let peak = fp32.bf16Peak { object["bf16_dot_gflops"] = peak.flopsPerSecond / 1e9 }
+            var object: [String: Any] = ["device": engine.device.name, "fp32_fma_gflops": ceilings.fp32Peak.flopsPerSecond / 1e9,
+                                         "gemm_1024_fp32_gflops": ceilings.gemmFlops / 1e9, "copy_gbps": ceilings.copyBytes / 1e9]
+            if let peak = ceilings.bf16Peak { object["bf16_dot_gflops"] = peak.flopsPerSecond / 1e9 }
             if let bf16Gemm { object["gemm_1024_bf16_gflops"] = bf16Gemm / 1e9 }
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
             return
         }
         print("device: \(engine.device.name)   gemm profile: \(engine.gemmProfile)")
-        for peak in [fp32.fp32Peak] + (fp32.bf16Peak.map { [$0] } ?? []) {
+        for peak in [ceilings.fp32Peak] + (ceilings.bf16Peak.map { [$0] } ?? []) {
             print(String(format: "%-9@ peak       %8.1f GFLOP/s  (%d work-items x %d chains x %d lanes, %d iterations)", peak.instruction.rawValue,
                          peak.flopsPerSecond / 1e9, peak.workItems, peak.chains, peak.lanes, peak.iterations))
         }
-        if fp32.bf16Peak == nil { print("bf16-dot  peak        not available: \(engine.bf16InstructionUnavailability ?? "")") }
-        print(String(format: "GEMM 1024^3 fp32     %8.1f GFLOP/s  (%.2f of the fp32 FMA peak)", fp32.gemmFlops / 1e9,
-                     fp32.gemmFlops / fp32.fp32Peak.flopsPerSecond))
-        if let bf16Gemm, let peak = fp32.bf16Peak {
+        if ceilings.bf16Peak == nil { print("bf16-dot  peak       not available: \(engine.bf16InstructionUnavailability ?? "")") }
+        print(String(format: "GEMM 1024^3 fp32     %8.1f GFLOP/s  (%.2f of the fp32 FMA peak)", ceilings.gemmFlops / 1e9,
+                     ceilings.gemmFlops / ceilings.fp32Peak.flopsPerSecond))
+        if let bf16Gemm, let peak = ceilings.bf16Peak {
             print(String(format: "GEMM 1024^3 bf16     %8.1f GFLOP/s  (%.2f of the bf16 dot peak)", bf16Gemm / 1e9, bf16Gemm / peak.flopsPerSecond))
         }
-        print(String(format: "copy 64 MiB          %8.1f GB/s", fp32.copyBytes / 1e9))
+        print(String(format: "copy 64 MiB          %8.1f GB/s", ceilings.copyBytes / 1e9))
     }
 }
 
