@@ -4,8 +4,9 @@
 //
 // Every work-item runs CHAINS independent chains of VW lanes, enough of them to cover the
 // multiply-add's latency times its issue rate (4 cycles x 2 pipes on x86-64), and stores every
-// chain's final value: the host recomputes them, so a compiler that folded the loop away or a
-// wrong instruction cannot pass for a fast device.
+// chain's final value. The host passes a = 1 and b = 1/256, so every value moves by exactly
+// 1/256 per iteration and the host knows where each chain must end (Engine.peakFMA): a loop
+// that ran another count, was folded away, or a wrong instruction cannot pass for a fast device.
 //
 // Options: VW (1, 2, 4, 8 or 16 lanes), CHAINS. Output: out[(gid * CHAINS + c) * VW + lane].
 // The bf16 dot product's chain, bf16_dot_peak, is in gemm.cl: it runs the GEMM's own

@@ -35,13 +35,18 @@ extension Engine {
     /// Enough independent chains per work-item to cover a multiply-add's latency times its
     /// issue rate (x86-64: 4 cycles, 2 pipes), few enough to stay in 16 registers.
     static let peakChains = 8
-    /// fma_peak's x <- fma(x, a, b): a stable recurrence (its fixed point is 1), so no value
-    /// overflows or becomes denormal however long the chains run.
-    static let peakFMA: (a: Float, b: Float) = (0.9990234375, 0.0009765625)
+    /// fma_peak's x <- fma(x, a, b) with a = 1 and b = 1/256, passed at run time so that no
+    /// compiler can drop the multiply: every value stays a multiple of 1/256 below 2^16 while
+    /// `iterations` <= 2^23, so each chain ends exactly at its start + iterations / 256, and a
+    /// launch that ran any other count is caught.
+    static let peakFMA: (a: Float, b: Float) = (1, 1.0 / 256)
     /// bf16_dot_peak's pairs: every product is 1/256 and every sum stays a multiple of 1/256
-    /// below 2^16 while `iterations` <= 2^22, so the sums are exact in any order.
+    /// below 2^16 while `iterations` <= 2^22, so the sums are exact in any order: each chain ends
+    /// at its start + iterations / 128.
     static let peakBF16Pair: UInt32 = 0x3D80_3D80   // (1/16, 1/16)
-    static let peakBF16IterationLimit = 1 << 22
+
+    /// The longest chains whose values stay exact (see `peakFMA`, `peakBF16Pair`).
+    static func peakIterationLimit(_ instruction: PeakInstruction) -> Int { instruction == .fp32FMA ? 1 << 23 : 1 << 22 }
 
     /// Work-items and local size for the chains: on a GPU scalar chains in groups of 256, enough
     /// groups to fill every unit several times over; on a CPU a vector of the preferred width
@@ -50,17 +55,20 @@ extension Engine {
         let units = max(device.info.computeUnits, 1)
         if instruction == .bf16Dot { return (units * 8, 1, 16) }
         if deviceIsCPU { return (units * 8, 1, [1, 2, 4, 8, 16].contains(device.info.preferredFloatVectorWidth) ? device.info.preferredFloatVectorWidth : 16) }
-        return (units * 2048, 256, 1)
+        let local = min(256, max(device.info.maxWorkGroupSize, 1))
+        return (units * 8 * local, local, 1)
     }
 
-    /// Runs the chains once and returns their final values (bf16: `iterations` at most
-    /// `peakBF16IterationLimit`, or the sums stop being exact).
+    /// Runs the chains once and returns their final values and the seconds from the launch to
+    /// its end (`iterations` at most `peakIterationLimit`, or the values stop being exact).
     /// `lanes` (fp32 only; 1, 2, 4, 8 or 16) replaces the device's choice, so tests run every width.
-    func runPeakChains(_ instruction: PeakInstruction, iterations: Int, workItems: Int? = nil, lanes: Int? = nil) throws -> PeakChains {
+    func runPeakChains(_ instruction: PeakInstruction, iterations: Int, workItems: Int? = nil, lanes: Int? = nil) throws -> (chains: PeakChains, seconds: Double) {
         var grid = peakGrid(instruction)
         if let lanes, instruction == .fp32FMA { grid.lanes = lanes }
         let items = workItems.map { roundUp($0, grid.local) } ?? grid.workItems
         let out = try empty([items * Self.peakChains * grid.lanes])
+        try synchronize()
+        let start = DispatchTime.now().uptimeNanoseconds
         switch instruction {
         case .fp32FMA:
             let kernel = try kernels.kernel("fma_peak", in: "peak", options: "-DVW=\(grid.lanes) -DCHAINS=\(Self.peakChains)")
@@ -77,21 +85,18 @@ extension Engine {
             try kernel.setArguments([.buffer(out.buffer), .int32(Int32(iterations)), .uint32(Self.peakBF16Pair), .uint32(Self.peakBF16Pair)])
             try enqueue(kernel, global: [items], local: [grid.local])
         }
-        return PeakChains(values: try out.download(), chains: Self.peakChains, lanes: grid.lanes)
+        try synchronize()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        return (PeakChains(values: try out.download(), chains: Self.peakChains, lanes: grid.lanes), seconds)
     }
 
-    /// What one lane of one chain must end at: the kernel's recurrence on the host, one rounding
-    /// per fused multiply-add as the device's (for bf16, exact sums: see `peakBF16Pair`).
+    /// What one lane of one chain must end at: its start plus what each iteration adds, exact in
+    /// fp32 (see `peakFMA`, `peakBF16Pair`).
     static func expectedPeakLane(_ instruction: PeakInstruction, item: Int, chain: Int, lane: Int, iterations: Int) -> Float {
-        var x = Float(item % 61) / 64 + Float(chain) / 8 + Float(lane) / 256
-        switch instruction {
-        case .fp32FMA:
-            for _ in 0..<iterations { x = peakFMA.b.addingProduct(x, peakFMA.a) }
-        case .bf16Dot:
-            let half = Float(bitPattern: (peakBF16Pair & 0xFFFF) << 16)
-            for _ in 0..<iterations { x = x.addingProduct(half, half).addingProduct(half, half) }
-        }
-        return x
+        let start = Float(item % 61) / 64 + Float(chain) / 8 + Float(lane) / 256
+        let half = Float(bitPattern: (peakBF16Pair & 0xFFFF) << 16)
+        let step = instruction == .fp32FMA ? peakFMA.b : 2 * half * half   // peakFMA.a is 1
+        return start + Float(iterations) * step
     }
 
     /// Checks the first and last work-items' first and last lanes of every chain against the host.
@@ -116,11 +121,10 @@ extension Engine {
     /// instruction is not available.
     public func measurePeak(_ instruction: PeakInstruction, minSeconds: Double = 0.3) throws -> PeakMeasurement {
         func timed(_ iterations: Int) throws -> (seconds: Double, chains: PeakChains) {
-            let start = DispatchTime.now().uptimeNanoseconds
-            let chains = try runPeakChains(instruction, iterations: iterations)
-            return (Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9, chains)
+            let run = try runPeakChains(instruction, iterations: iterations)
+            return (run.seconds, run.chains)
         }
-        let limit = instruction == .bf16Dot ? Self.peakBF16IterationLimit : 1 << 28
+        let limit = Self.peakIterationLimit(instruction)
         var iterations = 256
         _ = try timed(iterations)   // builds the program
         var (seconds, chains) = try timed(iterations)

@@ -131,7 +131,7 @@ struct AttentionBench: ParsableCommand {
 
     func run() throws {
         let engine = try Engine(deviceSpec: deviceOption.device)
-        let ceiling = try DeviceCeilings.measure(engine, minSeconds: minSeconds).gemmFlops / 1e9
+        let ceiling = try DeviceCeilings.measureGemm(engine, minSeconds: minSeconds) / 1e9
         print(String(format: "device: %@   GEMM 1024^3 ceiling: %.1f GFLOP/s", engine.device.name, ceiling))
         let defaultPath = engine.attentionPath
         let paths = defaultPath == .block(rows: 16) || defaultPath == .rowPerItem ? [defaultPath] : [defaultPath, .block(rows: 16)]
