@@ -269,7 +269,7 @@ extension Engine {
             try self.copy(pre, into: copy)
             p.preTensor = copy
         }
-        let options = profile.buildOptions + (bf16 ? " -DBF16_PANELS" + (bf16Emulation ? " -DBF16_EMULATE" : "") : "")
+        let options = bf16 ? bf16PanelOptions(profile) : profile.buildOptions
         let mr = profile.rowsPerItem, nr = profile.columnsPerItem
         let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
         // The first term's A, when plain (non-transposed, unit column stride), is read in place,
@@ -469,6 +469,14 @@ extension Engine {
     fileprivate static func scaleArguments(_ tensor: Tensor) -> [KernelArgument] {
         guard tensor.dtype == .int8, let rowScales = tensor.rowScales else { return [] }
         return [.buffer(rowScales.scales.buffer), .int32(Int32(rowScales.scales.offset)), .int32(Int32(rowScales.rowLength))]
+    }
+}
+
+extension Engine {
+    /// The build of Kernels/gemm.cl whose panels hold bf16 pairs (and whose micro-kernel, packing
+    /// and peak chain use DOT_BF16: the instruction, or its fp32 emulation in tests).
+    func bf16PanelOptions(_ profile: GemmProfile) -> String {
+        profile.buildOptions + " -DBF16_PANELS" + (bf16Emulation ? " -DBF16_EMULATE" : "")
     }
 }
 

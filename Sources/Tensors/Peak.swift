@@ -48,7 +48,7 @@ extension Engine {
     /// The longest chains whose values stay exact (see `peakFMA`, `peakBF16Pair`).
     static func peakIterationLimit(_ instruction: PeakInstruction) -> Int { instruction == .fp32FMA ? 1 << 23 : 1 << 22 }
 
-    /// Work-items and local size for the chains: on a GPU scalar chains in groups of 256, enough
+    /// Work-items and local size for the chains: on a GPU scalar chains in groups of up to 256, enough
     /// groups to fill every unit several times over; on a CPU a vector of the preferred width
     /// per chain and groups of one work-item, several per core.
     func peakGrid(_ instruction: PeakInstruction) -> (workItems: Int, local: Int, lanes: Int) {
@@ -80,8 +80,7 @@ extension Engine {
             }
             // The bf16 GEMM's own build (Kernels/gemm.cl), so the chain runs its DOT_BF16; its
             // PEAK_CHAINS is peakChains.
-            let options = GemmProfile.cpu(preferredVectorWidth: 16).buildOptions + " -DBF16_PANELS" + (bf16Emulation ? " -DBF16_EMULATE" : "")
-            let kernel = try kernels.kernel("bf16_dot_peak", in: "gemm", options: options)
+            let kernel = try kernels.kernel("bf16_dot_peak", in: "gemm", options: bf16PanelOptions(.cpu(preferredVectorWidth: 16)))
             try kernel.setArguments([.buffer(out.buffer), .int32(Int32(iterations)), .uint32(Self.peakBF16Pair), .uint32(Self.peakBF16Pair)])
             try enqueue(kernel, global: [items], local: [grid.local])
         }
@@ -120,21 +119,17 @@ extension Engine {
     /// the result checked against the host. Throws `MatmulPrecisionError` for bf16 where the
     /// instruction is not available.
     public func measurePeak(_ instruction: PeakInstruction, minSeconds: Double = 0.3) throws -> PeakMeasurement {
-        func timed(_ iterations: Int) throws -> (seconds: Double, chains: PeakChains) {
-            let run = try runPeakChains(instruction, iterations: iterations)
-            return (run.seconds, run.chains)
-        }
         let limit = Self.peakIterationLimit(instruction)
         var iterations = 256
-        _ = try timed(iterations)   // builds the program
-        var (seconds, chains) = try timed(iterations)
+        _ = try runPeakChains(instruction, iterations: iterations)   // builds the program
+        var (chains, seconds) = try runPeakChains(instruction, iterations: iterations)
         while seconds < minSeconds / 4, iterations < limit {
             iterations = min(limit, iterations * max(2, min(16, Int(minSeconds / 4 / max(seconds, 1e-6)))))
-            (seconds, chains) = try timed(iterations)
+            (chains, seconds) = try runPeakChains(instruction, iterations: iterations)
         }
         var best = seconds, total = seconds, runs = 1
         while total < minSeconds || runs < 3 {
-            let run = try timed(iterations)
+            let run = try runPeakChains(instruction, iterations: iterations)
             (best, total, runs) = (min(best, run.seconds), total + run.seconds, runs + 1)
         }
         try Self.checkPeakChains(chains, instruction, iterations: iterations)
